@@ -1,0 +1,16 @@
+"""anomem: anomaly detection via multi-scale contrasted memory (AnoMem).
+
+The estimator :class:`AnoMem` fits on images (optionally with a few labelled
+anomalies) and scores new images; higher scores are more anomalous.
+"""
+
+__version__ = "0.1.0"
+
+from anomem.config import AnoMemConfig, get_config  # noqa: E402
+from anomem.detector import AnoMem  # noqa: E402
+from anomem.errors import (AnoMemError, ConfigError, InvalidInputError,  # noqa: E402
+                           ModelFileError, RequiresFitting, TrainingDivergedError)
+
+__all__ = ["AnoMem", "AnoMemConfig", "AnoMemError", "ConfigError", "InvalidInputError",
+           "ModelFileError", "RequiresFitting", "TrainingDivergedError", "__version__",
+           "get_config"]

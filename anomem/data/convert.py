@@ -1,0 +1,100 @@
+"""Turn user images (arrays, tensors, PIL images) and labels into validated tensors.
+
+Images become ``uint8`` tensors of shape (N, 3, S, S): grayscale is repeated to
+three channels, an alpha channel is dropped, and every image is resized to the
+model's side S (bilinear, antialiased).  Labels follow the public convention
+1 (or True) = anomaly, 0 = normal; internally the paper's y = 1 normal is used.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from anomem.errors import InvalidInputError
+
+
+def _one_image_chw(img: Any, name: str) -> torch.Tensor:
+    if hasattr(img, "mode") and hasattr(img, "convert"):  # a PIL image
+        img = np.asarray(img.convert("RGB"))
+    arr = torch.as_tensor(np.asarray(img)) if not isinstance(img, torch.Tensor) else img
+    if arr.ndim == 2:
+        arr = arr.unsqueeze(-1)
+    if arr.ndim != 3:
+        raise InvalidInputError(f"{name}: each image must be 2-D or 3-D, got shape {tuple(arr.shape)}")
+    if arr.shape[-1] in (1, 3, 4) and arr.shape[0] not in (1, 3, 4):
+        arr = arr.permute(2, 0, 1)
+    return arr
+
+
+def to_image_tensor(images: Any, size: int, name: str = "images") -> torch.Tensor:
+    """Validate and convert a batch of images to uint8 (N, 3, size, size).
+
+    Accepts a numpy array or tensor of shape (N, H, W), (N, H, W, C) or
+    (N, C, H, W) with C in {1, 3, 4}, as uint8 (0-255) or float (0-1), or a
+    sequence of such images / PIL images of any sizes.
+
+    Raises:
+        InvalidInputError: empty input, wrong rank, unsupported channel count,
+            non-finite or out-of-range values.
+    """
+    if isinstance(images, (list, tuple)):
+        if len(images) == 0:
+            raise InvalidInputError(f"{name} is empty; pass at least one image")
+        return torch.cat([to_image_tensor(_one_image_chw(im, name).unsqueeze(0), size, name)
+                          for im in images])
+    if hasattr(images, "mode") and hasattr(images, "convert"):
+        return to_image_tensor([images], size, name)
+    try:
+        x = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise InvalidInputError(f"{name} must be an array of images: {e}") from None
+    if x.ndim == 3:
+        x = x.unsqueeze(-1)
+    if x.ndim != 4:
+        raise InvalidInputError(
+            f"{name} must have shape (N, H, W), (N, H, W, C) or (N, C, H, W); got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise InvalidInputError(f"{name} is empty; pass at least one image")
+    if x.shape[1] not in (1, 3, 4) and x.shape[-1] in (1, 3, 4):
+        x = x.permute(0, 3, 1, 2)
+    if x.shape[1] not in (1, 3, 4):
+        raise InvalidInputError(f"{name}: images need 1 (gray), 3 (RGB) or 4 (RGBA) channels, "
+                                f"got shape {tuple(x.shape)}; convert them to RGB first")
+    if min(x.shape[2:]) < 1:
+        raise InvalidInputError(f"{name}: images have a zero dimension {tuple(x.shape)}")
+    if x.dtype == torch.bool or x.is_complex():
+        raise InvalidInputError(f"{name}: dtype {x.dtype} is not an image type; use uint8 or float")
+    if x.dtype != torch.uint8:
+        x = x.float()
+        if not torch.isfinite(x).all():
+            raise InvalidInputError(f"{name} contain NaN or infinite values")
+        if x.min() < 0 or x.max() > 1:
+            raise InvalidInputError(f"{name}: float images must lie in [0, 1], got range "
+                                    f"[{x.min():.3g}, {x.max():.3g}]; divide uint8 pixels by 255")
+        x = (x * 255).round().to(torch.uint8)
+    x = x[:, :3].expand(-1, 3, -1, -1) if x.shape[1] == 1 else x[:, :3]
+    if tuple(x.shape[2:]) != (size, size):
+        x = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True,
+                          align_corners=False).round().clamp(0, 255).to(torch.uint8)
+    return x.contiguous()
+
+
+def to_normal_flags(labels: Any, n: int, name: str = "labels") -> torch.Tensor:
+    """Public labels (1/True = anomaly, 0 = normal) to the paper's y (1 = normal), float (n,)."""
+    if labels is None:
+        return torch.ones(n)
+    arr = np.asarray(labels)
+    if arr.shape != (n,):
+        raise InvalidInputError(f"{name} must have one entry per image ({n}), got shape {arr.shape}")
+    if arr.dtype.kind not in "biuf" or not np.isin(arr, (0, 1)).all():
+        raise InvalidInputError(f"{name} must hold only 0 (normal) and 1 (anomaly)")
+    return torch.as_tensor(1 - arr.astype(np.float32))
+
+
+def batches(n: int, size: int) -> Sequence[slice]:
+    """Consecutive slices covering range(n) in chunks of ``size``."""
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]

@@ -1,0 +1,213 @@
+"""The AnoMem estimator: fit, decision_function, predict, save, load.
+
+Scores follow one convention everywhere: **higher = more anomalous**.  Labels
+given to :meth:`AnoMem.fit` mark anomalies with 1 (or True) and normal images
+with 0; without labels, or with no anomaly among them, the detector is
+one-class, otherwise semi-supervised (the same stage 1 in both cases).
+
+Example:
+    >>> from sklearn.datasets import load_digits
+    >>> X, t = load_digits(return_X_y=True)
+    >>> X = (X.reshape(-1, 8, 8) / 16.0)
+    >>> det = AnoMem("digits", stage1_epochs=1).fit(X[t == 0][:40])
+    >>> det.decision_function(X[:3]).shape
+    (3,)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from anomem import __version__
+from anomem.config import AnoMemConfig, from_dict, get_config, to_dict
+from anomem.data.convert import to_image_tensor, to_normal_flags
+from anomem.errors import ConfigError, InvalidInputError, ModelFileError, RequiresFitting
+from anomem.serialization import atomic_torch_save, safe_torch_load
+from anomem.stages.common import RunOptions
+from anomem.stages.stage1 import train_stage1
+from anomem.stages.stage2 import (calibrate_scales, fit_kmeans_prototypes, map_batches,
+                                  train_heads)
+from anomem.torch_model import AnoMemModel
+
+MODEL_FORMAT = "anomem-model"
+MODEL_VERSION = 1
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def data_digest(images: torch.Tensor, y: torch.Tensor) -> str:
+    """A short hash of a training set, so a checkpoint is only resumed on the same data."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(images.numpy().tobytes())
+    h.update(y.numpy().tobytes())
+    return h.hexdigest()
+
+
+class AnoMem:
+    """Multi-scale contrasted-memory anomaly detector (one-class or semi-supervised).
+
+    Args:
+        config: a preset name (``paper``, ``cpu``, ``digits``), a YAML path or an
+            :class:`~anomem.config.AnoMemConfig`.
+        **overrides: configuration keys to change, e.g. ``stage1_epochs=5``.
+
+    Attributes:
+        threshold_: score above which :meth:`predict` calls an image an anomaly.
+        history_: per-epoch training statistics of both stages.
+    """
+
+    def __init__(self, config: AnoMemConfig | str | Path = "cpu", **overrides: Any) -> None:
+        if isinstance(config, AnoMemConfig):
+            self.config = config.replace(**overrides) if overrides else config
+        else:
+            self.config = get_config(config, overrides)
+        self.model: AnoMemModel | None = None
+        self.threshold_: float | None = None
+        self.history_: dict[str, list[dict[str, float]]] = {}
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, images: Any, labels: Any = None, *, validation_fraction: float = 0.0,
+            checkpoint_dir: str | Path | None = None, progress: bool = False,
+            log: Any = None, options: RunOptions | None = None) -> "AnoMem":
+        """Train both stages on ``images`` (labels: 1 = anomaly, 0 = normal, or None).
+
+        ``validation_fraction`` of the normal images is held out of training and
+        used to set :attr:`threshold_` at the ``target_frr`` false-rejection
+        rate (0: the training normals set it).  With ``checkpoint_dir``, both
+        stages checkpoint there and a rerun resumes where it stopped.
+        """
+        cfg = self.config
+        x = to_image_tensor(images, cfg.image_size, "images")
+        y = to_normal_flags(labels, len(x), "labels")
+        if not 0.0 <= validation_fraction < 1.0:
+            raise InvalidInputError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+        torch.manual_seed(cfg.seed)
+        held = self._holdout(y, validation_fraction)
+        train = torch.ones(len(y), dtype=torch.bool)
+        train[held] = False
+        x_train, y_train = x[train], y[train]
+        if int(y_train.sum()) < 2:
+            raise InvalidInputError(f"fit needs at least 2 normal training images, got "
+                                    f"{int(y_train.sum())}; add normal images or lower "
+                                    f"validation_fraction")
+        opts = options or RunOptions(device=resolve_device(cfg.device), progress=progress, log=log)
+        if checkpoint_dir is not None:
+            opts.checkpoint_dir = Path(checkpoint_dir)
+        fingerprint = {"config": to_dict(cfg), "data": data_digest(x_train, y_train)}
+        self.model = AnoMemModel(cfg).to(opts.device)
+        self.history_ = {"stage1": train_stage1(self.model, x_train, y_train, fingerprint, opts)}
+        normals = x_train[y_train == 1]
+        if cfg.prototypes == "kmeans":
+            fit_kmeans_prototypes(self.model, normals, opts)
+        if bool((y_train == 0).any()):
+            self.history_["stage2"] = train_heads(self.model, x_train, y_train, fingerprint, opts)
+        elif cfg.calibrate:
+            calibrate_scales(self.model, normals, opts)
+        ref = x[held] if len(held) else normals
+        scores = self._scores(ref)
+        self.threshold_ = float(np.quantile(scores, 1.0 - cfg.target_frr))
+        return self
+
+    def _holdout(self, y: torch.Tensor, fraction: float) -> torch.Tensor:
+        normal_idx = torch.nonzero(y == 1).squeeze(1)
+        k = int(len(normal_idx) * fraction)
+        g = torch.Generator().manual_seed(self.config.seed + 1)
+        return normal_idx[torch.randperm(len(normal_idx), generator=g)[:k]]
+
+    # ------------------------------------------------------------------ scoring
+    def _require_model(self) -> AnoMemModel:
+        if self.model is None:
+            raise RequiresFitting("this AnoMem detector is not fitted yet; call fit(images) or "
+                                  "AnoMem.load(path) first")
+        return self.model
+
+    def _device(self) -> torch.device:
+        return next(self._require_model().parameters()).device
+
+    def _scores(self, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+        opts = RunOptions(device=self._device())
+        out = map_batches(self._require_model(), x, opts, lambda m, b: m(b).cpu(), batch_size)
+        return torch.cat(out).numpy().astype(np.float64)
+
+    def decision_function(self, images: Any, batch_size: int = 256) -> np.ndarray:
+        """Anomaly score of each image (higher = more anomalous), shape (N,)."""
+        model = self._require_model()
+        return self._scores(to_image_tensor(images, model.config.image_size, "images"), batch_size)
+
+    def scale_scores(self, images: Any, batch_size: int = 256) -> np.ndarray:
+        """Per-scale scores before fusion, shape (N, S) (Eq. 9 or Eq. 10)."""
+        model = self._require_model()
+        x = to_image_tensor(images, model.config.image_size, "images")
+        out = map_batches(model, x, RunOptions(device=self._device()),
+                          lambda m, b: m.scale_scores(b).cpu(), batch_size)
+        return torch.cat(out).numpy().astype(np.float64)
+
+    def deviation_maps(self, images: Any, batch_size: int = 256) -> list[np.ndarray]:
+        """Delta(s) (Eq. 8) of each image at each memory scale: S arrays (N, C, H, W)."""
+        model = self._require_model()
+        x = to_image_tensor(images, model.config.image_size, "images")
+        out = map_batches(model, x, RunOptions(device=self._device()),
+                          lambda m, b: [d.cpu() for d in m.deviation_maps(b)], batch_size)
+        return [torch.cat([o[s] for o in out]).numpy() for s in range(len(model.memories))]
+
+    def predict(self, images: Any, threshold: float | None = None) -> np.ndarray:
+        """1 for an anomaly, 0 for a normal image, at ``threshold`` (default :attr:`threshold_`)."""
+        t = self.threshold_ if threshold is None else threshold
+        if t is None:
+            raise RequiresFitting("no threshold: fit the detector or pass threshold=...")
+        return (self.decision_function(images) > t).astype(np.int64)
+
+    @property
+    def semi_supervised(self) -> bool:
+        return self._require_model().semi_supervised
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted detector to one versioned file (atomic, pickle-free to load)."""
+        model = self._require_model()
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        return atomic_torch_save({
+            "format": MODEL_FORMAT, "version": MODEL_VERSION, "anomem_version": __version__,
+            "config": to_dict(model.config), "semi_supervised": model.semi_supervised,
+            "kmeans": self.config.prototypes == "kmeans", "threshold": self.threshold_,
+            "state_dict": state}, path)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None) -> "AnoMem":
+        """Read a detector written by :meth:`save` (tensors and plain values only)."""
+        blob = safe_torch_load(path, "model file")
+        if blob.get("format") != MODEL_FORMAT:
+            raise ModelFileError(f"{str(path)!r} is not an anomem model file")
+        if blob.get("version") != MODEL_VERSION:
+            raise ModelFileError(
+                f"model file {str(path)!r} has format version {blob.get('version')} (written by "
+                f"anomem {blob.get('anomem_version')}); this anomem {__version__} reads version "
+                f"{MODEL_VERSION}: install the matching anomem or re-fit the model")
+        try:
+            cfg = from_dict(blob["config"])
+            if device is not None:
+                cfg = cfg.replace(device=device)
+            det = cls(cfg)
+            model = AnoMemModel(cfg)
+            if blob["kmeans"]:
+                model.use_kmeans([blob["state_dict"][f"memories.{s}.centroids"]
+                                  for s in range(len(cfg.mem_sizes))])
+            if blob["semi_supervised"]:
+                model.add_heads()
+            model.load_state_dict(blob["state_dict"])
+        except (KeyError, RuntimeError, TypeError, ConfigError) as e:
+            raise ModelFileError(f"model file {str(path)!r} is inconsistent ({e}); re-fit "
+                                 f"and save the model again") from None
+        det.model = model.to(resolve_device(cfg.device)).eval()
+        det.threshold_ = blob["threshold"]
+        return det

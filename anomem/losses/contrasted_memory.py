@@ -1,0 +1,76 @@
+"""Contrasted memory losses of stage 1 (Eq. 3, 4, 6, 7).
+
+Labels follow the paper inside this module: ``y = 1`` normal, ``y = 0`` anomaly.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from anomem.losses.ntxent import Gather, nt_xent
+
+
+def mem_select(z: torch.Tensor, recalled: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Eq. 3: Mem(z, y) = y * HF(z) + (1 - y) * z, memory on normal samples only.
+
+    ``z`` and ``recalled`` are ``(..., B, d)``; ``y`` is ``(B,)`` with 1 = normal.
+    """
+    w = y.to(z.dtype).unsqueeze(-1)
+    return w * recalled + (1 - w) * z
+
+
+def contrasted_memory_loss(mem: torch.Tensor, z2: torch.Tensor, tau: float, negatives: str,
+                           gather: Gather | None = None, offset: int = 0) -> torch.Tensor:
+    """Eq. 4 at one scale, averaged over the sampled positions.
+
+    ``mem`` (first branch after Eq. 3) and ``z2`` (second branch) are ``(P, B, d)``
+    for P sampled positions.  ``negatives="all"`` is the literal reading: one
+    two-view batch of all 2*P*B vectors, so each anchor is contrasted with every
+    other sampled vector of both views.  ``"same_position"``: P independent
+    NT-Xent problems of 2*B vectors, negatives only at the anchor's position.
+    Both return the mean over anchors, i.e. (1/P) sum_(i,j) COM(z_ij, z'_ij, y).
+    """
+    if negatives == "all":
+        p, b, d = mem.shape
+        return nt_xent(mem.reshape(p * b, d), z2.reshape(p * b, d), tau,
+                       gather=gather, offset=offset * p)
+    return nt_xent(mem, z2, tau, gather=gather, offset=offset).mean()
+
+
+def variance_loss(mem: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Eq. 6: V = -(1 / sum_k y_k) sum_k y_k sqrt(Var[Mem(z_k, y_k)]).
+
+    Var is taken over the d components of each retrieved vector (population
+    variance), as Eq. 6 writes it per sample; averaged over the P positions of
+    ``mem`` ``(P, B, d)``.  A batch without normal samples contributes 0.
+    """
+    w = y.to(mem.dtype)
+    if float(w.sum()) == 0.0:
+        return mem.sum() * 0.0
+    std = mem.var(dim=-1, unbiased=False).clamp_min(1e-12).sqrt()   # (P, B)
+    return -((std * w).sum(dim=-1) / w.sum()).mean()
+
+
+def multiscale_loss(com: Sequence[torch.Tensor], var: Sequence[torch.Tensor],
+                    counts: Sequence[int], alphas: Sequence[float], lambda_v: float
+                    ) -> torch.Tensor:
+    """Eq. 7: COM-MS = (1 / sum_s |Omega_s|) sum_s sum_(i,j in Omega_s) alpha_s [COM + lambda_V V].
+
+    ``com[s]`` and ``var[s]`` are the per-position means at scale s (as returned by
+    :func:`contrasted_memory_loss` and :func:`variance_loss`); ``counts[s]`` = |Omega_s|.
+    """
+    total = sum(a * n * (c + lambda_v * v) for c, v, n, a in zip(com, var, counts, alphas))
+    return total / float(sum(counts))
+
+
+def sample_count(height: int, width: int, ratio: float) -> int:
+    """|Omega_s| = floor(H * W * r), at least 1."""
+    return max(1, int(height * width * ratio))
+
+
+def sample_positions(height: int, width: int, ratio: float,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Omega_s: floor(H*W*r) flat positions drawn without replacement (Eq. 7)."""
+    return torch.randperm(height * width, generator=generator)[:sample_count(height, width, ratio)]

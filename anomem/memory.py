@@ -1,0 +1,106 @@
+"""Modern Hopfield memory layer HF (Eq. 1) and its spatial application (Eq. 8).
+
+Retrieval iterates  xi <- X softmax(beta X^T xi)  from xi(0) = query, with the
+N_mem stored patterns X learnable.  Choices where the paper is silent:
+
+* **Stopping.** At most ``steps`` updates; a query whose update moved no
+  component by more than ``tol`` is frozen (per query, so a score never depends
+  on the other images of a batch).  The loop leaves early once every query is
+  frozen, which changes nothing but time, so a traced/exported graph (which
+  always runs ``steps`` updates) gives the same outputs.
+* **Gradient.** Back-propagated through every update taken (unrolled).
+* **Normalisation.** ``normalize=True`` (the library default) L2-normalises
+  queries and patterns first: cosine attention, outputs inside the unit ball,
+  and Eq. 8 compares the normalised query with its recollection.  With
+  ``normalize=False`` (the paper read literally) raw features meet raw
+  patterns; then ||z|| dominates ||z - HF(z)|| and the one-class score was
+  measured to be inverted (see :class:`anomem.config.AnoMemConfig`).
+* **Initialisation.** Patterns ~ N(0, 1/d), so that beta * x^T z is O(1) on
+  BatchNorm-scaled features at the start.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class HopfieldMemory(nn.Module):
+    """A Hopfield layer of size N_mem over d-dimensional vectors (Eq. 1).
+
+    Args:
+        dim: dimension d of queries and patterns.
+        size: number of stored patterns N_mem.
+        beta: inverse temperature.
+        steps: maximum number of retrieval updates (>= 1).
+        tol: a query is converged when an update moves it by less than ``tol``
+            (max-norm).
+        normalize: L2-normalise queries and patterns before retrieval.
+
+    Example:
+        >>> mem = HopfieldMemory(dim=4, size=8)
+        >>> mem(torch.randn(5, 4)).shape
+        torch.Size([5, 4])
+    """
+
+    def __init__(self, dim: int, size: int, beta: float = 2.0, steps: int = 3,
+                 tol: float = 1e-3, normalize: bool = True) -> None:
+        super().__init__()
+        self.patterns = nn.Parameter(torch.randn(size, dim) / math.sqrt(dim))
+        self.beta, self.steps, self.tol, self.normalize = float(beta), int(steps), float(tol), normalize
+
+    def stored(self) -> torch.Tensor:
+        """The patterns as used in retrieval, one per row (N_mem x d)."""
+        return F.normalize(self.patterns, dim=-1) if self.normalize else self.patterns
+
+    def prepare(self, query: torch.Tensor) -> torch.Tensor:
+        """The query as the memory sees it (normalised when ``normalize``)."""
+        return F.normalize(query, dim=-1) if self.normalize else query
+
+    def forward(self, query: torch.Tensor) -> torch.Tensor:
+        """Retrieve the memory's recollection of each query (last dim = d)."""
+        x = self.stored()
+        xi = self.prepare(query)
+        done = torch.zeros(xi.shape[:-1], dtype=torch.bool, device=xi.device)
+        tracing = torch.jit.is_tracing() or torch.jit.is_scripting()
+        for _ in range(self.steps):
+            new = torch.softmax(self.beta * xi @ x.t(), dim=-1) @ x
+            moved = (new - xi).abs().amax(dim=-1)
+            xi = torch.where(done.unsqueeze(-1), xi, new)
+            done = done | (moved < self.tol)
+            if not tracing and bool(done.all()):
+                break
+        return xi
+
+    def deviation(self, fmap: torch.Tensor) -> torch.Tensor:
+        """Eq. 8: Delta = z - HF(z) at every spatial position of a (B, C, H, W) map."""
+        z = fmap.permute(0, 2, 3, 1)
+        return (self.prepare(z) - self(z)).permute(0, 3, 1, 2)
+
+
+class KMeansMemory(nn.Module):
+    """Nearest k-means centroid as the 'recollection' (the Table 4 ablation baseline).
+
+    The centroids are fitted on training-normal feature vectors of one scale;
+    retrieval returns the closest centroid (L2), so ``deviation`` is the
+    distance to the nearest prototype.
+    """
+
+    def __init__(self, centroids: torch.Tensor, normalize: bool = True) -> None:
+        super().__init__()
+        self.register_buffer("centroids", centroids.clone())
+        self.normalize = normalize
+
+    def prepare(self, query: torch.Tensor) -> torch.Tensor:
+        return F.normalize(query, dim=-1) if self.normalize else query
+
+    def forward(self, query: torch.Tensor) -> torch.Tensor:
+        q = self.prepare(query)
+        flat = q.reshape(-1, q.shape[-1])
+        idx = torch.cdist(flat, self.centroids).argmin(dim=-1)
+        return self.centroids[idx].reshape(q.shape)
+
+    deviation = HopfieldMemory.deviation

@@ -1,0 +1,111 @@
+"""What both training stages share: run options, checkpoints, health checks, the schedule.
+
+A checkpoint holds the model, optimiser, scheduler, the global step and every
+RNG state, so a run resumed from it takes exactly the steps an uninterrupted
+run would have taken.  Checkpoints are written atomically and only from a
+healthy state: a NaN/Inf loss raises before anything is saved, so the last
+checkpoint on disk is always the last good one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from anomem.errors import ModelFileError, TrainingDivergedError
+from anomem.serialization import atomic_torch_save, safe_torch_load
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class RunOptions:
+    """How a training stage runs (never what it computes).
+
+    Args:
+        device: where tensors live.
+        checkpoint_dir: folder for ``stage1.ckpt`` / ``stage2.ckpt``; ``None`` disables.
+        checkpoint_every: steps between checkpoints (a checkpoint is also written at the end).
+        progress: show a tqdm bar with loss, images/s and ETA.
+        log: called with a dict of metrics after every step (e.g. a CSV writer).
+        rank, world_size, gather: distributed training (see :mod:`anomem.distributed`).
+    """
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    checkpoint_dir: Path | None = None
+    checkpoint_every: int = 100
+    progress: bool = False
+    log: Callable[[dict[str, Any]], None] | None = None
+    rank: int = 0
+    world_size: int = 1
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def sgd_cosine(params: list[nn.Parameter], lr: float, momentum: float, weight_decay: float,
+               total_steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """SGD with Nesterov momentum and a per-step cosine-annealed rate (paper §4.2)."""
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                          nesterov=momentum > 0)
+    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps))
+
+
+def check_finite(loss: torch.Tensor, step: int, stage: str, lr_key: str) -> float:
+    """The loss as a float; raises :class:`TrainingDivergedError` if it is NaN or infinite."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise TrainingDivergedError(
+            f"{stage}: the loss became {value} at step {step}. Lower the learning rate "
+            f"({lr_key}=...) or the batch size; the last good checkpoint (if any) is kept.")
+    return value
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, step: int, modules: dict[str, Any], fingerprint: dict[str, Any],
+                    extra: dict[str, Any] | None = None) -> None:
+    """Atomically write the state of ``modules`` (anything with ``state_dict``) at ``step``."""
+    atomic_torch_save({"format": "anomem-checkpoint", "version": CHECKPOINT_VERSION,
+                       "step": step, "fingerprint": fingerprint, "rng": rng_state(),
+                       "state": {k: m.state_dict() for k, m in modules.items()},
+                       "extra": extra or {}}, path)
+
+
+def load_checkpoint(path: Path, modules: dict[str, Any], fingerprint: dict[str, Any]
+                    ) -> tuple[int, dict[str, Any]]:
+    """Restore ``modules`` and the RNG from ``path``; returns (step, extra).
+
+    Raises:
+        ModelFileError: the checkpoint is unsafe, from another version, or from
+            a run with another configuration or training set.
+    """
+    ck = safe_torch_load(path, "checkpoint")
+    if ck.get("format") != "anomem-checkpoint" or ck.get("version") != CHECKPOINT_VERSION:
+        raise ModelFileError(f"checkpoint {str(path)!r} is not an anomem checkpoint of version "
+                             f"{CHECKPOINT_VERSION}; delete it to start afresh")
+    if ck.get("fingerprint") != fingerprint:
+        raise ModelFileError(f"checkpoint {str(path)!r} belongs to another run (configuration or "
+                             f"training data differ); delete it or use another checkpoint folder")
+    for k, m in modules.items():
+        m.load_state_dict(ck["state"][k])
+    set_rng_state(ck["rng"])
+    return int(ck["step"]), ck.get("extra", {})

@@ -1,0 +1,141 @@
+"""Stage 1: multi-scale contrasted memory learning (Algorithm 1, Eq. 2-7).
+
+The encoder and the memories are trained jointly with SGD (Nesterov momentum,
+cosine annealing).  Each step draws two views of a batch, samples
+floor(H*W*r) positions per memory scale, retrieves the first view's vectors of
+normal images through the memory (Eq. 3), and minimises COM-MS (Eq. 7).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from anomem.augment import TwoViewAugment
+from anomem.config import AnoMemConfig
+from anomem.errors import TrainingDivergedError
+from anomem.losses import contrasted_memory_loss, mem_select, multiscale_loss, sample_positions
+from anomem.losses import variance_loss
+from anomem.stages.common import (RunOptions, check_finite, load_checkpoint, save_checkpoint,
+                                  sgd_cosine)
+from anomem.torch_model import AnoMemModel
+
+# Prototypes whose spread (mean over dimensions of the std across patterns) falls
+# below this are treated as collapsed to one point.
+COLLAPSE_SPREAD = 1e-6
+
+
+class ContrastedMemoryObjective(nn.Module):
+    """COM-MS (Eq. 7) of a two-view batch as one module, so DDP can wrap it.
+
+    ``forward(v1, v2, y)`` returns the loss and a dict of per-scale statistics
+    (contrastive term, variance term, number of sampled positions).
+    """
+
+    def __init__(self, model: AnoMemModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, v1: torch.Tensor, v2: torch.Tensor, y: torch.Tensor,
+                gather: Any = None, offset: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg: AnoMemConfig = self.model.config
+        b = v1.shape[0]
+        maps = self.model.features(torch.cat([v1, v2]))
+        com, var, counts, stats = [], [], [], {}
+        for s, (z, memory, ratio) in enumerate(zip(maps, self.model.memories, cfg.ratios)):
+            c, h, w = z.shape[1:]
+            pos = sample_positions(h, w, ratio).to(z.device)
+            vecs = z.flatten(2)[:, :, pos].permute(2, 0, 1)          # (P, 2B, C)
+            z1, z2 = vecs[:, :b], vecs[:, b:]
+            if cfg.use_memory:
+                mem = mem_select(z1, memory(z1), y)
+                v = variance_loss(mem, y)
+            else:
+                mem, v = z1, z1.sum() * 0.0
+            com.append(contrasted_memory_loss(mem, z2, cfg.tau, cfg.negatives, gather, offset))
+            var.append(v)
+            counts.append(len(pos))
+            stats[f"com{s + 1}"], stats[f"var{s + 1}"] = float(com[-1].detach()), float(v.detach())
+        loss = multiscale_loss(com, var, counts, cfg.alphas, cfg.lambda_v if cfg.use_memory else 0.0)
+        return loss, stats
+
+
+def prototype_spread(model: AnoMemModel) -> float:
+    """Smallest, over scales, mean std of the stored patterns across patterns."""
+    return min(float(m.stored().detach().std(dim=0).mean()) for m in model.memories
+               if hasattr(m, "patterns"))
+
+
+def train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
+                 fingerprint: dict[str, Any], opts: RunOptions,
+                 objective: nn.Module | None = None) -> list[dict[str, float]]:
+    """Train encoder and memories on uint8 ``images`` (N, 3, S, S) with y (1 = normal).
+
+    Resumes from ``opts.checkpoint_dir / "stage1.ckpt"`` when it exists and
+    matches ``fingerprint``.  ``objective`` (default: a
+    :class:`ContrastedMemoryObjective` of ``model``) may be a DDP wrapper of it;
+    then ``images``/``y`` are this rank's shard.  Returns one dict per epoch
+    (mean loss, per-scale terms, images/s).
+    """
+    cfg = model.config
+    objective = objective or ContrastedMemoryObjective(model)
+    n = images.shape[0]
+    bsz = min(cfg.batch_size // opts.world_size, n)
+    per_epoch = max(1, n // bsz)
+    total = cfg.stage1_epochs * per_epoch
+    params = list(model.encoder.parameters()) + (list(model.memories.parameters())
+                                                 if cfg.use_memory else [])
+    opt, sched = sgd_cosine(params, cfg.stage1_lr, cfg.stage1_momentum, cfg.stage1_weight_decay, total)
+    aug = TwoViewAugment(cfg.image_size, cfg.crop_scale, cfg.jitter, cfg.blur_sigma, cfg.noise_std)
+    ckpt = opts.checkpoint_dir / "stage1.ckpt" if opts.checkpoint_dir else None
+    modules = {"model": model, "opt": opt, "sched": sched}
+    start, history = 0, []
+    if ckpt is not None and ckpt.is_file():
+        start, extra = load_checkpoint(ckpt, modules, fingerprint)
+        history = extra.get("history", [])
+    model.train()
+    bar = tqdm(total=total, initial=start, desc="stage 1", disable=not (opts.progress and opts.is_main),
+               unit="step", dynamic_ncols=True)
+    epoch_stats: dict[str, float] = {}
+    t0, seen = time.perf_counter(), 0
+    for step in range(start, total):
+        epoch, i = divmod(step, per_epoch)
+        g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        idx = torch.randperm(n, generator=g)[i * bsz:(i + 1) * bsz]
+        x = images[idx].to(opts.device, non_blocking=True).float().div_(255)
+        v1, v2 = aug(x)
+        loss, stats = objective(v1, v2, y[idx].to(opts.device), opts.gather, opts.rank * bsz)
+        value = check_finite(loss, step, "stage 1", "stage1_lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        seen += len(idx)
+        stats = {"loss": value, **stats}
+        for k, v in stats.items():
+            epoch_stats[k] = epoch_stats.get(k, 0.0) + v
+        ips = seen * opts.world_size / max(time.perf_counter() - t0, 1e-9)
+        bar.set_postfix(loss=f"{value:.4f}", img_s=f"{ips:.0f}")
+        bar.update(1)
+        if opts.log is not None and opts.is_main:
+            opts.log({"stage": 1, "step": step + 1, "epoch": epoch + 1, "lr": sched.get_last_lr()[0],
+                      "images_per_s": ips, **stats})
+        if i == per_epoch - 1:
+            history.append({"epoch": epoch + 1, "images_per_s": ips,
+                            **{k: v / per_epoch for k, v in epoch_stats.items()}})
+            epoch_stats = {}
+            if cfg.use_memory and prototype_spread(model) < COLLAPSE_SPREAD:
+                raise TrainingDivergedError(
+                    f"stage 1: the memory prototypes collapsed to one point at epoch {epoch + 1}. "
+                    f"Raise lambda_v (now {cfg.lambda_v}) or lower stage1_lr; the last good "
+                    f"checkpoint (if any) is kept.")
+        last = step + 1 == total
+        if ckpt is not None and opts.is_main and ((step + 1) % opts.checkpoint_every == 0 or last):
+            save_checkpoint(ckpt, step + 1, modules, fingerprint, {"history": history})
+    bar.close()
+    model.eval()
+    return history

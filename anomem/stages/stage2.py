@@ -1,0 +1,116 @@
+"""Stage 2: anomaly scoring from memory deviations (Eq. 8-13).
+
+One-class: nothing to train (Eq. 9); with ``calibrate`` the per-scale scores of
+the training normals give each scale's mean and standard deviation.
+Semi-supervised: the encoder and memories are frozen, phi(Delta(s)) is computed
+once per training image, and the per-scale MLP heads are trained on it with the
+double hinge (Eq. 11-12), SGD with Nesterov momentum and cosine annealing.
+Batches are drawn uniformly from all labelled images (the paper does not
+balance them).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from sklearn.cluster import KMeans
+from tqdm.auto import tqdm
+
+from anomem.data.convert import batches
+from anomem.losses import sup_loss
+from anomem.stages.common import (RunOptions, check_finite, load_checkpoint, save_checkpoint,
+                                  sgd_cosine)
+from anomem.torch_model import AnoMemModel
+
+KMEANS_MAX_VECTORS = 20_000
+
+
+def _as_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return images.to(device).float().div_(255)
+
+
+@torch.no_grad()
+def map_batches(model: AnoMemModel, images: torch.Tensor, opts: RunOptions, fn: Any,
+                batch_size: int = 256) -> list[Any]:
+    """Apply ``fn(model, x)`` to uint8 ``images`` batch by batch in eval mode."""
+    model.eval()
+    return [fn(model, _as_float(images[sl], opts.device)) for sl in batches(len(images), batch_size)]
+
+
+def fit_kmeans_prototypes(model: AnoMemModel, normals: torch.Tensor, opts: RunOptions) -> None:
+    """Replace the memories by k-means centroids of training-normal vectors (Table 4 ablation).
+
+    At each memory scale, up to ``KMEANS_MAX_VECTORS`` spatial feature vectors of
+    the normal training images are clustered into N_mem centroids.
+    """
+    cfg = model.config
+    maps = map_batches(model, normals, opts, lambda m, x: [z.permute(0, 2, 3, 1).flatten(0, 2).cpu()
+                                                           for z in m.features(x)])
+    g = torch.Generator().manual_seed(cfg.seed)
+    centroids = []
+    for s, size in enumerate(cfg.mem_sizes):
+        vecs = torch.cat([b[s] for b in maps])
+        if cfg.normalize:
+            vecs = torch.nn.functional.normalize(vecs, dim=-1)
+        vecs = vecs[torch.randperm(len(vecs), generator=g)[:KMEANS_MAX_VECTORS]]
+        km = KMeans(n_clusters=min(size, len(vecs)), n_init=1, random_state=cfg.seed)
+        km.fit(vecs.double().numpy())
+        centroids.append(torch.as_tensor(km.cluster_centers_, dtype=torch.float32))
+    model.use_kmeans(centroids)
+    model.to(opts.device)
+
+
+def calibrate_scales(model: AnoMemModel, normals: torch.Tensor, opts: RunOptions) -> None:
+    """Store each scale's mean and std of one-class scores on training normals."""
+    s = torch.cat(map_batches(model, normals, opts, lambda m, x: m.scale_scores(x)))
+    model.score_mean.copy_(s.mean(0))
+    model.score_std.copy_(s.std(0).clamp_min(1e-8) if len(s) > 1 else torch.ones_like(s[0]))
+
+
+def train_heads(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
+                fingerprint: dict[str, Any], opts: RunOptions) -> list[dict[str, float]]:
+    """Train the per-scale heads on frozen deviations of ``images`` with y (1 = normal)."""
+    cfg = model.config
+    heads = model.add_heads().to(opts.device)
+    feats = map_batches(model, images, opts,
+                        lambda m, x: [h.phi(d) for h, d in zip(heads, m.deviation_maps(x))])
+    phis = [torch.cat([b[s] for b in feats]) for s in range(len(heads))]
+    y = y.to(opts.device)
+    n = len(y)
+    bsz = min(cfg.batch_size, n)
+    per_epoch = max(1, n // bsz)
+    total = cfg.stage2_epochs * per_epoch
+    opt, sched = sgd_cosine(list(heads.parameters()), cfg.stage2_lr, cfg.stage1_momentum,
+                            cfg.stage1_weight_decay, total)
+    ckpt = opts.checkpoint_dir / "stage2.ckpt" if opts.checkpoint_dir else None
+    modules = {"heads": heads, "opt": opt, "sched": sched}
+    start, history = 0, []
+    if ckpt is not None and ckpt.is_file():
+        start, extra = load_checkpoint(ckpt, modules, fingerprint)
+        history = extra.get("history", [])
+    heads.train()
+    running = 0.0
+    for step in tqdm(range(start, total), desc="stage 2", disable=not (opts.progress and opts.is_main),
+                     unit="step", dynamic_ncols=True):
+        epoch, i = divmod(step, per_epoch)
+        g = torch.Generator().manual_seed(cfg.seed * 100_003 + 7 + epoch)
+        idx = torch.randperm(n, generator=g)[i * bsz:(i + 1) * bsz].to(opts.device)
+        d = torch.stack([h.mlp(p[idx]).squeeze(-1) for h, p in zip(heads, phis)])
+        loss = sup_loss(d, y[idx], cfg.margin)
+        value = check_finite(loss, step, "stage 2", "stage2_lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        running += value
+        if opts.log is not None and opts.is_main:
+            opts.log({"stage": 2, "step": step + 1, "epoch": epoch + 1, "loss": value})
+        if i == per_epoch - 1:
+            history.append({"epoch": epoch + 1, "loss": running / per_epoch})
+            running = 0.0
+        if ckpt is not None and opts.is_main and ((step + 1) % opts.checkpoint_every == 0
+                                                  or step + 1 == total):
+            save_checkpoint(ckpt, step + 1, modules, fingerprint, {"history": history})
+    model.eval()
+    return history
