@@ -60,6 +60,10 @@ class AnoMemConfig:
 
     Decision: ``target_frr`` is the false-rejection rate on normals that sets the
     threshold at fit time.
+
+    Speed (CUDA only; ignored on the CPU, off by default): ``amp`` runs the
+    stage-1 encoder forward under bf16 autocast (memories and losses stay in
+    float32); ``channels_last`` stores the encoder's weights and inputs in NHWC.
     """
 
     arch: str = "resnet50"
@@ -96,6 +100,8 @@ class AnoMemConfig:
     target_frr: float = 0.05
     seed: int = 0
     device: str = "auto"
+    amp: bool = False
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -135,6 +141,9 @@ def _validate(c: AnoMemConfig) -> None:
         v = getattr(c, key)
         if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
             _fail(key, f"must be a non-negative number, got {v!r}")
+    for key in ("amp", "channels_last"):
+        if not isinstance(getattr(c, key), bool):
+            _fail(key, f"must be true or false, got {getattr(c, key)!r}")
     if not 0.0 <= c.target_frr < 1.0:
         _fail("target_frr", f"must be in [0, 1), got {c.target_frr!r}")
     n = len(c.memory_stages)
