@@ -33,18 +33,28 @@ class ContrastedMemoryObjective(nn.Module):
     """COM-MS (Eq. 7) of a two-view batch as one module, so DDP can wrap it.
 
     ``forward(v1, v2, y)`` returns the loss and a dict of per-scale statistics
-    (contrastive term, variance term, number of sampled positions).
+    (contrastive term, variance term, number of sampled positions).  On CUDA,
+    the config's ``channels_last`` converts the encoder (once, here) and the
+    inputs to NHWC, and ``amp`` runs the encoder under bf16 autocast; the
+    memories and the losses always run in float32.
     """
 
     def __init__(self, model: AnoMemModel) -> None:
         super().__init__()
         self.model = model
+        self.cuda_fast = next(model.parameters()).is_cuda
+        if model.config.channels_last and self.cuda_fast:
+            model.encoder.to(memory_format=torch.channels_last)
 
     def forward(self, v1: torch.Tensor, v2: torch.Tensor, y: torch.Tensor,
                 gather: Any = None, offset: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
         cfg: AnoMemConfig = self.model.config
         b = v1.shape[0]
-        maps = self.model.features(torch.cat([v1, v2]))
+        x = torch.cat([v1, v2])
+        if cfg.channels_last and self.cuda_fast:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", torch.bfloat16, enabled=cfg.amp and self.cuda_fast):
+            maps = [z.float() for z in self.model.features(x)]
         com, var, counts, stats = [], [], [], {}
         for s, (z, memory, ratio) in enumerate(zip(maps, self.model.memories, cfg.ratios)):
             c, h, w = z.shape[1:]
