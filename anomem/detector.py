@@ -105,7 +105,7 @@ class AnoMem:
             opts.checkpoint_dir = Path(checkpoint_dir)
         fingerprint = {"config": to_dict(cfg), "data": data_digest(x_train, y_train)}
         self.model = AnoMemModel(cfg).to(opts.device)
-        self.history_ = {"stage1": train_stage1(self.model, x_train, y_train, fingerprint, opts)}
+        self.history_ = {"stage1": self._stage1(x_train, y_train, fingerprint, opts)}
         normals = x_train[y_train == 1]
         if cfg.prototypes == "kmeans":
             fit_kmeans_prototypes(self.model, normals, opts)
@@ -117,6 +117,11 @@ class AnoMem:
         scores = self._scores(ref)
         self.threshold_ = float(np.quantile(scores, 1.0 - cfg.target_frr))
         return self
+
+    def _stage1(self, x: torch.Tensor, y: torch.Tensor, fingerprint: dict[str, Any],
+                opts: RunOptions) -> list[dict[str, float]]:
+        """Stage 1 on the training images (:mod:`anomem.distributed` shards it across ranks)."""
+        return train_stage1(self._require_model(), x, y, fingerprint, opts)
 
     def _holdout(self, y: torch.Tensor, fraction: float) -> torch.Tensor:
         normal_idx = torch.nonzero(y == 1).squeeze(1)
