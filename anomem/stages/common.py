@@ -2,13 +2,15 @@
 
 A checkpoint holds the model, optimiser, scheduler, the global step and every
 RNG state, so a run resumed from it takes exactly the steps an uninterrupted
-run would have taken.  Checkpoints are written atomically and only from a
-healthy state: a NaN/Inf loss raises before anything is saved, so the last
-checkpoint on disk is always the last good one.
+run would have taken (epoch statistics accumulated so far travel in ``extra``).
+Checkpoints are written atomically and only from a healthy state: a NaN/Inf
+loss, NaN/Inf weights or (stage 1) collapsed prototypes raise before anything
+is saved, so the last checkpoint on disk is always the last good one.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,14 +60,30 @@ def sgd_cosine(params: list[nn.Parameter], lr: float, momentum: float, weight_de
     return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps))
 
 
+def _diverged(stage: str, what: str, step: int, lr_key: str) -> TrainingDivergedError:
+    return TrainingDivergedError(
+        f"{stage}: {what} at step {step}. Lower the learning rate ({lr_key}=...) or the batch "
+        f"size and train again (a changed configuration needs a new checkpoint folder); the "
+        f"last good checkpoint (if any) is kept.")
+
+
 def check_finite(loss: torch.Tensor, step: int, stage: str, lr_key: str) -> float:
     """The loss as a float; raises :class:`TrainingDivergedError` if it is NaN or infinite."""
     value = float(loss.detach())
     if not math.isfinite(value):
-        raise TrainingDivergedError(
-            f"{stage}: the loss became {value} at step {step}. Lower the learning rate "
-            f"({lr_key}=...) or the batch size; the last good checkpoint (if any) is kept.")
+        raise _diverged(stage, f"the loss became {value}", step, lr_key)
     return value
+
+
+def check_finite_parameters(module: nn.Module, step: int, stage: str, lr_key: str) -> None:
+    """Raises :class:`TrainingDivergedError` if a parameter or buffer of ``module`` is NaN/Inf.
+
+    Called before every checkpoint: an optimiser step can blow the weights up
+    while the loss of that step was still finite.
+    """
+    for name, t in itertools.chain(module.named_parameters(), module.named_buffers()):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise _diverged(stage, f"parameter {name!r} became NaN or infinite", step, lr_key)
 
 
 def rng_state() -> dict[str, Any]:
@@ -105,7 +123,11 @@ def load_checkpoint(path: Path, modules: dict[str, Any], fingerprint: dict[str, 
     if ck.get("fingerprint") != fingerprint:
         raise ModelFileError(f"checkpoint {str(path)!r} belongs to another run (configuration or "
                              f"training data differ); delete it or use another checkpoint folder")
-    for k, m in modules.items():
-        m.load_state_dict(ck["state"][k])
-    set_rng_state(ck["rng"])
-    return int(ck["step"]), ck.get("extra", {})
+    try:
+        for k, m in modules.items():
+            m.load_state_dict(ck["state"][k])
+        set_rng_state(ck["rng"])
+        return int(ck["step"]), dict(ck.get("extra", {}))
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        raise ModelFileError(f"checkpoint {str(path)!r} is inconsistent ({type(e).__name__}: "
+                             f"{e}); delete it to start afresh") from None

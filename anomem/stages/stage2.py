@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 
 from anomem.data.convert import batches
 from anomem.losses import sup_loss
-from anomem.stages.common import (RunOptions, check_finite, load_checkpoint, save_checkpoint,
-                                  sgd_cosine)
+from anomem.stages.common import (RunOptions, check_finite, check_finite_parameters,
+                                  load_checkpoint, save_checkpoint, sgd_cosine)
 from anomem.torch_model import AnoMemModel
 
 KMEANS_MAX_VECTORS = 20_000
@@ -85,12 +85,11 @@ def train_heads(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
                             cfg.stage1_weight_decay, total)
     ckpt = opts.checkpoint_dir / "stage2.ckpt" if opts.checkpoint_dir else None
     modules = {"heads": heads, "opt": opt, "sched": sched}
-    start, history = 0, []
+    start, history, running = 0, [], 0.0
     if ckpt is not None and ckpt.is_file():
         start, extra = load_checkpoint(ckpt, modules, fingerprint)
-        history = extra.get("history", [])
+        history, running = extra.get("history", []), float(extra.get("running", 0.0))
     heads.train()
-    running = 0.0
     for step in tqdm(range(start, total), desc="stage 2", disable=not (opts.progress and opts.is_main),
                      unit="step", dynamic_ncols=True):
         epoch, i = divmod(step, per_epoch)
@@ -109,8 +108,10 @@ def train_heads(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
         if i == per_epoch - 1:
             history.append({"epoch": epoch + 1, "loss": running / per_epoch})
             running = 0.0
-        if ckpt is not None and opts.is_main and ((step + 1) % opts.checkpoint_every == 0
-                                                  or step + 1 == total):
-            save_checkpoint(ckpt, step + 1, modules, fingerprint, {"history": history})
+        if ckpt is not None and ((step + 1) % opts.checkpoint_every == 0 or step + 1 == total):
+            check_finite_parameters(heads, step + 1, "stage 2", "stage2_lr")
+            if opts.is_main:
+                save_checkpoint(ckpt, step + 1, modules, fingerprint,
+                                {"history": history, "running": running})
     model.eval()
     return history
