@@ -207,6 +207,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "digits": {"arch": "resnet18", "width": 8, "image_size": 16, "mem_sizes": [32, 16],
                "ratios": [0.5, 1.0], "batch_size": 32, "stage1_epochs": 40, "stage1_lr": 0.1,
                "crop_scale": [0.6, 1.0], "head_hidden": 32, "head_pool": 1, "stage2_epochs": 60},
+    # Localisation on 128x128 tiles (Magnetic Tile Defects): ImageNet stem, memory after
+    # stages 2 and 3 (16x16 and 8x8 maps; stage 4 is never computed); see anomem.localisation.
+    "mtd": {"arch": "resnet18", "width": 16, "stem": "imagenet", "image_size": 128,
+            "memory_stages": [2, 3], "mem_sizes": [64, 32], "ratios": [0.3, 1.0],
+            "negatives": "same_position", "batch_size": 64, "stage1_epochs": 12,
+            "stage1_lr": 0.1, "head_hidden": 64, "stage2_epochs": 60},
 }
 
 

@@ -27,6 +27,7 @@ from anomem import __version__
 from anomem.config import AnoMemConfig, from_dict, get_config, to_dict
 from anomem.data.convert import to_image_tensor, to_normal_flags
 from anomem.errors import ConfigError, InvalidInputError, ModelFileError, RequiresFitting
+from anomem.localisation import anomaly_map
 from anomem.serialization import atomic_torch_save, safe_torch_load
 from anomem.stages.common import RunOptions
 from anomem.stages.stage1 import train_stage1
@@ -164,6 +165,19 @@ class AnoMem:
         out = map_batches(model, x, RunOptions(device=self._device()),
                           lambda m, b: [d.cpu() for d in m.deviation_maps(b)], batch_size)
         return [torch.cat([o[s] for o in out]).numpy() for s in range(len(model.memories))]
+
+    def anomaly_map(self, images: Any, sigma: float = 4.0, batch_size: int = 64) -> np.ndarray:
+        """Per-pixel anomaly heatmap (N, S, S) at the model's input side S, float32.
+
+        The per-position deviations of every memory scale, upsampled and fused
+        with alpha(s), then smoothed by a gaussian of ``sigma`` pixels (see
+        :func:`anomem.localisation.anomaly_map`); one-class and semi-supervised.
+        """
+        model = self._require_model()
+        x = to_image_tensor(images, model.config.image_size, "images")
+        out = map_batches(model, x, RunOptions(device=self._device()),
+                          lambda m, b: anomaly_map(m, b, sigma).cpu(), batch_size)
+        return torch.cat(out).numpy().astype(np.float32)
 
     def predict(self, images: Any, threshold: float | None = None) -> np.ndarray:
         """1 for an anomaly, 0 for a normal image, at ``threshold`` (default :attr:`threshold_`)."""

@@ -1,0 +1,128 @@
+"""Anomaly localisation: one heatmap at input resolution from the multi-scale deviation maps.
+
+The paper stops at image scores and names "merging the several scale anomaly
+maps into a single heatmap" as future work.  This module does it with the
+quantities the image score is made of, so that heatmap and score agree:
+
+1. **Per-position scale scores** m(s)_ij, on each memory scale's H(s) x W(s) grid.
+   One-class: m(s)_ij = ||Delta(s)_ij||_2, the norm of the Eq. 8 deviation
+   vector at that position (Eq. 9 is the l2 norm of all of them together).
+   Semi-supervised: the scale head g(s) of Eq. 10 applied position by
+   position.  A head sees phi(Delta), the average pooling of Delta to p x p
+   cells, flattened; a position cannot be pooled on its own, so m(s)_ij is
+   defined as the head's output on the map equal to Delta(s)_ij everywhere:
+   phi of that map is Delta_ij repeated in every cell, so the first layer's
+   weights are summed over the cells and g(s) becomes a 1x1 convolution
+   (:func:`head_map`).  It is exact for a uniform map and piecewise-linear
+   in Delta_ij, like g(s) itself.
+2. **Upsampling** of each m(s) to the input side (bilinear, ``align_corners=False``).
+3. **Fusion** with the normalised alpha(s) weights of Eq. 13 (the ``alphas``
+   buffer of :class:`~anomem.torch_model.AnoMemModel`), each scale divided by
+   the model's ``score_std`` (1 unless the one-class model was calibrated, in
+   which case this is the calibration's rescaling; its shift is a constant that
+   changes no ranking and is left out).
+4. **Smoothing** (optional) by a gaussian of standard deviation ``sigma`` input pixels.
+
+Everything is plain tensor algebra, so :class:`AnomalyMapNet` can be traced
+(``torch.jit.trace``) for export.  Higher = more anomalous, as everywhere.
+
+Resolution and cost.  A map is as fine as the earliest memory scale: the
+``mtd`` preset (128 x 128 inputs, ImageNet stem, memory after stages 2 and 3)
+gives 16 x 16 and 8 x 8 maps (strides 8 and 16) at about the compute of a 32 x 32
+CIFAR-stem network, since stage 4 is never evaluated; see
+``benchmarks/localisation/README.md`` for the measured cost.
+
+Example:
+    >>> from anomem.config import get_config
+    >>> from anomem.torch_model import AnoMemModel
+    >>> model = AnoMemModel(get_config("digits")).eval()
+    >>> anomaly_map(model, torch.rand(2, 3, 16, 16), sigma=1.0).shape
+    torch.Size([2, 16, 16])
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anomem.errors import InvalidInputError
+from anomem.torch_model import AnoMemModel, ScaleHead
+
+
+def head_map(head: ScaleHead, delta: torch.Tensor) -> torch.Tensor:
+    """g(s) (Eq. 10) at every position of Delta (B, C, H, W): (B, H, W).
+
+    The value at (i, j) is ``head(Delta_ij broadcast to the whole map)``; the
+    pooling phi of a constant map is that constant in each of the p x p cells,
+    so the first linear layer reduces to its weights summed over the cells.
+    """
+    first, last = head.mlp[0], head.mlp[2]
+    weight = first.weight.view(first.out_features, delta.shape[1], -1).sum(-1)   # (hidden, C)
+    hidden = torch.relu(torch.einsum("kc,bchw->bkhw", weight, delta)
+                        + first.bias.view(1, -1, 1, 1))
+    return torch.einsum("k,bkhw->bhw", last.weight[0], hidden) + last.bias[0]
+
+
+def position_scores(model: AnoMemModel, images: torch.Tensor) -> list[torch.Tensor]:
+    """Per-position scale scores m(s), one (B, H(s), W(s)) tensor per memory scale."""
+    deltas = model.deviation_maps(images)
+    if model.heads is None:
+        return [d.norm(dim=1) for d in deltas]
+    return [head_map(h, d) for h, d in zip(model.heads, deltas, strict=True)]
+
+
+def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable gaussian blur of (B, H, W) maps, edge-replicated; ``sigma`` in pixels (0 = none).
+
+    The kernel is truncated at 3 sigma; it depends on ``sigma`` only, never on the map size.
+    """
+    if sigma <= 0:
+        return maps
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    x = F.pad(maps.unsqueeze(1), (radius, radius, radius, radius), mode="replicate")
+    x = F.conv2d(x, k.view(1, 1, 1, -1))
+    return F.conv2d(x, k.view(1, 1, -1, 1)).squeeze(1)
+
+
+def anomaly_map(model: AnoMemModel, images: torch.Tensor, sigma: float = 4.0) -> torch.Tensor:
+    """Fused anomaly heatmap (B, H, W) of float images (B, 3, H, W) in [0, 1].
+
+    Args:
+        model: a fitted network, one-class or semi-supervised (put it in eval mode).
+        images: the batch, at the model's input side.
+        sigma: standard deviation in input pixels of the final gaussian smoothing (0: none).
+    """
+    if not sigma >= 0:
+        raise InvalidInputError(f"sigma must be a non-negative number of pixels, got {sigma!r}")
+    if not torch.jit.is_tracing() and (images.ndim != 4 or images.shape[1] != 3):
+        raise InvalidInputError(f"images must be a (B, 3, H, W) batch, got shape {tuple(images.shape)}")
+    size = images.shape[-2:]
+    up = torch.stack([F.interpolate(m.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
+                      .squeeze(1) for m in position_scores(model, images)], dim=1)
+    fused = torch.einsum("s,bshw->bhw", model.alphas / model.score_std, up)
+    return gaussian_smooth(fused, sigma)
+
+
+class AnomalyMapNet(nn.Module):
+    """:func:`anomaly_map` as a module (fixed ``sigma``), for tracing and export.
+
+    Example:
+        >>> from anomem.config import get_config
+        >>> net = AnomalyMapNet(AnoMemModel(get_config("digits")).eval(), sigma=1.0)
+        >>> traced = torch.jit.trace(net, torch.rand(1, 3, 16, 16))
+        >>> traced(torch.rand(2, 3, 16, 16)).shape
+        torch.Size([2, 16, 16])
+    """
+
+    def __init__(self, model: AnoMemModel, sigma: float = 4.0) -> None:
+        super().__init__()
+        self.model, self.sigma = model, float(sigma)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return anomaly_map(self.model, images, self.sigma)
