@@ -202,7 +202,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"beta": 2.0},
     # A narrow ResNet-18 that trains one CIFAR-10 class in minutes on 2 CPU cores.
     "cpu": {"arch": "resnet18", "width": 16, "mem_sizes": [64, 32], "batch_size": 128,
-            "stage1_epochs": 15, "stage1_lr": 0.1, "head_hidden": 64, "stage2_epochs": 60},
+            "stage1_epochs": 10, "stage1_lr": 0.1, "head_hidden": 64, "stage2_epochs": 60},
     # The embedded default: scikit-learn's 8x8 digits upsampled to 16x16.
     "digits": {"arch": "resnet18", "width": 8, "image_size": 16, "mem_sizes": [32, 16],
                "ratios": [0.5, 1.0], "batch_size": 32, "stage1_epochs": 40, "stage1_lr": 0.1,
