@@ -20,8 +20,8 @@ from anomem.config import AnoMemConfig
 from anomem.errors import TrainingDivergedError
 from anomem.losses import contrasted_memory_loss, mem_select, multiscale_loss, sample_positions
 from anomem.losses import variance_loss
-from anomem.stages.common import (RunOptions, check_finite, load_checkpoint, save_checkpoint,
-                                  sgd_cosine)
+from anomem.stages.common import (RunOptions, check_finite, check_finite_parameters,
+                                  load_checkpoint, save_checkpoint, sgd_cosine)
 from anomem.torch_model import AnoMemModel
 
 # Prototypes whose spread (mean over dimensions of the std across patterns) falls
@@ -83,6 +83,16 @@ def prototype_spread(model: AnoMemModel) -> float:
                if hasattr(m, "patterns"))
 
 
+def check_collapse(model: AnoMemModel, where: str) -> None:
+    """Raises :class:`TrainingDivergedError` if the prototypes spread less than ``COLLAPSE_SPREAD``."""
+    if model.config.use_memory and prototype_spread(model) < COLLAPSE_SPREAD:
+        raise TrainingDivergedError(
+            f"stage 1: the memory prototypes collapsed to one point {where}. Raise lambda_v "
+            f"(now {model.config.lambda_v}) or lower stage1_lr and train again (a changed "
+            f"configuration needs a new checkpoint folder); the last good checkpoint (if any) "
+            f"is kept.")
+
+
 def train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
                  fingerprint: dict[str, Any], opts: RunOptions,
                  objective: nn.Module | None = None) -> list[dict[str, float]]:
@@ -106,14 +116,13 @@ def train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
     aug = TwoViewAugment(cfg.image_size, cfg.crop_scale, cfg.jitter, cfg.blur_sigma, cfg.noise_std)
     ckpt = opts.checkpoint_dir / "stage1.ckpt" if opts.checkpoint_dir else None
     modules = {"model": model, "opt": opt, "sched": sched}
-    start, history = 0, []
+    start, history, epoch_stats = 0, [], {}
     if ckpt is not None and ckpt.is_file():
         start, extra = load_checkpoint(ckpt, modules, fingerprint)
-        history = extra.get("history", [])
+        history, epoch_stats = extra.get("history", []), extra.get("epoch_stats", {})
     model.train()
     bar = tqdm(total=total, initial=start, desc="stage 1", disable=not (opts.progress and opts.is_main),
                unit="step", dynamic_ncols=True)
-    epoch_stats: dict[str, float] = {}
     t0, seen = time.perf_counter(), 0
     for step in range(start, total):
         epoch, i = divmod(step, per_epoch)
@@ -141,14 +150,13 @@ def train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
             history.append({"epoch": epoch + 1, "images_per_s": ips,
                             **{k: v / per_epoch for k, v in epoch_stats.items()}})
             epoch_stats = {}
-            if cfg.use_memory and prototype_spread(model) < COLLAPSE_SPREAD:
-                raise TrainingDivergedError(
-                    f"stage 1: the memory prototypes collapsed to one point at epoch {epoch + 1}. "
-                    f"Raise lambda_v (now {cfg.lambda_v}) or lower stage1_lr; the last good "
-                    f"checkpoint (if any) is kept.")
-        last = step + 1 == total
-        if ckpt is not None and opts.is_main and ((step + 1) % opts.checkpoint_every == 0 or last):
-            save_checkpoint(ckpt, step + 1, modules, fingerprint, {"history": history})
+            check_collapse(model, f"at epoch {epoch + 1}")
+        if ckpt is not None and ((step + 1) % opts.checkpoint_every == 0 or step + 1 == total):
+            check_finite_parameters(model, step + 1, "stage 1", "stage1_lr")
+            check_collapse(model, f"at step {step + 1}")
+            if opts.is_main:
+                save_checkpoint(ckpt, step + 1, modules, fingerprint,
+                                {"history": history, "epoch_stats": epoch_stats})
     bar.close()
     model.eval()
     return history
