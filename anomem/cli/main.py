@@ -12,11 +12,11 @@ import sys
 from types import ModuleType
 
 from anomem import __version__
-from anomem.cli import demo, evaluate, export, fit, score
+from anomem.cli import benchmark, demo, evaluate, export, fit, score
 from anomem.errors import AnoMemError
 
 COMMANDS: dict[str, ModuleType] = {"fit": fit, "score": score, "evaluate": evaluate, "export": export,
-                                    "demo": demo}
+                                    "demo": demo, "benchmark": benchmark}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,6 @@
+"""Baselines of the paper's tables, each an estimator like :class:`anomem.AnoMem`.
+
+``fit(images, labels)`` (labels: 1 = anomaly, 0 = normal, or None) and
+``decision_function(images)`` (higher = more anomalous), on the same backbone,
+augmentation and training budget as AnoMem's configuration.
+"""

@@ -1,0 +1,62 @@
+"""``anomem benchmark``: run a benchmark grid (resumable) and write its tables and plots.
+
+Example::
+
+    anomem benchmark benchmarks/configs/cpu.yaml --results benchmarks/results/cpu.jsonl
+    anomem benchmark benchmarks/configs/cpu.yaml --report-only   # tables from finished cells
+
+Every finished cell is stored at once; rerunning the same command skips them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from anomem.errors import InvalidInputError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("benchmark", help="run a resumable benchmark grid and write its tables",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="benchmark YAML (e.g. benchmarks/configs/cpu.yaml)")
+    p.add_argument("--results", default=None,
+                   help="results file, JSON Lines (default: benchmarks/results/<name>.jsonl)")
+    p.add_argument("--shard", default="0/1", metavar="I/N",
+                   help="run only cell groups i, i+N, ... (several processes may share one "
+                        "results file)")
+    p.add_argument("--max-cells", type=int, default=None, help="stop after this many new cells")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--report-only", action="store_true",
+                   help="do not run anything; write the tables and plots of finished cells")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise InvalidInputError(f"--shard must look like I/N (e.g. 0/2), got {text!r}") from None
+    if not 0 <= i < n:
+        raise InvalidInputError(f"--shard {text!r}: need 0 <= I < N")
+    return i, n
+
+
+def run(args: argparse.Namespace) -> int:
+    from anomem.protocols.runner import load_grid, run_grid
+    from anomem.reports.tables import write_reports
+
+    grid = load_grid(args.config)
+    results = Path(args.results or grid.get("results") or f"benchmarks/results/{grid['name']}.jsonl")
+    shard = _shard(args.shard)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.report_only:
+        added = run_grid(grid, results, shard, progress=not args.no_progress,
+                         max_cells=args.max_cells)
+        print(f"anomem benchmark: {len(added)} new cell(s) in {results}")
+    for path in write_reports(grid, results, results.parent):
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,283 @@
+"""Resumable grid runner: method x dataset x normal class x gamma x draw (one-vs-all).
+
+A benchmark config (YAML) names the datasets, classes, gammas, draws and
+methods.  Every finished cell is stored at once as one JSON row of the results
+file (JSON Lines, rewritten atomically under a lock, so several shards may
+share it); a rerun skips the cells already there, so an interrupted sweep
+resumes where it stopped.  Each row holds the cell, the method's full
+configuration, the seed, the AUROC, wall time and peak memory.
+
+Config keys (see ``benchmarks/configs/``)::
+
+    name: cpu                      # label stored in every row
+    preset: cpu                    # AnoMem preset every method starts from
+    overrides: {stage1_epochs: 2}  # applied to every method
+    datasets: [cifar10_jpeg]       # or {name: cifar10, path: ...}, cifar100, digits, folders
+    classes: all                   # or a list of class indices
+    gammas: [0.0, 0.05]
+    draws: 1                       # draw d uses seed + d (anomaly draw and training)
+    seed: 0
+    train_per_class: null          # optional seeded subsample of each training class
+    test_per_class: null           # optional seeded subsample of each test class
+    methods:                       # run in this order inside each (class, gamma, draw)
+      - {name: anomem}
+      - {name: knn, kind: knn, encoder: anomem}   # reuses the fitted AnoMem of the cell
+      - {name: kmeans, kind: anomem, overrides: {use_memory: false, prototypes: kmeans}}
+      - {name: deepsad, kind: deepsad}
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from anomem.baselines.deepsad import DeepSAD
+from anomem.baselines.knn import KNNDetector
+from anomem.baselines.supervised import SupervisedClassifier
+from anomem.config import get_config, load_yaml, to_dict
+from anomem.data.dataset import LabelledSplit
+from anomem.detector import AnoMem
+from anomem.errors import ConfigError, InvalidInputError
+from anomem.protocols.one_vs_all import OneVsAllTask, run_one_vs_all
+from anomem.serialization import atomic_write_text
+
+KINDS: dict[str, Callable[..., Any]] = {"anomem": AnoMem, "deepsad": DeepSAD, "knn": KNNDetector,
+                                        "supervised": SupervisedClassifier}
+#: Method keys read by the runner and the reports, not passed to the estimator.
+NON_ESTIMATOR_KEYS = {"name", "kind", "overrides", "encoder", "paper", "sweep", "x"}
+GRID_KEYS = {"name", "preset", "overrides", "datasets", "classes", "gammas", "draws", "seed",
+             "train_per_class", "test_per_class", "methods", "results"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid point; ``key`` identifies it in the results file."""
+
+    method: str
+    dataset: str
+    normal_class: int
+    gamma: float
+    draw: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.method}|{self.dataset}|{self.normal_class}|{self.gamma:g}|{self.draw}"
+
+
+# ---------------------------------------------------------------- datasets
+def load_dataset(spec: str | dict[str, Any]) -> tuple[str, LabelledSplit]:
+    """A dataset of the grid: its label and its split (see the module docstring)."""
+    from anomem.data import cifar
+    from anomem.data.digits import load_digits_split
+    from anomem.data.locate import CIFAR10_JPEG, shared_file
+
+    d = {"name": spec} if isinstance(spec, str) else dict(spec)
+    name, path = d.get("name"), d.get("path")
+    label = str(d.get("label", name))
+    if name == "cifar10_jpeg":
+        return label, cifar.cached_cifar10_jpeg(path or shared_file(CIFAR10_JPEG))
+    if name == "digits":
+        return label, load_digits_split(seed=int(d.get("seed", 0)))
+    if path is None:
+        raise ConfigError(f"dataset {name!r} needs a 'path' (e.g. {{name: {name}, path: ...}})")
+    if name == "cifar10":
+        return label, cifar.read_cifar10_python(path)
+    if name == "cifar100":
+        return label, cifar.read_cifar100_python(path, coarse=bool(d.get("coarse", True)))
+    if name == "folders":
+        from anomem.data.folders import read_class_folders
+        size = int(d.get("size", 32))
+        xtr, ytr, classes = read_class_folders(Path(path) / "train", size)
+        xte, yte, test_classes = read_class_folders(Path(path) / "test", size)
+        if classes != test_classes:
+            raise InvalidInputError(f"dataset folder {path!r}: train/ and test/ must hold the "
+                                    f"same class sub-folders")
+        return label, LabelledSplit(xtr, ytr, xte, yte, classes)
+    raise ConfigError(f"unknown dataset {name!r}; use cifar10_jpeg, cifar10, cifar100, digits "
+                      f"or folders")
+
+
+def subsample(split: LabelledSplit, train_per_class: int | None, test_per_class: int | None,
+              seed: int = 0) -> LabelledSplit:
+    """Keep at most the given number of images per class (seeded, same for every cell)."""
+    rng = np.random.default_rng(seed)
+
+    def pick(y: np.ndarray, k: int | None) -> np.ndarray:
+        if k is None:
+            return np.arange(len(y))
+        return np.sort(np.concatenate([rng.permutation(np.flatnonzero(y == c))[:k]
+                                       for c in np.unique(y)]))
+
+    a, b = pick(split.y_train, train_per_class), pick(split.y_test, test_per_class)
+    return LabelledSplit(split.x_train[a], split.y_train[a], split.x_test[b], split.y_test[b],
+                         split.classes)
+
+
+# ---------------------------------------------------------------- results file
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path``.lock, so shards do not overwrite each other's rows."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def read_results(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a results file (missing file: none; an unreadable line is skipped)."""
+    p = Path(path)
+    if not p.is_file():
+        return []
+    rows = []
+    for line in p.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def append_result(path: str | Path, row: dict[str, Any]) -> None:
+    """Add ``row`` (replacing a row with the same ``cell``) and rewrite the file atomically."""
+    p = Path(path)
+    with locked(p):
+        rows = [r for r in read_results(p) if r.get("cell") != row["cell"]] + [row]
+        atomic_write_text(p, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
+# ---------------------------------------------------------------- the grid
+def load_grid(path_or_dict: str | Path | dict[str, Any]) -> dict[str, Any]:
+    """A validated benchmark config with defaults filled in."""
+    g = dict(path_or_dict) if isinstance(path_or_dict, dict) else load_yaml(path_or_dict)
+    unknown = sorted(set(g) - GRID_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown benchmark key(s) {', '.join(unknown)}; known: "
+                          f"{', '.join(sorted(GRID_KEYS))}")
+    g.setdefault("name", "benchmark")
+    g.setdefault("preset", "cpu")
+    g.setdefault("overrides", {})
+    g.setdefault("datasets", ["cifar10_jpeg"])
+    g.setdefault("classes", "all")
+    g.setdefault("gammas", [0.0])
+    g.setdefault("draws", 1)
+    g.setdefault("seed", 0)
+    g.setdefault("methods", [{"name": "anomem"}])
+    for m in g["methods"]:
+        kind = m.get("kind", m.get("name"))
+        if kind not in KINDS:
+            raise ConfigError(f"method {m.get('name')!r}: unknown kind {kind!r}; use one of "
+                              f"{', '.join(KINDS)}")
+    return g
+
+
+def method_config(grid: dict[str, Any], method: dict[str, Any], seed: int) -> Any:
+    """The AnoMem config of one method: preset, grid overrides, method overrides, seed."""
+    return get_config(grid["preset"], {**grid["overrides"], **method.get("overrides", {}),
+                                       "seed": seed})
+
+
+def cells_of(grid: dict[str, Any], datasets: dict[str, LabelledSplit]) -> list[Cell]:
+    """Every cell, ordered dataset, class, draw, gamma, method (a class finishes whole)."""
+    out = []
+    for label, split in datasets.items():
+        classes = range(len(split.classes)) if grid["classes"] == "all" else grid["classes"]
+        for c in classes:
+            for d in range(int(grid["draws"])):
+                for gamma in grid["gammas"]:
+                    out += [Cell(m["name"], label, int(c), float(gamma), d) for m in grid["methods"]]
+    return out
+
+
+def _peak_memory_mb() -> dict[str, float]:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = {"peak_rss_mb": rss / (1024 * 1024 if sys.platform == "darwin" else 1024)}
+    if torch.cuda.is_available():
+        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
+    return out
+
+
+def run_cell(grid: dict[str, Any], cell: Cell, split: LabelledSplit,
+             fitted: dict[str, Any]) -> dict[str, Any]:
+    """Fit and score one cell; ``fitted`` holds the detectors already fitted for this
+    (dataset, class, gamma, draw), so ``encoder: <method>`` can reuse one."""
+    method = next(m for m in grid["methods"] if m["name"] == cell.method)
+    kind = method.get("kind", method["name"])
+    seed = int(grid["seed"]) + cell.draw
+    cfg = method_config(grid, method, seed)
+    extra = {k: v for k, v in method.items() if k not in NON_ESTIMATOR_KEYS}
+    encoder = fitted.get(method.get("encoder", ""))
+    if encoder is not None:
+        extra["encoder"] = encoder
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+    def fit_score(task: OneVsAllTask, _seed: int) -> np.ndarray:
+        det = KINDS[kind](cfg, **extra).fit(task.x_train, task.labels_train)
+        fitted[cell.method] = det
+        return det.decision_function(task.x_test)
+
+    t0 = time.perf_counter()
+    res = run_one_vs_all(split, cell.normal_class, cell.gamma, seed, fit_score)
+    return {"cell": cell.key, "benchmark": grid["name"], "method": cell.method, "kind": kind,
+            "dataset": cell.dataset, "classes": list(split.classes), "draw": cell.draw, **res,
+            "wall_s": round(time.perf_counter() - t0, 2), **_peak_memory_mb(),
+            "encoder_reused": method.get("encoder") if encoder is not None else None,
+            "method_options": {k: v for k, v in method.items() if k not in ("name", "kind")},
+            "config": to_dict(cfg), "torch_threads": torch.get_num_threads(),
+            "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def run_grid(grid: dict[str, Any] | str | Path, results: str | Path, shard: tuple[int, int] = (0, 1),
+             progress: bool = True, max_cells: int | None = None,
+             datasets: dict[str, LabelledSplit] | None = None) -> list[dict[str, Any]]:
+    """Run every cell of ``grid`` missing from ``results``; returns the rows it added.
+
+    ``shard=(i, n)`` runs only the cells whose group index is i modulo n (a group
+    is one dataset, class, draw and gamma, so reuse inside a group is kept);
+    ``max_cells`` stops after that many new cells (for tests and time boxes).
+    """
+    g = load_grid(grid)
+    if datasets is None:
+        datasets = {}
+        for spec in g["datasets"]:
+            label, split = load_dataset(spec)
+            datasets[label] = subsample(split, g.get("train_per_class"), g.get("test_per_class"))
+    cells = cells_of(g, datasets)
+    n_methods = len(g["methods"])
+    mine = [c for i, c in enumerate(cells) if (i // n_methods) % shard[1] == shard[0]]
+    done = {r["cell"] for r in read_results(results)}
+    todo = [c for c in mine if c.key not in done]
+    added: list[dict[str, Any]] = []
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"{g['name']} cells",
+               unit="cell", disable=not progress, dynamic_ncols=True)
+    fitted: dict[str, Any] = {}
+    group = None
+    for cell in todo:
+        if max_cells is not None and len(added) >= max_cells:
+            break
+        if (cell.dataset, cell.normal_class, cell.gamma, cell.draw) != group:
+            group, fitted = (cell.dataset, cell.normal_class, cell.gamma, cell.draw), {}
+        bar.set_postfix_str(cell.key)
+        row = run_cell(g, cell, datasets[cell.dataset], fitted)
+        append_result(results, row)
+        added.append(row)
+        bar.update(1)
+        bar.write(f"{cell.key}: AUROC {100 * row['auroc']:.1f} ({row['wall_s']:.0f} s)")
+    bar.close()
+    return added

@@ -1,0 +1,161 @@
+"""Markdown tables of a benchmark's results, laid out like the paper's Tables 1-4.
+
+Each table puts the measured AUROC (%) of a method next to the paper's number
+for the same method, dataset and gamma (SPEC §3), and states which cells are
+missing: a mean is only taken over the normal classes for which every method
+of the table finished, and the count of classes is printed with it.
+
+Methods are matched to the paper by their ``paper`` key in the benchmark
+config (``anomem``, ``deepsad``, ``kmeans``, ``single_scale``,
+``multi_scale``); datasets by their label (``cifar10*``, ``cifar100*``).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anomem.protocols.runner import cells_of, read_results
+from anomem.serialization import atomic_write_text
+
+#: One-vs-all AUROC (%) of the paper, by dataset, method and gamma (Table 1-2).
+PAPER_ONE_VS_ALL: dict[str, dict[str, dict[float, float]]] = {
+    "cifar10": {"anomem": {0.0: 91.5, 0.01: 92.5, 0.05: 97.1, 0.1: 97.6},
+                "deepsad": {0.0: 60.9, 0.01: 72.6, 0.05: 77.9, 0.1: 79.8}},
+    "cifar100": {"anomem": {0.0: 86.1, 0.01: 90.9, 0.05: 92.3, 0.1: 94.7}},
+    "cub200": {"anomem": {0.0: 81.4, 0.01: 84.1, 0.05: 85.3, 0.1: 86.0}},
+}
+#: Table 4, CIFAR-10 one-class AUROC (%) of the prototype / scale ablation.
+PAPER_ABLATION = {"kmeans": 88.1, "single_scale": 90.5, "multi_scale": 91.5}
+#: OoD AUROC (%) with CIFAR-10 in-distribution (Table 3).
+PAPER_OOD = {"svhn": 99.2, "lsun": 97.5, "cifar100": 89.2}
+
+
+def paper_dataset(label: str) -> str | None:
+    """The paper's dataset a result label refers to, if any."""
+    low = label.lower()
+    for key in ("cifar100", "cifar10", "cub200"):
+        if low.startswith(key):
+            return key
+    return None
+
+
+def _fmt(v: float | None, digits: int = 1) -> str:
+    return "—" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
+
+
+def per_class(rows: list[dict[str, Any]]) -> dict[tuple[str, str, float, int], list[float]]:
+    """AUROC (%) per (method, dataset, gamma, class), one value per draw."""
+    out: dict[tuple[str, str, float, int], list[float]] = defaultdict(list)
+    for r in rows:
+        out[(r["method"], r["dataset"], float(r["gamma"]), int(r["normal_class"]))].append(
+            100 * float(r["auroc"]))
+    return out
+
+
+def complete_classes(table: dict[tuple[str, str, float, int], list[float]], methods: list[str],
+                     dataset: str, gamma: float, classes: list[int]) -> list[int]:
+    """Classes for which every method of ``methods`` has a result at ``gamma``."""
+    return [c for c in classes if all((m, dataset, gamma, c) in table for m in methods)]
+
+
+def one_vs_all_table(grid: dict[str, Any], rows: list[dict[str, Any]], dataset: str,
+                     classes: list[int], names: tuple[str, ...]) -> str:
+    """Table 1/2 layout: methods x gamma, mean AUROC over the classes all methods finished."""
+    table = per_class(rows)
+    methods = [m["name"] for m in grid["methods"]]
+    gammas = [float(g) for g in grid["gammas"]]
+    pd = paper_dataset(dataset)
+    head = "| method | " + " | ".join(f"γ={g:g} | paper" for g in gammas) + " |"
+    lines = [f"### One-vs-all AUROC (%), {dataset}: mean over classes (± std over draws)", "",
+             head, "|---|" + "---:|---:|" * len(gammas)]
+    for m in grid["methods"]:
+        cells = []
+        for g in gammas:
+            done = complete_classes(table, methods, dataset, g, classes)
+            vals = np.array([table[(m["name"], dataset, g, c)] for c in done], dtype=object)
+            if len(done):
+                draws = min(len(v) for v in vals)
+                per_draw = np.array([[v[d] for v in vals] for d in range(draws)]).mean(axis=1)
+                std = f" ± {per_draw.std():.1f}" if draws > 1 else ""
+                cells.append(f"{per_draw.mean():.1f}{std} ({len(done)}/{len(classes)} cl.)")
+            else:
+                cells.append("— (0 cl.)")
+            paper = PAPER_ONE_VS_ALL.get(pd or "", {}).get(m.get("paper", ""), {}).get(g)
+            cells.append(_fmt(paper))
+        lines.append(f"| {m['name']} | " + " | ".join(cells) + " |")
+    lines += ["", "#### Per class (AUROC %, mean over draws; — = not run yet)", "",
+              "| class | " + " | ".join(f"{m} γ={g:g}" for g in gammas for m in methods) + " |",
+              "|---|" + "---:|" * (len(gammas) * len(methods))]
+    for c in classes:
+        vals = [_fmt(float(np.mean(table[(m, dataset, g, c)])) if (m, dataset, g, c) in table
+                     else None) for g in gammas for m in methods]
+        lines.append(f"| {c} {names[c]} | " + " | ".join(vals) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def ablation_table(grid: dict[str, Any], rows: list[dict[str, Any]], dataset: str,
+                   classes: list[int]) -> str:
+    """Table 4 layout: the methods carrying an ablation ``paper`` key, one-class AUROC."""
+    ab = [m for m in grid["methods"] if m.get("paper") in PAPER_ABLATION
+          or m.get("paper") == "anomem"]
+    if len(ab) < 2 or 0.0 not in [float(g) for g in grid["gammas"]]:
+        return ""
+    table = per_class(rows)
+    done = complete_classes(table, [m["name"] for m in ab], dataset, 0.0, classes)
+    lines = [f"### Ablation (Table 4), {dataset}, one-class AUROC (%) over {len(done)}/"
+             f"{len(classes)} classes", "", "| variant | measured | paper |", "|---|---:|---:|"]
+    for m in ab:
+        key = "multi_scale" if m["paper"] == "anomem" else m["paper"]
+        v = np.mean([np.mean(table[(m["name"], dataset, 0.0, c)]) for c in done]) if done else None
+        lines.append(f"| {m['name']} ({key}) | {_fmt(v)} | {_fmt(PAPER_ABLATION[key])} |")
+    return "\n".join(lines) + "\n"
+
+
+def coverage(grid: dict[str, Any], rows: list[dict[str, Any]],
+             datasets: dict[str, tuple[str, ...]]) -> str:
+    """Which cells of the grid are finished and which are missing."""
+    done = {r["cell"] for r in rows}
+    fake = {k: _Named(v) for k, v in datasets.items()}
+    cells = cells_of(grid, fake)  # type: ignore[arg-type]
+    missing = [c.key for c in cells if c.key not in done]
+    wall = sum(float(r.get("wall_s", 0)) for r in rows)
+    text = [f"### Coverage: {len(cells) - len(missing)}/{len(cells)} cells finished "
+            f"({wall / 3600:.2f} h of cell wall time)", ""]
+    if missing:
+        text.append("Missing cells (method|dataset|class|γ|draw): " + ", ".join(missing))
+    return "\n".join(text) + "\n"
+
+
+class _Named:
+    """Stand-in split that only carries class names (enough for :func:`cells_of`)."""
+
+    def __init__(self, classes: tuple[str, ...]) -> None:
+        self.classes = classes
+
+
+def render(grid: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """The whole Markdown report of a benchmark."""
+    names = {r["dataset"]: tuple(r["classes"]) for r in rows}
+    parts = [f"# Benchmark `{grid['name']}`", "",
+             "AUROC in %, anomalies as positives. Paper numbers: SPEC §3 (the paper's "
+             "Tables 1-4; DeepSAD row as reported in the paper).", ""]
+    for ds, n in names.items():
+        classes = list(range(len(n))) if grid["classes"] == "all" else list(grid["classes"])
+        parts += [one_vs_all_table(grid, rows, ds, classes, n),
+                  ablation_table(grid, rows, ds, classes)]
+    parts.append(coverage(grid, rows, names))
+    return "\n".join(p for p in parts if p)
+
+
+def write_reports(grid: dict[str, Any], results: str | Path, out_dir: str | Path) -> list[Path]:
+    """Write ``<name>_tables.md`` (and sweep plots, if any) next to the results."""
+    from anomem.reports.plots import sweep_plots
+
+    rows = read_results(results)
+    out = Path(out_dir)
+    paths = [atomic_write_text(out / f"{grid['name']}_tables.md", render(grid, rows))]
+    return paths + sweep_plots(grid, rows, out)
