@@ -112,7 +112,9 @@ def exported_scores(path: str | Path, fmt: Format, images: np.ndarray) -> np.nda
                               "'anomem[export]'") from None
         sess = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
         return np.asarray(sess.run(None, {"images": x})[0], dtype=np.float64)
-    module = torch.jit.load(str(p), map_location="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated, still works
+        module = torch.jit.load(str(p), map_location="cpu")
     with torch.no_grad():
         return module(torch.from_numpy(x)).numpy().astype(np.float64)
 
