@@ -131,7 +131,7 @@ def train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
         x = images[idx].to(opts.device, non_blocking=True).float().div_(255)
         v1, v2 = aug(x)
         loss, stats = objective(v1, v2, y[idx].to(opts.device), opts.gather, opts.rank * bsz)
-        value = check_finite(loss, step, "stage 1", "stage1_lr")
+        value = check_finite(loss, step + 1, "stage 1", "stage1_lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -97,7 +97,7 @@ def train_heads(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
         idx = torch.randperm(n, generator=g)[i * bsz:(i + 1) * bsz].to(opts.device)
         d = torch.stack([h.mlp(p[idx]).squeeze(-1) for h, p in zip(heads, phis)])
         loss = sup_loss(d, y[idx], cfg.margin)
-        value = check_finite(loss, step, "stage 2", "stage2_lr")
+        value = check_finite(loss, step + 1, "stage 2", "stage2_lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
