@@ -33,13 +33,12 @@ def nt_xent(a: torch.Tensor, b: torch.Tensor, tau: float = 0.1,
     ga, gb = (a, b) if gather is None else (gather(a), gather(b))
     n, big_n = a.shape[-2], ga.shape[-2]
     keys = torch.cat([ga, gb], dim=-2)                      # (..., 2N, d)
-    anchors = torch.cat([a, b], dim=-2)                     # (..., 2n, d)
-    logits = anchors @ keys.transpose(-1, -2) / tau         # (..., 2n, 2N)
-    rows = torch.arange(2 * n, device=a.device)
-    local = rows % n + offset
-    self_col = torch.where(rows < n, local, local + big_n)
-    pos_col = torch.where(rows < n, local + big_n, local)
-    logits = logits.masked_fill(
-        F.one_hot(self_col, 2 * big_n).bool().expand_as(logits), float("-inf"))
-    pos = logits.gather(-1, pos_col.expand(*logits.shape[:-1]).unsqueeze(-1)).squeeze(-1)
-    return (torch.logsumexp(logits, dim=-1) - pos).mean(dim=-1)
+    anchors = torch.cat([a, b], dim=-2) / tau               # (..., 2n, d)
+    logits = anchors @ keys.transpose(-1, -2)               # (..., 2n, 2N)
+    # Each anchor's own column (u itself) leaves the denominator: two block diagonals,
+    # filled in place (no (2n, 2N) mask); the positive logit sim(a_k, b_k)/tau is
+    # the same for both anchors of pair k.
+    for rows, col in ((slice(0, n), offset), (slice(n, 2 * n), big_n + offset)):
+        logits[..., rows, col:col + n].diagonal(dim1=-2, dim2=-1).fill_(float("-inf"))
+    pos = (a * b).sum(dim=-1) / tau                         # (..., n)
+    return torch.logsumexp(logits, dim=-1).mean(dim=-1) - pos.mean(dim=-1)
