@@ -1,6 +1,7 @@
 """The user's workflow on real image folders: fit -> score -> evaluate -> export, and its errors.
 
-The end-to-end test runs the real command line in subprocesses on scikit-learn's
+The end-to-end test runs the README's walkthrough commands, read from the
+README itself, through the real command line in subprocesses, on scikit-learn's
 digits written as image files (PNG, JPEG, BMP, TIFF; gray, RGB, RGBA, 16-bit;
 nested folders).  The error tests call the same entry point in-process and
 check that each bad input gives exit status 2 and one line naming the input.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -71,6 +73,13 @@ def workspace(tmp_path_factory, digits):
     return ws
 
 
+def walkthrough() -> list[list[str]]:
+    """The 'anomem ...' command lines of the README's Walkthrough section, split into arguments."""
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("\n## Walkthrough\n", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    return [shlex.split(line)[1:] for line in section.splitlines() if line.startswith("anomem ")]
+
+
 def cli(ws: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "anomem.cli.main", *args], cwd=ws, env=env,
@@ -79,8 +88,9 @@ def cli(ws: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_fit_score_evaluate_export_through_the_real_cli(workspace):
     ws = workspace
-    r = cli(ws, "fit", "train/good", "--anomalies", "train/defects", "--config", "digits",
-            "--set", "stage1_epochs=1", "--set", "stage2_epochs=2", "-o", "parts.anomem", "-q")
+    fit, score, evaluate, export = walkthrough()
+    assert [fit[0], score[0], evaluate[0], export[0]] == list(MY_COMMANDS)
+    r = cli(ws, *fit)
     assert r.returncode == 0, r.stderr
     assert "semi-supervised model written to parts.anomem" in r.stderr
     assert "digit1: 4, digit7: 4" in r.stderr and "14 held-out normal images" in r.stderr
@@ -91,8 +101,7 @@ def test_fit_score_evaluate_export_through_the_real_cli(workspace):
     assert det.semi_supervised and isinstance(det.threshold_, float)
 
     # score: one CSV row per image, the Python model's scores, decisions at the stored threshold
-    r = cli(ws, "score", "parts.anomem", "test/good", "test/defects", "-o", "scores.csv",
-            "--heatmaps", "heatmaps", "-q")
+    r = cli(ws, *score)
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader((ws / "scores.csv").open()))
     files = find_images(ws / "test/good") + find_images(ws / "test/defects")
@@ -108,8 +117,7 @@ def test_fit_score_evaluate_export_through_the_real_cli(workspace):
         assert im.format == "PNG" and min(im.size) >= 128
 
     # evaluate: metrics agree with the scores, report and figures are written
-    r = cli(ws, "evaluate", "parts.anomem", "--normal", "test/good", "--anomalies", "test/defects",
-            "--report", "report", "--format", "md", "-q")
+    r = cli(ws, *evaluate)
     assert r.returncode == 0, r.stderr
     metrics = json.loads((ws / "report/metrics.json").read_text())
     truth = np.r_[np.zeros(30), np.ones(20)]
@@ -124,7 +132,7 @@ def test_fit_score_evaluate_export_through_the_real_cli(workspace):
     assert len(list(csv.DictReader((ws / "report/scores.csv").open()))) == 50
 
     # export: the ONNX file scores the same images like the Python model
-    r = cli(ws, "export", "parts.anomem", "--format", "onnx", "--check", "test/good")
+    r = cli(ws, *export)
     assert r.returncode == 0, r.stderr
     sess = ort.InferenceSession(str(ws / "parts.onnx"), providers=["CPUExecutionProvider"])
     onnx_scores = sess.run(None, {"images": images.float().div(255).numpy()})[0]

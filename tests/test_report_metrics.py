@@ -90,7 +90,7 @@ def test_heatmaps_have_the_input_side_and_follow_the_images(fitted):
     assert not np.allclose(heat[0], heat[-1])
     # one image alone gets the same map as inside a batch (no batch coupling)
     np.testing.assert_allclose(anomaly_heatmaps(det, images[3:4])[0], heat[3], atol=1e-5)
-    ov = overlay(images[0], heat[0], float(heat.max()))
+    ov = overlay(images[0], heat[0], float(heat.min()), float(heat.max()))
     assert ov.dtype == np.uint8 and ov.shape[2] == 3 and min(ov.shape[:2]) >= OVERLAY_MIN_SIDE
 
 

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         atomic_write_text(args.output, text)
     if args.heatmaps:
-        heat = anomaly_heatmaps(det, loaded.images, args.batch_size)
+        heat = anomaly_heatmaps(det, loaded.images)
         write_overlays(Path(args.heatmaps), [safe_name(p) for p in loaded.paths], loaded.images, heat)
     n_anom = sum(r[2] == "anomaly" for r in rows)
     print(f"anomem score: {len(rows)} images, {n_anom} anomalies at threshold {threshold:.6g}"

@@ -4,10 +4,10 @@ Figures are drawn with matplotlib's Agg canvas (no display needed, no global
 pyplot state): the ROC curve, score histograms of normal vs anomalous images
 with the threshold, and the most anomalous images next to their heatmaps.
 
-Heatmaps come from the detector's multi-scale deviation maps (Eq. 8): at every
-memory scale s the per-position norm ||Delta(s)|| is upsampled (bilinear) to
-the model's input side, and the scales are fused with the weights alpha(s) of
-Eq. 13.  Every file is written atomically.
+Heatmaps come from :mod:`anomem.localisation` through
+:meth:`anomem.detector.AnoMem.anomaly_map`: the multi-scale deviation maps
+(Eq. 8) scored per position, upsampled to the model's input side and fused
+with the weights alpha(s) of Eq. 13.  Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from PIL import Image
@@ -33,28 +32,24 @@ from anomem.serialization import atomic_write_bytes, atomic_write_text
 #: Overlays are enlarged (nearest neighbour) to at least this many pixels per side.
 OVERLAY_MIN_SIDE = 128
 HEAT_ALPHA = 0.5
+#: Gaussian smoothing of heatmaps, as a fraction of the input side (4 px at 128 px).
+HEAT_SIGMA_PER_SIDE = 1 / 32
 
 
-def anomaly_heatmaps(det: AnoMem, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
-    """Per-pixel anomaly map of each image, (N, S, S): sum_s alpha(s) up(||Delta(s)||) (Eq. 8, 13).
+def anomaly_heatmaps(det: AnoMem, images: torch.Tensor) -> np.ndarray:
+    """Heatmaps (N, S, S) of uint8 (N, 3, S, S) images, higher = more anomalous.
 
-    ``images`` are uint8 (N, 3, S, S) as returned by
-    :func:`anomem.data.folders.load_images`.
+    :meth:`anomem.detector.AnoMem.anomaly_map` (per-position deviations of every
+    scale, Eq. 8, upsampled and fused with alpha(s) of Eq. 13), smoothed by a
+    gaussian of :data:`HEAT_SIGMA_PER_SIDE` times the input side.
     """
-    deltas = det.deviation_maps(images, batch_size)  # raises RequiresFitting when unfitted
-    side = det.config.image_size
-    weights = det.model.alphas.detach().cpu()
-    total = torch.zeros(len(images), 1, side, side)
-    for w, delta in zip(weights, deltas, strict=True):
-        norm = torch.from_numpy(delta).norm(dim=1, keepdim=True)
-        total += w * F.interpolate(norm, size=(side, side), mode="bilinear", align_corners=False)
-    return total[:, 0].numpy()
+    return det.anomaly_map(images, sigma=HEAT_SIGMA_PER_SIDE * det.config.image_size)
 
 
-def overlay(image: torch.Tensor | np.ndarray, heat: np.ndarray, vmax: float) -> np.ndarray:
-    """Blend a colour-mapped heatmap (0..``vmax``) over a uint8 (3, S, S) image; uint8 (H, W, 3)."""
+def overlay(image: torch.Tensor | np.ndarray, heat: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Blend a colour-mapped heatmap (``low``..``high``) over a uint8 (3, S, S) image; uint8 (H, W, 3)."""
     rgb = np.asarray(image).transpose(1, 2, 0).astype(np.float64) / 255.0
-    colour = colormaps["inferno"](np.clip(heat / max(vmax, 1e-12), 0.0, 1.0))[..., :3]
+    colour = colormaps["inferno"](np.clip((heat - low) / max(high - low, 1e-12), 0.0, 1.0))[..., :3]
     blend = (1.0 - HEAT_ALPHA) * rgb + HEAT_ALPHA * colour
     out = Image.fromarray(np.round(blend * 255).astype(np.uint8))
     scale = max(1, -(-OVERLAY_MIN_SIDE // max(out.size)))
@@ -71,10 +66,10 @@ def png_bytes(array: np.ndarray) -> bytes:
 def write_overlays(folder: str | Path, names: Sequence[str], images: torch.Tensor,
                    heat: np.ndarray) -> list[Path]:
     """One ``<name>.png`` overlay per image in ``folder``; the colour scale is shared by all."""
-    vmax = float(heat.max(initial=0.0))
+    low, high = float(heat.min()), float(heat.max())
     out = []
     for name, img, h in zip(names, images, heat, strict=True):
-        out.append(atomic_write_bytes(Path(folder) / f"{name}.png", png_bytes(overlay(img, h, vmax))))
+        out.append(atomic_write_bytes(Path(folder) / f"{name}.png", png_bytes(overlay(img, h, low, high))))
     return out
 
 
@@ -128,12 +123,12 @@ def histogram_png(labels: np.ndarray, scores: np.ndarray, threshold: float) -> b
 def top_anomalies_png(images: torch.Tensor, heat: np.ndarray, scores: np.ndarray,
                       labels: np.ndarray, names: Sequence[str]) -> bytes:
     """A grid: one row per image, the image and its heatmap overlay side by side."""
-    vmax = float(heat.max(initial=0.0))
+    low, high = float(heat.min()), float(heat.max())
     fig = Figure(figsize=(5, 2.4 * len(images)))
     for i in range(len(images)):
         truth = "anomaly" if labels[i] == 1 else "normal"
         for col, (pic, title) in enumerate(((images[i].permute(1, 2, 0).numpy(), names[i]),
-                                            (overlay(images[i], heat[i], vmax),
+                                            (overlay(images[i], heat[i], low, high),
                                              f"score {scores[i]:.4g} ({truth})"))):
             ax = fig.add_subplot(len(images), 2, 2 * i + col + 1)
             ax.imshow(pic, interpolation="nearest")
