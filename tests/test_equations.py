@@ -203,3 +203,14 @@ def test_backbone_stage_shapes(arch, expansion):
     assert shapes == [(1, 4 * expansion * 2 ** i, 32 // 2 ** i, 32 // 2 ** i) for i in range(4)]
     img = ResNet(arch, width=4, stem="imagenet")
     assert tuple(img(torch.zeros(1, 3, 64, 64))[0].shape) == (1, 4 * expansion, 16, 16)
+
+
+def test_folding_the_standardisation_keeps_the_head_function():
+    from anomem.stages.stage2 import fold_standardisation
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(5, 3)
+    x = torch.randn(7, 5) * 4 + 2
+    mean, std = x.mean(0), x.std(0)
+    want = layer((x - mean) / std)
+    fold_standardisation(layer, mean, std)
+    torch.testing.assert_close(layer(x), want)

@@ -5,6 +5,10 @@ the training normals give each scale's mean and standard deviation.
 Semi-supervised: the encoder and memories are frozen, phi(Delta(s)) is computed
 once per training image, and the per-scale MLP heads are trained on it with the
 double hinge (Eq. 11-12), SGD with Nesterov momentum and cosine annealing.
+phi(Delta(s)) is standardised per feature with the training set's mean and
+std during training, then the standardisation is folded into the first layer
+(the paper is silent; measured on digits gamma = 0.05, class 3: AUROC 0.91
+standardised vs 0.45 / 0.83 raw over two training seeds, class 0 unchanged at 0.99).
 Batches are drawn uniformly from all labelled images (the paper does not
 balance them).
 """
@@ -76,6 +80,9 @@ def train_heads(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
     feats = map_batches(model, images, opts,
                         lambda m, x: [h.phi(d) for h, d in zip(heads, m.deviation_maps(x))])
     phis = [torch.cat([b[s] for b in feats]) for s in range(len(heads))]
+    stats = [(p.mean(0), p.std(0).clamp_min(1e-6) if len(p) > 1 else torch.ones_like(p[0]))
+             for p in phis]
+    phis = [(p - mu) / sd for p, (mu, sd) in zip(phis, stats)]
     y = y.to(opts.device)
     n = len(y)
     bsz = min(cfg.batch_size, n)
@@ -113,5 +120,18 @@ def train_heads(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
             if opts.is_main:
                 save_checkpoint(ckpt, step + 1, modules, fingerprint,
                                 {"history": history, "running": running})
+    for head, (mu, sd) in zip(heads, stats):
+        fold_standardisation(head.mlp[0], mu, sd)
     model.eval()
     return history
+
+
+@torch.no_grad()
+def fold_standardisation(layer: torch.nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Fold the input standardisation (x - mean) / std into ``layer``, so it takes raw x.
+
+    W' = W / std, b' = b - W' mean: the head trained on standardised phi(Delta)
+    becomes a plain MLP on phi(Delta), which export and localisation use as is.
+    """
+    layer.weight.div_(std)
+    layer.bias.sub_(layer.weight @ mean)
