@@ -233,3 +233,20 @@ def test_bad_config_override_and_explicit_threshold(tmp_path, capsys, model_file
     assert main(["score", str(model_file), str(tmp_path / "good"), "-o", str(out), "-q",
                  "--threshold=-1e9"]) == 0
     assert {r["decision"] for r in csv.DictReader(out.open())} == {"anomaly"}
+
+
+def test_fit_with_yaml_config_overrides_explicit_threshold_and_checkpoints(tmp_path, capsys, digits):
+    write_digits(tmp_path / "good", digits.x_train[digits.y_train == 4][:24])
+    cfg = tmp_path / "my.yaml"
+    cfg.write_text("preset: digits\nstage1_epochs: 3\nmem_sizes: [8, 4]\n")
+    model = tmp_path / "m.anomem"
+    assert main(["fit", str(tmp_path / "good"), "--config", str(cfg), "--set", "stage1_epochs=1",
+                 "--threshold", "1.5", "--checkpoint-dir", str(tmp_path / "ckpt"), "-o", str(model),
+                 "-q"]) == 0
+    assert "threshold 1.5 (set explicitly with --threshold)" in capsys.readouterr().err
+    det = AnoMem.load(model)
+    assert det.threshold_ == 1.5
+    assert det.config.stage1_epochs == 1 and det.config.mem_sizes == (8, 4)  # --set beats the YAML
+    assert (tmp_path / "ckpt" / "stage1.ckpt").is_file()
+    rows = list(csv.DictReader((tmp_path / "m.anomem.log.csv").open()))
+    assert len(rows) == 1 and rows[0]["stage"] == "1"  # 20 training images, batch 32: one step
