@@ -30,6 +30,7 @@ from scipy import ndimage
 
 from anomem.errors import InvalidInputError
 from anomem.protocols.one_vs_all import auroc
+from anomem.reports import metrics
 
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
@@ -55,11 +56,8 @@ def _pixels(masks: np.ndarray, maps: np.ndarray, valid: np.ndarray | None
 
 
 def image_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Image-level ROC area, labels 1 = anomaly (positives), 0 = normal."""
-    labels = np.asarray(labels)
-    if labels.shape != np.shape(scores) or len(np.unique(labels)) != 2:
-        raise InvalidInputError("image_auroc needs one score per label and both labels 0 and 1")
-    return auroc(labels, np.asarray(scores))
+    """Image-level ROC area, labels 1 = anomaly (positives), 0 = normal (inputs validated)."""
+    return metrics.auroc(labels, scores)
 
 
 def pixel_auroc(masks: np.ndarray, maps: np.ndarray, valid: np.ndarray | None = None) -> float:
