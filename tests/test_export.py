@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import onnx
@@ -75,7 +76,9 @@ def test_traced_graph_runs_every_hopfield_step_like_the_early_exit(one_class, tm
 def test_metadata_travels_with_the_file(one_class, tmp_path):
     ts = export_model(one_class, tmp_path / "m.pt", "torchscript")
     extra = {"anomem.json": ""}
-    torch.jit.load(str(ts), _extra_files=extra)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated in torch 2.13
+        torch.jit.load(str(ts), _extra_files=extra)
     meta = json.loads(extra["anomem.json"])
     assert meta["image_size"] == "16" and float(meta["threshold"]) == one_class.threshold_
     ox = export_model(one_class, tmp_path / "m.onnx", "onnx")
