@@ -28,6 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="run only cell groups i, i+N, ... (several processes may share one "
                         "results file)")
     p.add_argument("--max-cells", type=int, default=None, help="stop after this many new cells")
+    p.add_argument("--reverse", action="store_true",
+                   help="walk the cell groups from the last one (a second process on the same "
+                        "shard then meets the first in the middle)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--report-only", action="store_true",
                    help="do not run anything; write the tables and plots of finished cells")
@@ -55,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if not args.report_only:
         added = run_grid(grid, results, shard, progress=not args.no_progress,
-                         max_cells=args.max_cells)
+                         max_cells=args.max_cells, reverse=args.reverse)
         print(f"anomem benchmark: {len(added)} new cell(s) in {results}")
     for path in write_reports(grid, results, results.parent):
         print(f"wrote {path}")

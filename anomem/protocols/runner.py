@@ -245,12 +245,16 @@ def run_cell(grid: dict[str, Any], cell: Cell, split: LabelledSplit,
 
 def run_grid(grid: dict[str, Any] | str | Path, results: str | Path, shard: tuple[int, int] = (0, 1),
              progress: bool = True, max_cells: int | None = None,
-             datasets: dict[str, LabelledSplit] | None = None) -> list[dict[str, Any]]:
+             datasets: dict[str, LabelledSplit] | None = None, reverse: bool = False
+             ) -> list[dict[str, Any]]:
     """Run every cell of ``grid`` missing from ``results``; returns the rows it added.
 
     ``shard=(i, n)`` runs only the cells whose group index is i modulo n (a group
     is one dataset, class, draw and gamma, so reuse inside a group is kept);
-    ``max_cells`` stops after that many new cells (for tests and time boxes).
+    ``max_cells`` stops after that many new cells (for tests and time boxes);
+    ``reverse`` walks the groups from the last one, so a second process can
+    work on the same shard from the other end (a cell finished by another
+    process meanwhile is skipped).
     """
     g = load_grid(grid)
     if datasets is None:
@@ -261,6 +265,9 @@ def run_grid(grid: dict[str, Any] | str | Path, results: str | Path, shard: tupl
     cells = cells_of(g, datasets)
     n_methods = len(g["methods"])
     mine = [c for i, c in enumerate(cells) if (i // n_methods) % shard[1] == shard[0]]
+    if reverse:
+        groups = [mine[i:i + n_methods] for i in range(0, len(mine), n_methods)]
+        mine = [c for grp in reversed(groups) for c in grp]
     done = {r["cell"] for r in read_results(results)}
     todo = [c for c in mine if c.key not in done]
     added: list[dict[str, Any]] = []
@@ -271,6 +278,9 @@ def run_grid(grid: dict[str, Any] | str | Path, results: str | Path, shard: tupl
     for cell in todo:
         if max_cells is not None and len(added) >= max_cells:
             break
+        if cell.key in {r["cell"] for r in read_results(results)}:
+            bar.update(1)  # finished meanwhile by another process walking the grid
+            continue
         if (cell.dataset, cell.normal_class, cell.gamma, cell.draw) != group:
             group, fitted = (cell.dataset, cell.normal_class, cell.gamma, cell.draw), {}
         bar.set_postfix_str(cell.key)

@@ -1,0 +1,87 @@
+"""OoD, cross-type, linear evaluation and relative error reduction, on real digits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from anomem import AnoMem
+from anomem.data.digits import load_digits_split
+from anomem.errors import InvalidInputError
+from anomem.protocols.cross_type import make_cross_type, run_cross_type
+from anomem.protocols.linear_eval import encoder_features, linear_accuracy, linear_eval
+from anomem.protocols.ood import make_ood, run_ood
+from anomem.protocols.one_vs_all import OneVsAllTask
+from anomem.protocols.relative import compare, relative_error_reduction
+
+torch.set_num_threads(1)
+
+
+def mean_distance(task: OneVsAllTask, seed: int) -> np.ndarray:
+    """Distance to the mean normal training image (a transparent stand-in detector)."""
+    x = task.x_train.reshape(len(task.x_train), -1).astype(float)
+    mu = x[task.labels_train == 0].mean(0)
+    return np.linalg.norm(task.x_test.reshape(len(task.x_test), -1) - mu, axis=1)
+
+
+def test_relative_error_reduction_matches_the_definition() -> None:
+    assert relative_error_reduction(0.90, 0.95) == pytest.approx(-0.5)
+    assert relative_error_reduction(0.80, 0.70) == pytest.approx(0.5)
+    assert relative_error_reduction(0.915, 0.915) == 0.0
+    with pytest.raises(InvalidInputError, match="percentages"):
+        relative_error_reduction(91.5, 0.9)
+    with pytest.raises(InvalidInputError, match="undefined"):
+        relative_error_reduction(1.0, 0.9)
+
+
+def test_compare_uses_only_cells_both_methods_finished() -> None:
+    rows = [{"method": m, "dataset": "d", "normal_class": c, "gamma": 0.0, "auroc": a}
+            for m, c, a in [("base", 0, 0.8), ("base", 1, 0.6), ("new", 0, 0.9)]]
+    assert compare(rows, "base", "new") == {("d", 0.0): pytest.approx(-0.5)}
+    with pytest.raises(InvalidInputError, match="no cell"):
+        compare(rows, "base", "other")
+
+
+def test_ood_task_labels_and_auroc() -> None:
+    digits = load_digits_split()
+    inlier = digits  # in-distribution: every digit; OoD: the same images inverted
+    ood = 255 - digits.x_test[:100]
+    task = make_ood(inlier, ood, max_ood=50, seed=1)
+    assert len(task.x_train) == len(digits.x_train) and task.labels_train.sum() == 0
+    assert task.labels_test.sum() == 50 and len(task.x_test) == len(digits.x_test) + 50
+    row = run_ood(inlier, ood, "inverted", 0, mean_distance)
+    assert row["n_ood"] == 100 and row["auroc"] > 0.9
+    with pytest.raises(InvalidInputError, match="resize"):
+        make_ood(inlier, np.zeros((3, 16, 16), np.uint8))
+
+
+def test_cross_type_never_trains_on_the_held_out_type() -> None:
+    split = load_digits_split()
+    task = make_cross_type(split, normal_class=0, held_out=7, gamma=0.1, seed=0)
+    train_anom = task.x_train[task.labels_train == 1]
+    held = split.x_train[split.y_train == 7]
+    assert not any((a == held).all(axis=(1, 2)).any() for a in train_anom)
+    assert set(np.unique(task.labels_test)) == {0, 1}
+    assert len(task.x_test) == int(np.isin(split.y_test, [0, 7]).sum())
+    rows = run_cross_type(split, 0, 0.05, 0, mean_distance, held_out=[1, 7])
+    assert [r["held_out_name"] for r in rows] == ["1", "7"] and all(r["auroc"] > 0.5 for r in rows)
+    with pytest.raises(InvalidInputError, match="not the normal class"):
+        make_cross_type(split, 0, 0, 0.0)
+
+
+def test_linear_eval_of_a_trained_encoder_beats_chance() -> None:
+    split = load_digits_split()
+    det = AnoMem("digits", stage1_epochs=3).fit(split.x_train[:300])
+    f = encoder_features(det, split.x_test[:5])
+    assert f.shape == (5, sum(det.model.dims))
+    res = linear_eval(det, split)
+    assert res["n_classes"] == 10 and res["accuracy"] > 0.5  # chance is 0.1
+
+
+def test_linear_accuracy_on_separable_features() -> None:
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 40)
+    f = np.eye(3)[y] * 5 + rng.normal(size=(120, 3))
+    assert linear_accuracy(f, y, f, y) > 0.95
+    assert linear_accuracy(rng.normal(size=(120, 3)), y, f, y) < 0.8
