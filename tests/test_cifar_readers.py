@@ -14,8 +14,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anomem.data.cifar import (CIFAR10_CLASSES, cached_cifar10_jpeg, load_cifar_batch,
-                               read_cifar10_jpeg_tar, read_cifar10_python, read_cifar100_python)
+from anomem.data.cifar import (
+    CIFAR10_CLASSES,
+    cached_cifar10_jpeg,
+    load_cifar_batch,
+    read_cifar10_jpeg_tar,
+    read_cifar10_python,
+    read_cifar100_python,
+)
 from anomem.errors import InvalidInputError
 
 

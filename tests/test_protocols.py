@@ -11,8 +11,8 @@ from anomem.data.digits import load_digits_split
 from anomem.errors import InvalidInputError
 from anomem.protocols.cross_type import make_cross_type, run_cross_type
 from anomem.protocols.linear_eval import encoder_features, linear_accuracy, linear_eval
-from anomem.protocols.ood import make_ood, run_ood
 from anomem.protocols.one_vs_all import OneVsAllTask
+from anomem.protocols.ood import make_ood, run_ood
 from anomem.protocols.relative import compare, relative_error_reduction
 
 torch.set_num_threads(1)
