@@ -265,10 +265,10 @@ def _load_task(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     from anomem.protocols.one_vs_all import make_one_vs_all
 
     if args.cifar10_class is not None:
-        from anomem.data.cifar import read_cifar10_jpeg_tar
+        from anomem.data.cifar import cached_cifar10_jpeg
         from anomem.data.locate import CIFAR10_JPEG, shared_file
 
-        split, k = read_cifar10_jpeg_tar(shared_file(CIFAR10_JPEG)), args.cifar10_class
+        split, k = cached_cifar10_jpeg(shared_file(CIFAR10_JPEG)), args.cifar10_class
     else:
         from anomem.data.digits import load_digits_split
 

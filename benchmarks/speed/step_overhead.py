@@ -12,7 +12,9 @@ forward, backward, SGD step):
 
 The augmentation is left out of both (it is the same work for both and is
 measured in data_pipeline.py).  Variants alternate within each repetition;
-the ratio of medians is reported.
+the ratio of medians is reported, with the ratio of floating-point operations
+per step (counted by :class:`torch.utils.flop_counter.FlopCounterMode`): the
+least any implementation of the same arithmetic could cost.
 
     python benchmarks/speed/step_overhead.py                    # cpu preset, 1 thread
     python benchmarks/speed/step_overhead.py --set batch_size=256 --reps 9
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from anomem.augment import TwoViewAugment
 from anomem.config import get_config, parse_override, to_dict
@@ -80,7 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     variants = {"backbone": _step_fn(cfg, v1, v2, y, bare=True)}
     for neg in args.negatives:
         variants[f"anomem_{neg}"] = _step_fn(cfg.replace(negatives=neg), v1, v2, y, bare=False)
-    times = interleaved(variants, args.reps, warmup=2)
+    flops = {}
+    for k, fn in variants.items():                      # one counted step each (also a warm-up)
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        flops[k] = counter.get_total_flops()
+    times = interleaved(variants, args.reps, warmup=1)
     stats = {k: summary(t) for k, t in times.items()}
     base = stats["backbone"]["median_s"]
     ratios = {k: s["median_s"] / base for k, s in stats.items() if k != "backbone"}
@@ -88,11 +96,15 @@ def main(argv: list[str] | None = None) -> int:
               "config": to_dict(cfg), "input": f"CIFAR-10 train images 0..{len(x) - 1}, two fixed "
                                                 f"augmented views, {cfg.image_size}x{cfg.image_size}",
               "reps": args.reps, "machine": machine(), "median_ratio_vs_backbone": ratios,
+              "flop_ratio_vs_backbone": {k: f / flops["backbone"] for k, f in flops.items()
+                                         if k != "backbone"},
+              "gflop_per_step": {k: f / 1e9 for k, f in flops.items()},
               "step_seconds": stats, "target_ratio": 1.3}
     save_json(args.out, result)
     for k, s in stats.items():
         print(f"{k:24s} median {s['median_s'] * 1000:8.1f} ms  (IQR {s['q1_s'] * 1000:.1f}-"
-              f"{s['q3_s'] * 1000:.1f})  ratio {s['median_s'] / base:.3f}")
+              f"{s['q3_s'] * 1000:.1f})  ratio {s['median_s'] / base:.3f}  "
+              f"GFLOP {flops[k] / 1e9:.1f}")
     return 0
 
 
