@@ -14,6 +14,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -104,7 +106,12 @@ class AnoMemConfig:
     channels_last: bool = False
 
     def __post_init__(self) -> None:
-        _validate(self)
+        try:
+            _validate(self)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as e:  # a value of the wrong type, e.g. a list for a number
+            raise ConfigError(f"invalid config value: {e}") from None
 
     @property
     def alphas(self) -> tuple[float, ...]:
@@ -120,6 +127,17 @@ def _fail(key: str, msg: str) -> None:
     raise ConfigError(f"config key {key!r}: {msg}")
 
 
+def _is_number(v: Any) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_range(v: Any, low: float, high: float) -> bool:
+    """A pair (lo, hi) of numbers with low < lo <= hi <= high."""
+    return (isinstance(v, (tuple, list)) and len(v) == 2 and all(map(_is_number, v))
+            and low < v[0] <= v[1] <= high)
+
+
 def _validate(c: AnoMemConfig) -> None:
     for key, allowed in (("arch", ARCHS), ("stem", STEMS), ("negatives", NEGATIVES),
                          ("prototypes", PROTOTYPES)):
@@ -133,18 +151,20 @@ def _validate(c: AnoMemConfig) -> None:
         v = getattr(c, key)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             _fail(key, f"must be a non-negative integer, got {v!r}")
+    if c.seed >= 2 ** 32:
+        _fail("seed", f"must be below 2**32, got {c.seed!r}")
     for key in ("beta", "tau", "margin", "stage1_lr", "stage2_lr", "hopfield_tol"):
         v = getattr(c, key)
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
-            _fail(key, f"must be a positive number, got {v!r}")
+        if not _is_number(v) or not v > 0:
+            _fail(key, f"must be a positive finite number, got {v!r}")
     for key in ("lambda_v", "stage1_momentum", "stage1_weight_decay", "jitter", "noise_std"):
         v = getattr(c, key)
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
-            _fail(key, f"must be a non-negative number, got {v!r}")
-    for key in ("amp", "channels_last"):
+        if not _is_number(v) or v < 0:
+            _fail(key, f"must be a non-negative finite number, got {v!r}")
+    for key in ("normalize", "use_memory", "calibrate", "amp", "channels_last"):
         if not isinstance(getattr(c, key), bool):
             _fail(key, f"must be true or false, got {getattr(c, key)!r}")
-    if not 0.0 <= c.target_frr < 1.0:
+    if not _is_number(c.target_frr) or not 0.0 <= c.target_frr < 1.0:
         _fail("target_frr", f"must be in [0, 1), got {c.target_frr!r}")
     n = len(c.memory_stages)
     if n == 0:
@@ -152,17 +172,18 @@ def _validate(c: AnoMemConfig) -> None:
     if len(c.mem_sizes) != n or len(c.ratios) != n:
         _fail("mem_sizes", f"memory_stages, mem_sizes and ratios must have the same length, "
                            f"got {len(c.memory_stages)}, {len(c.mem_sizes)}, {len(c.ratios)}")
-    if list(c.memory_stages) != sorted(set(c.memory_stages)) or not all(
-            isinstance(s, int) and 1 <= s <= 4 for s in c.memory_stages):
+    if not all(isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= 4
+               for s in c.memory_stages) or list(c.memory_stages) != sorted(set(c.memory_stages)):
         _fail("memory_stages", f"must be increasing stage numbers in 1..4, got {c.memory_stages!r}")
-    if not all(isinstance(m, int) and m >= 1 for m in c.mem_sizes):
+    if not all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in c.mem_sizes):
         _fail("mem_sizes", f"must be positive integers, got {c.mem_sizes!r}")
-    if not all(isinstance(r, (int, float)) and 0 < r <= 1 for r in c.ratios):
+    if not all(_is_number(r) and 0 < r <= 1 for r in c.ratios):
         _fail("ratios", f"must be in (0, 1], got {c.ratios!r}")
-    lo, hi = c.crop_scale
-    if not 0 < lo <= hi <= 1:
-        _fail("crop_scale", f"must satisfy 0 < low <= high <= 1, got {c.crop_scale!r}")
-    if c.device not in ("auto", "cpu", "cuda") and not str(c.device).startswith("cuda:"):
+    if not _is_range(c.crop_scale, 0, 1):
+        _fail("crop_scale", f"must be [low, high] with 0 < low <= high <= 1, got {c.crop_scale!r}")
+    if not _is_range(c.blur_sigma, 0, math.inf):
+        _fail("blur_sigma", f"must be [low, high] with 0 < low <= high, got {c.blur_sigma!r}")
+    if not (isinstance(c.device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", c.device)):
         _fail("device", f"expected auto, cpu, cuda or cuda:N, got {c.device!r}")
 
 
@@ -175,7 +196,7 @@ def from_dict(d: Mapping[str, Any]) -> AnoMemConfig:
     if not isinstance(d, Mapping):
         raise ConfigError(f"a config must be a mapping of keys to values, got {type(d).__name__}")
     known = {f.name for f in dataclasses.fields(AnoMemConfig)}
-    unknown = sorted(set(d) - known)
+    unknown = sorted(set(d) - known, key=repr)
     if unknown:
         raise ConfigError(f"unknown config key(s) {', '.join(map(repr, unknown))}; "
                           f"known keys: {', '.join(sorted(known))}")
@@ -186,10 +207,7 @@ def from_dict(d: Mapping[str, Any]) -> AnoMemConfig:
                 _fail(k, f"must be a list, got {v!r}")
             v = tuple(v)
         kw[k] = v
-    try:
-        return AnoMemConfig(**kw)
-    except TypeError as e:  # e.g. a comparison between a string and a number
-        raise ConfigError(f"invalid config value: {e}") from None
+    return AnoMemConfig(**kw)
 
 
 def to_dict(c: AnoMemConfig) -> dict[str, Any]:
@@ -220,12 +238,12 @@ def parse_override(text: str) -> tuple[str, Any]:
     """Parse a command-line ``key=value`` override; the value is read as YAML."""
     import yaml
 
-    if "=" not in text:
+    if not isinstance(text, str) or "=" not in text:
         raise ConfigError(f"override {text!r} must look like key=value, e.g. stage1_epochs=5")
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         value = raw
     return key.strip(), value
 
@@ -240,8 +258,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
                           f"({', '.join(PRESETS)}) or a path to a YAML file")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {reason}") from None
+    except OSError as e:
+        raise ConfigError(f"config file {str(p)!r} cannot be read: {e.strerror or e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -252,6 +273,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def get_config(preset: str | Path = "cpu", overrides: Mapping[str, Any] | None = None
                ) -> AnoMemConfig:
     """A preset name or YAML path (which may name a ``preset`` to start from), plus overrides."""
+    if not isinstance(preset, (str, Path)):
+        raise ConfigError(f"config must be a preset name ({', '.join(PRESETS)}), a YAML path or "
+                          f"an AnoMemConfig, got {type(preset).__name__}")
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise ConfigError(f"overrides must be a mapping of config keys to values, got "
+                          f"{type(overrides).__name__}")
     base: dict[str, Any]
     if str(preset) in PRESETS:
         base = dict(PRESETS[str(preset)])

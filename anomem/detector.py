@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,9 @@ import torch
 from anomem import __version__
 from anomem.config import AnoMemConfig, from_dict, get_config, to_dict
 from anomem.data.convert import to_image_tensor, to_normal_flags
-from anomem.errors import ConfigError, InvalidInputError, ModelFileError, RequiresFitting
+from anomem.errors import InvalidInputError, ModelFileError, RequiresFitting
 from anomem.localisation import anomaly_map
-from anomem.serialization import atomic_torch_save, safe_torch_load
+from anomem.serialization import atomic_torch_save, require_checksum, safe_torch_load
 from anomem.stages.common import RunOptions
 from anomem.stages.stage1 import train_stage1
 from anomem.stages.stage2 import (calibrate_scales, fit_kmeans_prototypes, map_batches,
@@ -40,10 +41,28 @@ MODEL_VERSION = 1
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when available, else the CPU."""
+    """``auto`` is CUDA when available, else the CPU.
+
+    Raises:
+        InvalidInputError: not a device name, or a CUDA device this machine does not have.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise InvalidInputError(f"device {name!r} is not a device name ({e}); use auto, cpu, "
+                                f"cuda or cuda:N") from None
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if dev.type == "cuda" and (dev.index or 0) >= count:
+        raise InvalidInputError(f"device {name!r} is not available here ({count} CUDA device(s)); "
+                                f"use device='cpu' or 'auto'")
+    return dev
+
+
+def _is_real(v: Any) -> bool:
+    """An int or float (Python or numpy), not a bool."""
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
 
 
 def data_digest(images: torch.Tensor, y: torch.Tensor) -> str:
@@ -90,8 +109,17 @@ class AnoMem:
         cfg = self.config
         x = to_image_tensor(images, cfg.image_size, "images")
         y = to_normal_flags(labels, len(x), "labels")
-        if not 0.0 <= validation_fraction < 1.0:
-            raise InvalidInputError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+        if not _is_real(validation_fraction) or not 0.0 <= validation_fraction < 1.0:
+            raise InvalidInputError(f"validation_fraction must be a number in [0, 1), got "
+                                    f"{validation_fraction!r}")
+        if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
+            raise InvalidInputError(f"checkpoint_dir must be a folder path, got "
+                                    f"{type(checkpoint_dir).__name__}")
+        if log is not None and not callable(log):
+            raise InvalidInputError(f"log must be a function taking a dict of metrics, got "
+                                    f"{type(log).__name__}")
+        if options is not None and not isinstance(options, RunOptions):
+            raise InvalidInputError(f"options must be a RunOptions, got {type(options).__name__}")
         torch.manual_seed(cfg.seed)
         held = self._holdout(y, validation_fraction)
         train = torch.ones(len(y), dtype=torch.bool)
@@ -184,6 +212,8 @@ class AnoMem:
         t = self.threshold_ if threshold is None else threshold
         if t is None:
             raise RequiresFitting("no threshold: fit the detector or pass threshold=...")
+        if not _is_real(t) or np.isnan(t):
+            raise InvalidInputError(f"threshold must be a number (a score), got {t!r}")
         return (self.decision_function(images) > t).astype(np.int64)
 
     @property
@@ -203,7 +233,18 @@ class AnoMem:
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> "AnoMem":
-        """Read a detector written by :meth:`save` (tensors and plain values only)."""
+        """Read a detector written by :meth:`save` (tensors and plain values only).
+
+        ``device`` defaults to the saved configuration's, or to ``auto`` when that
+        names CUDA and this machine has none (a GPU-trained model loads on a laptop).
+
+        Raises:
+            ModelFileError: missing, corrupt, unsafe, inconsistent or other-version file.
+            ConfigError: ``device`` is not a device name.
+            InvalidInputError: ``path`` is not a path, or ``device`` is not available.
+        """
+        if not isinstance(path, (str, os.PathLike)):
+            raise InvalidInputError(f"path must be a file path, got {type(path).__name__}")
         blob = safe_torch_load(path, "model file")
         if blob.get("format") != MODEL_FORMAT:
             raise ModelFileError(f"{str(path)!r} is not an anomem model file")
@@ -212,21 +253,34 @@ class AnoMem:
                 f"model file {str(path)!r} has format version {blob.get('version')} (written by "
                 f"anomem {blob.get('anomem_version')}); this anomem {__version__} reads version "
                 f"{MODEL_VERSION}: install the matching anomem or re-fit the model")
+        require_checksum(blob, "model file", path)
         try:
             cfg = from_dict(blob["config"])
-            if device is not None:
-                cfg = cfg.replace(device=device)
-            det = cls(cfg)
+            threshold, state = blob["threshold"], blob["state_dict"]
+            if not (threshold is None or (_is_real(threshold) and not np.isnan(threshold))):
+                raise TypeError(f"threshold {threshold!r} is not a number")
+            if not all(isinstance(blob[k], bool) for k in ("kmeans", "semi_supervised")):
+                raise TypeError("kmeans / semi_supervised flags are not booleans")
+            if not all(isinstance(t, torch.Tensor) and (not t.is_floating_point()
+                                                        or bool(torch.isfinite(t).all()))
+                       for t in state.values()):
+                raise ValueError("the weights are not all finite tensors")
             model = AnoMemModel(cfg)
             if blob["kmeans"]:
-                model.use_kmeans([blob["state_dict"][f"memories.{s}.centroids"]
-                                  for s in range(len(cfg.mem_sizes))])
+                model.use_kmeans([state[f"memories.{s}.centroids"] for s in range(len(cfg.mem_sizes))])
             if blob["semi_supervised"]:
                 model.add_heads()
-            model.load_state_dict(blob["state_dict"])
-        except (KeyError, RuntimeError, TypeError, ConfigError) as e:
-            raise ModelFileError(f"model file {str(path)!r} is inconsistent ({e}); re-fit "
+            model.load_state_dict(state)
+        except (KeyError, IndexError, AttributeError, RuntimeError, TypeError, ValueError) as e:
+            reason = " ".join(str(e).split())[:300]
+            raise ModelFileError(f"model file {str(path)!r} is inconsistent ({reason}); re-fit "
                                  f"and save the model again") from None
+        if device is not None:
+            cfg = cfg.replace(device=device)
+        elif cfg.device.startswith("cuda") and not torch.cuda.is_available():
+            cfg = cfg.replace(device="auto")
+        det = cls(cfg)
         det.model = model.to(resolve_device(cfg.device)).eval()
-        det.threshold_ = blob["threshold"]
+        det.model.config = cfg
+        det.threshold_ = threshold
         return det

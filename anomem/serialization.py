@@ -4,10 +4,14 @@ Every file anomem writes goes to a temporary sibling first, is flushed and
 fsync'ed, then renamed over the target: a crash mid-write leaves the previous
 file intact.  Files are read with ``torch.load(weights_only=True)``, which only
 rebuilds tensors and plain containers, so a crafted pickle cannot run code.
+A dictionary saved by :func:`atomic_torch_save` carries a ``checksum`` of its
+content, checked on load, so a corrupted (e.g. bit-flipped) file is refused
+instead of silently yielding other weights.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import tempfile
@@ -17,6 +21,8 @@ from typing import Any
 import torch
 
 from anomem.errors import ModelFileError
+
+CHECKSUM_KEY = "checksum"
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -41,8 +47,42 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def content_digest(obj: Any) -> str:
+    """A digest of nested dicts / lists / tuples of tensors and plain values.
+
+    Tensors count by dtype, shape and bytes; anything else by type and ``repr``;
+    dictionaries in their (insertion) order, which ``torch.load`` preserves.
+    """
+    h = hashlib.blake2b(digest_size=16)
+
+    def walk(o: Any) -> None:
+        if isinstance(o, torch.Tensor):
+            t = o.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}:".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(o, dict):
+            h.update(f"D{len(o)}:".encode())
+            for k, v in o.items():
+                walk(k)
+                walk(v)
+        elif isinstance(o, (list, tuple)):
+            h.update(f"{type(o).__name__}{len(o)}:".encode())
+            for v in o:
+                walk(v)
+        else:
+            h.update(f"{type(o).__name__}={o!r};".encode())
+    walk(obj)
+    return h.hexdigest()
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to ``path`` atomically; ``obj`` should hold only tensors and plain types."""
+    """``torch.save`` to ``path`` atomically; ``obj`` should hold only tensors and plain types.
+
+    A dictionary gets a ``checksum`` entry (its :func:`content_digest`; any old one is replaced).
+    """
+    if isinstance(obj, dict):
+        body = {k: v for k, v in obj.items() if k != CHECKSUM_KEY}
+        obj = {**body, CHECKSUM_KEY: content_digest(body)}
     buf = io.BytesIO()
     torch.save(obj, buf)
     return atomic_write_bytes(path, buf.getvalue())
@@ -51,10 +91,13 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
 def safe_torch_load(path: str | Path, what: str = "model file") -> dict[str, Any]:
     """Load a dict saved by :func:`atomic_torch_save` without executing pickled code.
 
+    The ``checksum`` entry, when present, is checked; callers that need one
+    call :func:`require_checksum` on the result.
+
     Raises:
-        ModelFileError: the file is missing, truncated, not a torch file, or
+        ModelFileError: the file is missing, truncated, not a torch file,
             holds anything but tensors and plain containers (e.g. a pickle
-            payload that would run code).
+            payload that would run code), or its content fails its checksum.
     """
     p = Path(path)
     if not p.is_file():
@@ -68,4 +111,19 @@ def safe_torch_load(path: str | Path, what: str = "model file") -> dict[str, Any
             f"or holds executable pickled objects. Re-create it with anomem.") from None
     if not isinstance(obj, dict):
         raise ModelFileError(f"{what} {str(p)!r} does not hold an anomem dictionary")
+    if CHECKSUM_KEY in obj:
+        expected = obj.pop(CHECKSUM_KEY)
+        if content_digest(obj) != expected:
+            raise ModelFileError(f"{what} {str(p)!r} is corrupt: its content does not match its "
+                                 f"checksum (damaged on disk or in transfer); use another copy "
+                                 f"or re-create it with anomem")
+        obj[CHECKSUM_KEY] = expected
     return obj
+
+
+def require_checksum(obj: dict[str, Any], what: str, path: str | Path) -> None:
+    """Raises :class:`ModelFileError` if a loaded file carried no checksum (it was not
+    written by :func:`atomic_torch_save`, or the checksum entry itself was damaged)."""
+    if CHECKSUM_KEY not in obj:
+        raise ModelFileError(f"{what} {str(path)!r} has no checksum, so it was not written by "
+                             f"anomem or is damaged; re-create it with anomem")

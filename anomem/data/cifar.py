@@ -25,11 +25,22 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
                    "ship", "truck")
 
 
+#: Largest archive member read as a CIFAR image (a 32x32 JPEG is about 1-2 KB).
+MAX_MEMBER_BYTES = 1 << 20
+
+
 def _decode(data: bytes, name: str) -> np.ndarray:
+    """A 32x32 image file to uint8 (32, 32, 3); the size is checked before decoding."""
     try:
         with Image.open(io.BytesIO(data)) as im:
+            if im.size != (32, 32):
+                raise InvalidInputError(f"image {name!r} is {im.size[0]}x{im.size[1]} px; CIFAR-10 "
+                                        f"images are 32x32")
             return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
+            Image.DecompressionBombError) as e:
+        if isinstance(e, InvalidInputError):
+            raise
         raise InvalidInputError(f"image {name!r} cannot be decoded ({e})") from None
 
 
@@ -45,6 +56,9 @@ def read_cifar10_jpeg_tar(path: str | Path) -> LabelledSplit:
                 bits = m.name.strip("./").split("/")
                 if len(bits) != 3 or bits[0] not in parts or bits[1] not in CIFAR10_CLASSES:
                     continue
+                if m.size > MAX_MEMBER_BYTES:
+                    raise InvalidInputError(f"CIFAR-10 archive {str(p)!r}: member {m.name!r} has "
+                                            f"{m.size:,} bytes, too many for a 32x32 image")
                 f = tf.extractfile(m)
                 if f is None:
                     continue

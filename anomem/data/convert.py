@@ -8,6 +8,7 @@ model's side S (bilinear, antialiased).  Labels follow the public convention
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -16,11 +17,32 @@ import torch.nn.functional as F
 
 from anomem.errors import InvalidInputError
 
+#: Most pixels one image may have (PIL's decompression-bomb limit): converting a larger
+#: one to float would take gigabytes, so it is refused with a request to downscale it.
+MAX_IMAGE_PIXELS = 89_478_485
+
+
+def _is_count(v: Any) -> bool:
+    """A positive integer (Python or numpy), not a bool."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
+
+
+def _as_tensor(obj: Any, name: str) -> torch.Tensor:
+    if isinstance(obj, torch.Tensor):
+        return obj
+    try:
+        with warnings.catch_warnings():   # read-only arrays are fine: nothing writes into them
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return torch.as_tensor(np.asarray(obj))
+    except (TypeError, ValueError, RuntimeError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InvalidInputError(f"{name} must be numeric arrays of images ({reason})") from None
+
 
 def _one_image_chw(img: Any, name: str) -> torch.Tensor:
     if hasattr(img, "mode") and hasattr(img, "convert"):  # a PIL image
         img = np.asarray(img.convert("RGB"))
-    arr = torch.as_tensor(np.asarray(img)) if not isinstance(img, torch.Tensor) else img
+    arr = _as_tensor(img, name)
     if arr.ndim == 2:
         arr = arr.unsqueeze(-1)
     if arr.ndim != 3:
@@ -39,8 +61,11 @@ def to_image_tensor(images: Any, size: int, name: str = "images") -> torch.Tenso
 
     Raises:
         InvalidInputError: empty input, wrong rank, unsupported channel count,
-            non-finite or out-of-range values.
+            non-numeric, non-finite or out-of-range values, or an image of more
+            than :data:`MAX_IMAGE_PIXELS` pixels.
     """
+    if not _is_count(size):
+        raise InvalidInputError(f"image size must be a positive integer, got {size!r}")
     if isinstance(images, (list, tuple)):
         if len(images) == 0:
             raise InvalidInputError(f"{name} is empty; pass at least one image")
@@ -48,10 +73,7 @@ def to_image_tensor(images: Any, size: int, name: str = "images") -> torch.Tenso
                           for im in images])
     if hasattr(images, "mode") and hasattr(images, "convert"):
         return to_image_tensor([images], size, name)
-    try:
-        x = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise InvalidInputError(f"{name} must be an array of images: {e}") from None
+    x = _as_tensor(images, name)
     if x.ndim == 3:
         x = x.unsqueeze(-1)
     if x.ndim != 4:
@@ -66,6 +88,9 @@ def to_image_tensor(images: Any, size: int, name: str = "images") -> torch.Tenso
                                 f"got shape {tuple(x.shape)}; convert them to RGB first")
     if min(x.shape[2:]) < 1:
         raise InvalidInputError(f"{name}: images have a zero dimension {tuple(x.shape)}")
+    if x.shape[2] * x.shape[3] > MAX_IMAGE_PIXELS:
+        raise InvalidInputError(f"{name}: images of {x.shape[2]}x{x.shape[3]} pixels exceed the "
+                                f"{MAX_IMAGE_PIXELS:,}-pixel limit; downscale them first")
     if x.dtype == torch.bool or x.is_complex():
         raise InvalidInputError(f"{name}: dtype {x.dtype} is not an image type; use uint8 or float")
     if x.dtype != torch.uint8:
@@ -96,5 +121,7 @@ def to_normal_flags(labels: Any, n: int, name: str = "labels") -> torch.Tensor:
 
 
 def batches(n: int, size: int) -> Sequence[slice]:
-    """Consecutive slices covering range(n) in chunks of ``size``."""
+    """Consecutive slices covering range(n) in chunks of ``size`` (a positive integer)."""
+    if not _is_count(size):
+        raise InvalidInputError(f"batch_size must be a positive integer, got {size!r}")
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from anomem.errors import ModelFileError, TrainingDivergedError
-from anomem.serialization import atomic_torch_save, safe_torch_load
+from anomem.serialization import atomic_torch_save, require_checksum, safe_torch_load
 
 CHECKPOINT_VERSION = 1
 
@@ -120,6 +120,7 @@ def load_checkpoint(path: Path, modules: dict[str, Any], fingerprint: dict[str, 
     if ck.get("format") != "anomem-checkpoint" or ck.get("version") != CHECKPOINT_VERSION:
         raise ModelFileError(f"checkpoint {str(path)!r} is not an anomem checkpoint of version "
                              f"{CHECKPOINT_VERSION}; delete it to start afresh")
+    require_checksum(ck, "checkpoint", path)
     if ck.get("fingerprint") != fingerprint:
         raise ModelFileError(f"checkpoint {str(path)!r} belongs to another run (configuration or "
                              f"training data differ); delete it or use another checkpoint folder")
