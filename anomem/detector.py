@@ -265,12 +265,17 @@ class AnoMem:
                                                         or bool(torch.isfinite(t).all()))
                        for t in state.values()):
                 raise ValueError("the weights are not all finite tensors")
-            model = AnoMemModel(cfg)
-            if blob["kmeans"]:
-                model.use_kmeans([state[f"memories.{s}.centroids"] for s in range(len(cfg.mem_sizes))])
-            if blob["semi_supervised"]:
-                model.add_heads()
-            model.load_state_dict(state)
+            with torch.device("meta"):   # nothing is allocated until the weights fit the config
+                model = AnoMemModel(cfg)
+                if blob["kmeans"]:
+                    model.use_kmeans([state[f"memories.{s}.centroids"]
+                                      for s in range(len(cfg.mem_sizes))])
+                if blob["semi_supervised"]:
+                    model.add_heads()
+            wanted = {k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
+            if wanted != {k: (v.shape, v.dtype) for k, v in state.items()}:
+                raise ValueError("the weights do not fit the network its configuration describes")
+            model.load_state_dict(state, assign=True)
         except (KeyError, IndexError, AttributeError, RuntimeError, TypeError, ValueError) as e:
             reason = " ".join(str(e).split())[:300]
             raise ModelFileError(f"model file {str(path)!r} is inconsistent ({reason}); re-fit "

@@ -188,7 +188,9 @@ def test_load_refuses_inconsistent_model_files(detector, tmp_path):
     state["memories.0.patterns"][0, 0] = float("nan")
     cases = [({"threshold": "high"}, "threshold"), ({"kmeans": torch.ones(2)}, "booleans"),
              ({"state_dict": state}, "not all finite"), ({"state_dict": [1, 2]}, "inconsistent"),
-             ({"config": {**to_dict(detector.config), "width": 16}}, "inconsistent"),
+             ({"config": {**to_dict(detector.config), "width": 16}}, "do not fit"),
+             # a crafted config asking for a huge network: refused before any allocation
+             ({"config": {**to_dict(detector.config), "width": 2 ** 16}}, "do not fit"),
              ({"config": {"arch": "vgg"}}, "'arch'"), ({"config": None}, "inconsistent")]
     for changes, match in cases:
         refused(lambda c=changes: AnoMem.load(saved_blob(detector, tmp_path, **c)), ModelFileError,
