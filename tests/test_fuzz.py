@@ -13,6 +13,7 @@ tried fewer than ``MIN_EXAMPLES``.
 from __future__ import annotations
 
 import io
+import pickle
 import signal
 import struct
 import tarfile
@@ -34,7 +35,7 @@ from PIL import Image
 
 from anomem import AnoMem, AnoMemConfig, ConfigError, InvalidInputError, ModelFileError
 from anomem.config import from_dict, get_config, parse_override, to_dict
-from anomem.data.cifar import CIFAR10_CLASSES, read_cifar10_jpeg_tar
+from anomem.data.cifar import CIFAR10_CLASSES, load_cifar_batch, read_cifar10_jpeg_tar
 from anomem.data.convert import MAX_IMAGE_PIXELS, to_image_tensor
 from anomem.data.folders import load_images, read_class_folders, read_image
 from anomem.data.mtd import read_mtd
@@ -266,6 +267,21 @@ def test_fuzz_cifar10_jpeg_tar(cifar_tar):
          for part in ("train", "test")}))                     # images of other sizes
     fuzz("read_cifar10_jpeg_tar", st.one_of(mutations(cifar_tar), sizes),
          check_dataset(read_cifar10_jpeg_tar, ".tar.gz", cifar_shapes))
+
+
+def test_fuzz_cifar_python_batches():
+    real = pickle.dumps({b"data": np.arange(2 * 3072).astype(np.uint8).reshape(2, 3072),
+                         b"labels": [0, 1], b"batch_label": b"fuzz"}, protocol=2)
+    assert load_cifar_batch(real, "real")["labels"] == [0, 1]
+
+    def check(data: bytes) -> bool:
+        try:
+            batch = load_cifar_batch(data, "fuzzed")
+        except InvalidInputError:
+            return True
+        assert isinstance(batch, dict) and all(isinstance(k, str) for k in batch)
+        return False
+    fuzz("load_cifar_batch", mutations(real), check)
 
 
 @pytest.fixture(scope="module")
