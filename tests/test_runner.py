@@ -136,3 +136,12 @@ def test_cli_runs_a_tiny_real_grid_and_writes_tables(tmp_path: Path) -> None:
     assert row["cell"] == "deepsad|digits|3|0|0" and row["config"]["stage1_epochs"] == 1
     assert "1/1 cells finished" in (tmp_path / "out" / "tiny_tables.md").read_text()
     assert main(["benchmark", str(cfg), "--shard", "2/1"]) == 2
+
+
+def test_a_method_runs_only_at_its_own_gammas(grid: dict[str, Any], digits: dict[str, Any],
+                                              tmp_path: Path) -> None:
+    grid["methods"].append({"name": "ss", "kind": "fake", "gammas": [0.05]})
+    rows = run_grid(grid, tmp_path / "r.jsonl", (1, 2), progress=False, datasets=digits)
+    # shard 1/2 holds groups 1, 3, 5: (class 0, 0.05), (class 1, 0.05), (class 2, 0.05)
+    assert len(rows) == 9 and sum(r["method"] == "ss" for r in rows) == 3
+    assert {r["gamma"] for r in rows} == {0.05}

@@ -24,6 +24,7 @@ Config keys (see ``benchmarks/configs/``)::
       - {name: knn, kind: knn, encoder: anomem}   # reuses the fitted AnoMem of the cell
       - {name: kmeans, kind: anomem, overrides: {use_memory: false, prototypes: kmeans}}
       - {name: deepsad, kind: deepsad}
+      - {name: supervised, kind: supervised, gammas: [0.05]}  # only where it is defined
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from anomem.serialization import atomic_write_text
 KINDS: dict[str, Callable[..., Any]] = {"anomem": AnoMem, "deepsad": DeepSAD, "knn": KNNDetector,
                                         "supervised": SupervisedClassifier}
 #: Method keys read by the runner and the reports, not passed to the estimator.
-NON_ESTIMATOR_KEYS = {"name", "kind", "overrides", "encoder", "paper", "sweep", "x"}
+NON_ESTIMATOR_KEYS = {"name", "kind", "overrides", "encoder", "paper", "sweep", "x", "gammas"}
 GRID_KEYS = {"name", "preset", "overrides", "datasets", "classes", "gammas", "draws", "seed",
              "train_per_class", "test_per_class", "methods", "results"}
 
@@ -200,7 +201,8 @@ def cells_of(grid: dict[str, Any], datasets: dict[str, LabelledSplit]) -> list[C
         for c in classes:
             for d in range(int(grid["draws"])):
                 for gamma in grid["gammas"]:
-                    out += [Cell(m["name"], label, int(c), float(gamma), d) for m in grid["methods"]]
+                    out += [Cell(m["name"], label, int(c), float(gamma), d) for m in grid["methods"]
+                            if float(gamma) in [float(v) for v in m.get("gammas", [gamma])]]
     return out
 
 
@@ -262,12 +264,11 @@ def run_grid(grid: dict[str, Any] | str | Path, results: str | Path, shard: tupl
         for spec in g["datasets"]:
             label, split = load_dataset(spec)
             datasets[label] = subsample(split, g.get("train_per_class"), g.get("test_per_class"))
-    cells = cells_of(g, datasets)
-    n_methods = len(g["methods"])
-    mine = [c for i, c in enumerate(cells) if (i // n_methods) % shard[1] == shard[0]]
-    if reverse:
-        groups = [mine[i:i + n_methods] for i in range(0, len(mine), n_methods)]
-        mine = [c for grp in reversed(groups) for c in grp]
+    groups: dict[tuple[str, int, float, int], list[Cell]] = {}
+    for c in cells_of(g, datasets):
+        groups.setdefault((c.dataset, c.normal_class, c.gamma, c.draw), []).append(c)
+    ordered = [grp for i, grp in enumerate(groups.values()) if i % shard[1] == shard[0]]
+    mine = [c for grp in (reversed(ordered) if reverse else ordered) for c in grp]
     done = {r["cell"] for r in read_results(results)}
     todo = [c for c in mine if c.key not in done]
     added: list[dict[str, Any]] = []

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from anomem.errors import InvalidInputError
+from anomem.protocols.relative import compare
 from anomem.protocols.runner import cells_of, read_results
 from anomem.serialization import atomic_write_text
 
@@ -115,6 +117,37 @@ def ablation_table(grid: dict[str, Any], rows: list[dict[str, Any]], dataset: st
     return "\n".join(lines) + "\n"
 
 
+def versus_table(grid: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """AnoMem (the ``paper: anomem`` method) against every other method, on shared cells:
+    AUROC difference and relative error change ((1-a2)-(1-a1))/(1-a1), negative = better."""
+    ours = next((m["name"] for m in grid["methods"] if m.get("paper") == "anomem"), None)
+    if ours is None:
+        return ""
+    lines = [f"### {ours} against each method (cells both finished)", "",
+             "| dataset | γ | method | classes | method AUROC | " + ours + " AUROC | Δ | "
+             "relative error change |", "|---|---:|---|---:|---:|---:|---:|---:|"]
+    for m in (m["name"] for m in grid["methods"] if m["name"] != ours):
+        try:
+            rel = compare(rows, m, ours)
+        except InvalidInputError:
+            continue
+        for (ds, g), r in sorted(rel.items()):
+            pairs = _paired(rows, m, ours, ds, g)
+            a1, a2 = (100 * float(np.mean([p[i] for p in pairs])) for i in (0, 1))
+            lines.append(f"| {ds} | {g:g} | {m} | {len(pairs)} | {a1:.1f} | {a2:.1f} | "
+                         f"{a2 - a1:+.1f} | {100 * r:+.0f}% |")
+    return "\n".join(lines) + "\n"
+
+
+def _paired(rows: list[dict[str, Any]], a: str, b: str, ds: str, g: float
+            ) -> list[tuple[float, float]]:
+    def by(m: str) -> dict[tuple[int, int], float]:
+        return {(int(r["normal_class"]), int(r.get("draw", 0))): float(r["auroc"]) for r in rows
+                if r["method"] == m and r["dataset"] == ds and float(r["gamma"]) == g}
+    x, y = by(a), by(b)
+    return [(x[k], y[k]) for k in sorted(set(x) & set(y))]
+
+
 def coverage(grid: dict[str, Any], rows: list[dict[str, Any]],
              datasets: dict[str, tuple[str, ...]]) -> str:
     """Which cells of the grid are finished and which are missing."""
@@ -140,15 +173,15 @@ class _Named:
 def render(grid: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     """The whole Markdown report of a benchmark."""
     names = {r["dataset"]: tuple(r["classes"]) for r in rows}
-    parts = [f"# Benchmark `{grid['name']}`", "",
+    parts = [f"# Benchmark `{grid['name']}`\n",
              "AUROC in %, anomalies as positives. Paper numbers: SPEC §3 (the paper's "
-             "Tables 1-4; DeepSAD row as reported in the paper).", ""]
+             "Tables 1-4; DeepSAD row as reported in the paper).\n"]
     for ds, n in names.items():
         classes = list(range(len(n))) if grid["classes"] == "all" else list(grid["classes"])
         parts += [one_vs_all_table(grid, rows, ds, classes, n),
-                  ablation_table(grid, rows, ds, classes)]
-    parts.append(coverage(grid, rows, names))
-    return "\n".join(p for p in parts if p)
+                  ablation_table(grid, rows, ds, classes) or None]
+    parts += [versus_table(grid, rows) or None, coverage(grid, rows, names)]
+    return "\n".join(p for p in parts if p is not None)
 
 
 def write_reports(grid: dict[str, Any], results: str | Path, out_dir: str | Path) -> list[Path]:
