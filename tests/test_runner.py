@@ -145,3 +145,13 @@ def test_a_method_runs_only_at_its_own_gammas(grid: dict[str, Any], digits: dict
     # shard 1/2 holds groups 1, 3, 5: (class 0, 0.05), (class 1, 0.05), (class 2, 0.05)
     assert len(rows) == 9 and sum(r["method"] == "ss" for r in rows) == 3
     assert {r["gamma"] for r in rows} == {0.05}
+
+
+def test_versus_table_pairs_cells_and_signs_the_error_change() -> None:
+    grid = load_grid({"name": "v", "gammas": [0.0],
+                      "methods": [{"name": "anomem", "paper": "anomem"},
+                                  {"name": "knn", "kind": "knn"}]})
+    rows = [{"cell": f"{m}|d|{c}|0|0", "method": m, "dataset": "d", "normal_class": c,
+             "gamma": 0.0, "draw": 0, "auroc": a, "classes": ["x", "y"]}
+            for m, c, a in [("anomem", 0, 0.95), ("knn", 0, 0.90), ("knn", 1, 0.2)]]
+    assert "| d | 0 | knn | 1 | 90.0 | 95.0 | +5.0 | -50% |" in render(grid, rows)
