@@ -292,6 +292,19 @@ def mtd_tar() -> bytes:
                    "MT_Crack/Imgs/b.jpg": jpeg(24, 2, "L"), "MT_Crack/Imgs/b.png": mask.getvalue()})
 
 
+def test_mtd_reader_refuses_a_png_with_a_broken_chunk(mtd_tar, tmp_path):
+    """A case the fuzzer found: PIL raises SyntaxError (not OSError) for a broken PNG chunk."""
+    mask = io.BytesIO()
+    Image.fromarray(np.eye(24, dtype=np.uint8) * 255).save(mask, format="PNG")
+    png = mask.getvalue()
+    assert png[37:41] == b"IDAT"
+    broken = png[:36] + b"\x04" + png[37:]       # IDAT too short: the next "chunk" is garbage
+    path = tmp_path / "mtd.tar.gz"
+    path.write_bytes(tar_gz({"MT_Free/Imgs/a.jpg": jpeg(24, 1, "L"), "MT_Free/Imgs/a.png": broken}))
+    with pytest.raises(InvalidInputError, match="MT_Free/Imgs/a.png"):
+        read_mtd(path, side=16)
+
+
 def test_fuzz_mtd_archive(mtd_tar):
     assert len(read_mtd(write_tmp(mtd_tar, ".tar.gz"), side=16)) == 2
     fuzz("read_mtd", mutations(mtd_tar), check_dataset(

@@ -91,7 +91,7 @@ def _resize(data: bytes, member: str, side: int) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as im:
             return np.asarray(im.convert("L").resize((side, side), Image.BILINEAR))
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise InvalidInputError(f"MTD member {member!r} cannot be decoded ({e})") from None
 
 
@@ -99,7 +99,7 @@ def _binary_mask(data: bytes, member: str, side: int) -> tuple[np.ndarray, bool]
     try:
         with Image.open(io.BytesIO(data)) as im:
             full = np.asarray(im.convert("L")) > 127
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise InvalidInputError(f"MTD mask {member!r} cannot be decoded ({e})") from None
     small = Image.fromarray(full.astype(np.uint8) * 255).resize((side, side), Image.BILINEAR)
     return np.asarray(small) > 127, bool(full.any())
