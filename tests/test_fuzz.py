@@ -43,7 +43,7 @@ from anomem.torch_model import AnoMemModel
 
 MIN_EXAMPLES = 40
 HANG_S = 120                 # no fuzzer may run longer than this
-FAST = settings(max_examples=120, deadline=5000, database=None,
+FAST = settings(max_examples=120, deadline=10_000, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
@@ -269,6 +269,14 @@ def test_fuzz_cifar10_jpeg_tar(cifar_tar):
          check_dataset(read_cifar10_jpeg_tar, ".tar.gz", cifar_shapes))
 
 
+def test_cifar_batch_with_an_unknown_text_encoding_is_refused():
+    """A case the fuzzer found: a bit flip in the codec name of ``_codecs.encode``."""
+    real = pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [0]}, protocol=2)
+    assert real.count(b"latin1") == 1
+    with pytest.raises(InvalidInputError, match="not a valid CIFAR"):
+        load_cifar_batch(real.replace(b"latin1", b"matin1"), "flipped")
+
+
 def test_fuzz_cifar_python_batches():
     real = pickle.dumps({b"data": np.arange(2 * 3072).astype(np.uint8).reshape(2, 3072),
                          b"labels": [0, 1], b"batch_label": b"fuzz"}, protocol=2)
@@ -399,4 +407,4 @@ def test_fuzz_model_files(model_file):
         assert state.keys() == reference.keys()
         assert all(torch.equal(state[k], reference[k]) for k in reference)
         return False
-    fuzz("AnoMem.load", mutations(model_file), check, settings(FAST, max_examples=150))
+    fuzz("AnoMem.load", mutations(model_file), check, settings(FAST, max_examples=120))

@@ -147,7 +147,7 @@ def load_cifar_batch(data: bytes, name: str) -> dict[str, Any]:
     try:
         obj = _RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-            ImportError, IndexError, KeyError) as e:
+            ImportError, IndexError, KeyError, LookupError, OverflowError, MemoryError) as e:
         raise InvalidInputError(f"CIFAR batch {name!r} is not a valid CIFAR python-format "
                                 f"file ({e})") from None
     if not isinstance(obj, dict):
