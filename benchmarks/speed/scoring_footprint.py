@@ -122,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
             for method in ("anomem", "knn"):
                 res = subprocess.run([sys.executable, __file__, "--reps", str(args.reps),
                                       "--worker", str(work), str(n), method],
-                                     check=True, capture_output=True, text=True)
+                                     capture_output=True, text=True)
+                if res.returncode:
+                    raise RuntimeError(f"worker {n} {method} failed:\n{res.stderr}")
                 rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
                 print(rows[-1], flush=True)
     result = {"command": "python benchmarks/speed/scoring_footprint.py " + " ".join(argv or sys.argv[1:]),
