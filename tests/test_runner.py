@@ -155,3 +155,16 @@ def test_versus_table_pairs_cells_and_signs_the_error_change() -> None:
              "gamma": 0.0, "draw": 0, "auroc": a, "classes": ["x", "y"]}
             for m, c, a in [("anomem", 0, 0.95), ("knn", 0, 0.90), ("knn", 1, 0.2)]]
     assert "| d | 0 | knn | 1 | 90.0 | 95.0 | +5.0 | -50% |" in render(grid, rows)
+
+
+def test_sweep_points_and_png(tmp_path: Path) -> None:
+    from anomem.reports.plots import sweep_plots, sweep_points
+
+    grid = load_grid({"name": "s", "gammas": [0.0],
+                      "methods": [{"name": f"m{x}", "kind": "anomem", "sweep": "memory_size",
+                                   "x": x} for x in (16, 64)]})
+    rows = [{"method": m, "gamma": 0.0, "normal_class": c, "auroc": a}
+            for m, c, a in [("m16", 0, 0.6), ("m64", 0, 0.8), ("m64", 1, 0.2)]]
+    assert sweep_points(grid, rows) == {"memory_size": {0.0: [(16.0, 60.0, 1), (64.0, 80.0, 1)]}}
+    (png,) = sweep_plots(grid, rows, tmp_path)
+    assert png.name == "s_memory_size.png" and png.read_bytes()[:4] == b"\x89PNG"
