@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -85,3 +87,37 @@ def test_linear_accuracy_on_separable_features() -> None:
     f = np.eye(3)[y] * 5 + rng.normal(size=(120, 3))
     assert linear_accuracy(f, y, f, y) > 0.95
     assert linear_accuracy(rng.normal(size=(120, 3)), y, f, y) < 0.8
+
+
+class _MeanDistanceDetector:
+    def __init__(self, config: object) -> None:
+        self.config = config
+
+    def fit(self, images: np.ndarray, labels: np.ndarray) -> _MeanDistanceDetector:
+        self.task = OneVsAllTask(images, labels, images[:1], labels[:1])
+        return self
+
+    def decision_function(self, images: np.ndarray) -> np.ndarray:
+        return mean_distance(OneVsAllTask(self.task.x_train, self.task.labels_train, images,
+                                          np.zeros(len(images))), 0)
+
+
+def test_protocol_runner_stores_and_resumes_rows(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from anomem.protocols import runner
+
+    monkeypatch.setitem(runner.KINDS, "fake", _MeanDistanceDetector)
+    digits = load_digits_split()
+    inverted = type(digits)(digits.x_train, digits.y_train, 255 - digits.x_test, digits.y_test,
+                            digits.classes)
+    grid = {"name": "p", "preset": "digits", "classes": [0], "gammas": [0.05],
+            "methods": [{"name": "f", "kind": "fake"}]}
+    res = tmp_path / "p.jsonl"
+    rows = runner.run_protocol(grid, "cross_type", res, {"digits": digits})
+    assert len(rows) == 9 and {r["held_out"] for r in rows} == set(range(1, 10))
+    assert runner.run_protocol(grid, "cross_type", res, {"digits": digits}) == []
+    ood = runner.run_protocol(grid, "ood", res, {"digits": digits, "inv": inverted})
+    assert len(ood) == 1 and ood[0]["cell"] == "ood|f|digits|inv|0" and ood[0]["auroc"] > 0.9
+    assert runner.run_protocol(grid, "linear_eval", res, {"digits": digits}) == []  # not AnoMem
+    with pytest.raises(runner.ConfigError, match="unknown protocol"):
+        runner.run_protocol(grid, "nope", res, {"digits": digits})

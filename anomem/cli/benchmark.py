@@ -32,6 +32,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="walk the cell groups from the last one (a second process on the same "
                         "shard then meets the first in the middle)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--protocol", default="one_vs_all",
+                   choices=("one_vs_all", "ood", "cross_type", "linear_eval"),
+                   help="one_vs_all (the grid, default); ood: train on the first dataset, test "
+                        "against each other one; cross_type: hold each anomaly class out of "
+                        "training; linear_eval: linear probe of AnoMem encoders")
     p.add_argument("--report-only", action="store_true",
                    help="do not run anything; write the tables and plots of finished cells")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -56,6 +61,15 @@ def run(args: argparse.Namespace) -> int:
     shard = _shard(args.shard)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.protocol != "one_vs_all":
+        from anomem.protocols.runner import run_protocol
+        out = Path(args.results or f"benchmarks/results/{grid['name']}_{args.protocol}.jsonl")
+        added = run_protocol(grid, args.protocol, out)
+        for row in added:
+            print(f"{row['cell']}: " + ", ".join(f"{k} {row[k]:.4f}" for k in ("auroc", "accuracy")
+                                                 if k in row))
+        print(f"anomem benchmark: {len(added)} new {args.protocol} row(s) in {out}")
+        return 0
     if not args.report_only:
         added = run_grid(grid, results, shard, progress=not args.no_progress,
                          max_cells=args.max_cells, reverse=args.reverse)

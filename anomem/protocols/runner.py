@@ -187,6 +187,15 @@ def load_grid(path_or_dict: str | Path | dict[str, Any]) -> dict[str, Any]:
     return g
 
 
+def load_all(grid: dict[str, Any]) -> dict[str, LabelledSplit]:
+    """Every dataset of the grid by label, subsampled as the grid says."""
+    out = {}
+    for spec in grid["datasets"]:
+        label, split = load_dataset(spec)
+        out[label] = subsample(split, grid.get("train_per_class"), grid.get("test_per_class"))
+    return out
+
+
 def method_config(grid: dict[str, Any], method: dict[str, Any], seed: int) -> Any:
     """The AnoMem config of one method: preset, grid overrides, method overrides, seed."""
     return get_config(grid["preset"], {**grid["overrides"], **method.get("overrides", {}),
@@ -259,11 +268,7 @@ def run_grid(grid: dict[str, Any] | str | Path, results: str | Path, shard: tupl
     process meanwhile is skipped).
     """
     g = load_grid(grid)
-    if datasets is None:
-        datasets = {}
-        for spec in g["datasets"]:
-            label, split = load_dataset(spec)
-            datasets[label] = subsample(split, g.get("train_per_class"), g.get("test_per_class"))
+    datasets = datasets if datasets is not None else load_all(g)
     groups: dict[tuple[str, int, float, int], list[Cell]] = {}
     for c in cells_of(g, datasets):
         groups.setdefault((c.dataset, c.normal_class, c.gamma, c.draw), []).append(c)
@@ -292,3 +297,74 @@ def run_grid(grid: dict[str, Any] | str | Path, results: str | Path, shard: tupl
         bar.write(f"{cell.key}: AUROC {100 * row['auroc']:.1f} ({row['wall_s']:.0f} s)")
     bar.close()
     return added
+
+
+def run_protocol(grid: dict[str, Any] | str | Path, protocol: str, results: str | Path,
+                 datasets: dict[str, LabelledSplit] | None = None) -> list[dict[str, Any]]:
+    """The other protocols over the grid's methods, datasets, classes, gammas and draws.
+
+    ``ood``: each method is trained on the whole first dataset and tested
+    against each other dataset's test images (Table 3); ``cross_type``: every
+    normal class with every other class held out as the unseen anomaly type;
+    ``linear_eval``: AnoMem-kind methods, one-class on every training image,
+    then the linear probe over all classes.  Rows go to ``results`` as they
+    finish and finished cells are skipped, as for one-vs-all.
+    """
+    from anomem.protocols.cross_type import run_cross_type
+    from anomem.protocols.linear_eval import linear_eval
+    from anomem.protocols.ood import run_ood
+
+    if protocol not in ("ood", "cross_type", "linear_eval"):
+        raise ConfigError(f"unknown protocol {protocol!r}; use ood, cross_type or linear_eval")
+    g = load_grid(grid)
+    data = datasets if datasets is not None else load_all(g)
+    labels = list(data)
+    added: list[dict[str, Any]] = []
+
+    def store(key: str, m: dict[str, Any], seed: int, dataset: str,
+              work: Callable[..., dict[str, Any]], *args: Any) -> None:
+        if key in {r["cell"] for r in read_results(results)}:
+            return
+        t0 = time.perf_counter()
+        res = work(*args)
+        row = {"cell": key, "benchmark": g["name"], "protocol": protocol, "method": m["name"],
+               "dataset": dataset, **res, "wall_s": round(time.perf_counter() - t0, 2),
+               **_peak_memory_mb(), "config": to_dict(method_config(g, m, seed))}
+        append_result(results, row)
+        added.append(row)
+
+    def probe(cfg: Any, split: LabelledSplit) -> dict[str, Any]:
+        return linear_eval(AnoMem(cfg).fit(split.x_train), split)
+
+    for m in g["methods"]:
+        kind = m.get("kind", m["name"])
+        extra = {k: v for k, v in m.items() if k not in NON_ESTIMATOR_KEYS}
+        for d in range(int(g["draws"])):
+            seed = int(g["seed"]) + d
+            cfg = method_config(g, m, seed)
+            fit_score = _fit_score(KINDS[kind], cfg, extra)
+            if protocol == "ood":
+                for out in labels[1:]:
+                    store(f"ood|{m['name']}|{labels[0]}|{out}|{d}", m, seed, labels[0], run_ood,
+                          data[labels[0]], data[out].x_test, out, seed, fit_score)
+            elif protocol == "linear_eval" and kind == "anomem":
+                for ds, split in data.items():
+                    store(f"linear_eval|{m['name']}|{ds}|{d}", m, seed, ds, probe, cfg, split)
+            elif protocol == "cross_type":
+                for ds, split in data.items():
+                    classes = range(len(split.classes)) if g["classes"] == "all" else g["classes"]
+                    for c in classes:
+                        for t in (t for t in range(len(split.classes)) if t != c):
+                            for gm in g["gammas"]:
+                                store(f"cross_type|{m['name']}|{ds}|{c}|{t}|{float(gm):g}|{d}", m,
+                                      seed, ds, lambda *a: run_cross_type(*a)[0], split, int(c),
+                                      float(gm), seed, fit_score, [t])
+    return added
+
+
+def _fit_score(estimator: Callable[..., Any], cfg: Any, extra: dict[str, Any]
+               ) -> Callable[[OneVsAllTask, int], np.ndarray]:
+    def fit_score(task: OneVsAllTask, _seed: int) -> np.ndarray:
+        det = estimator(cfg, **extra).fit(task.x_train, task.labels_train)
+        return det.decision_function(task.x_test)
+    return fit_score
