@@ -3,17 +3,19 @@
 ``python tests/resume_job.py OUT_DIR CHECKPOINT_DIR`` fits a semi-supervised
 AnoMem on scikit-learn's digits (normal class 0, a few labelled anomalies),
 checkpointing every 3 steps (mid-epoch: 2 steps per epoch).  After every step
-it rewrites ``OUT_DIR/steps.json`` (the steps this process ran, per stage) and
-sleeps a little (through the ``log`` hook, which never changes what is
-computed) so that a kill lands mid-run; at the end it writes ``scores.npy``
-(scores of a fixed test set) and ``history.json`` (both stages' epoch
-statistics).
+it rewrites ``OUT_DIR/steps.json`` (the steps this process ran, per stage); at
+the end it writes ``scores.npy`` (scores of a fixed test set) and
+``history.json`` (both stages' epoch statistics).  With ``HOLD=STAGE:STEP`` in
+the environment it stops (sleeps) after that step, so that a test can kill it
+at a known point; the ``log`` hook that does this never changes what is
+computed.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,7 +31,7 @@ from anomem.stages.common import RunOptions
 
 CONFIG = {"stage1_epochs": 4, "stage2_epochs": 6, "seed": 3}
 CHECKPOINT_EVERY = 3
-STEP_SLEEP_S = 0.1
+HOLD_S = 600
 
 
 def main(out: Path, checkpoint_dir: Path) -> None:
@@ -37,11 +39,13 @@ def main(out: Path, checkpoint_dir: Path) -> None:
     task = make_one_vs_all(load_digits_split(seed=0), normal_class=0, gamma=0.1, seed=0)
     x, labels = task.x_train[-90:], task.labels_train[-90:]   # 78 normals, 12 anomalies
     steps: dict[str, list[int]] = {"1": [], "2": []}
+    hold = os.environ.get("HOLD")
 
     def log(metrics: dict) -> None:
         steps[str(metrics["stage"])].append(int(metrics["step"]))
         atomic_write_text(out / "steps.json", json.dumps(steps))
-        time.sleep(STEP_SLEEP_S)
+        if hold == f"{metrics['stage']}:{metrics['step']}":
+            time.sleep(HOLD_S)
 
     opts = RunOptions(device=torch.device("cpu"), checkpoint_every=CHECKPOINT_EVERY, log=log)
     det = AnoMem("digits", **CONFIG).fit(x, labels, checkpoint_dir=checkpoint_dir, options=opts)

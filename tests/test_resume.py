@@ -25,9 +25,11 @@ JOB = Path(__file__).with_name("resume_job.py")
 STAGE1_STEPS, STAGE2_STEPS = 8, 12   # 4 and 6 epochs of 2 steps (90 images, batch 32)
 
 
-def start(out: Path, ckpt: Path) -> subprocess.Popen:
+def start(out: Path, ckpt: Path, hold: str = "") -> subprocess.Popen:
+    """Start the job; with ``hold="S:N"`` it stops after step N of stage S (the step after
+    a checkpoint, which is written after the ``log`` hook of its own step)."""
     out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HOLD": hold}
     return subprocess.Popen([sys.executable, str(JOB), str(out), str(ckpt)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -65,16 +67,18 @@ def test_sigkill_in_both_stages_then_resume_gives_identical_scores(tmp_path):
     ref_out, out = tmp_path / "ref", tmp_path / "run"
     ckpt = tmp_path / "ckpt"
     ref = start(ref_out, tmp_path / "ref_ckpt")          # uninterrupted, runs alongside
-    first = start(out / "a", ckpt)
+    first = start(out / "a", ckpt, hold="1:4")            # killed in stage 1, mid-epoch 2
     kill_when(first, ckpt / "stage1.ckpt")
     killed_at_1 = step_of(ckpt / "stage1.ckpt")
-    assert 0 < killed_at_1 < STAGE1_STEPS and not (ckpt / "stage2.ckpt").exists()
+    assert killed_at_1 == 3 < STAGE1_STEPS and not (ckpt / "stage2.ckpt").exists()
+    assert steps_run(out / "a")["1"] in ([1, 2, 3], [1, 2, 3, 4])   # killed in step 4 or its hold
 
-    second = start(out / "b", ckpt)                       # resumes stage 1, killed in stage 2
+    second = start(out / "b", ckpt, hold="2:4")           # resumes stage 1, killed in stage 2
     kill_when(second, ckpt / "stage2.ckpt")
     killed_at_2 = step_of(ckpt / "stage2.ckpt")
-    assert 0 < killed_at_2 < STAGE2_STEPS and step_of(ckpt / "stage1.ckpt") == STAGE1_STEPS
-    assert steps_run(out / "b")["1"][0] == killed_at_1 + 1
+    assert killed_at_2 == 3 < STAGE2_STEPS and step_of(ckpt / "stage1.ckpt") == STAGE1_STEPS
+    ran = steps_run(out / "b")
+    assert ran["1"] == list(range(4, STAGE1_STEPS + 1)) and ran["2"] in ([1, 2, 3], [1, 2, 3, 4])
 
     third = start(out / "c", ckpt)                        # resumes stage 2 to the end
     finish(third)
