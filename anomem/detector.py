@@ -287,5 +287,5 @@ class AnoMem:
         det = cls(cfg)
         det.model = model.to(resolve_device(cfg.device)).eval()
         det.model.config = cfg
-        det.threshold_ = threshold
+        det.threshold_ = None if threshold is None else float(threshold)
         return det
