@@ -114,7 +114,7 @@ def test_hopfield_is_differentiable_in_query_and_patterns():
 
 def test_kmeans_memory_returns_nearest_centroid():
     c = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
-    km = KMeansMemory(c)
+    km = KMeansMemory(c, normalize=False)
     q = torch.tensor([[9.0, 1.0], [1.0, 1.0], [2.0, 7.0]])
     torch.testing.assert_close(km(q), c[[1, 0, 2]])
 
