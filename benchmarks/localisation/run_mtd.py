@@ -100,7 +100,7 @@ def overlays_png(test: MTDImages, columns: dict[str, np.ndarray], seed: int) -> 
         panels = [(img.transpose(1, 2, 0), "image"), (test.masks[i], "mask")]
         for name, maps in columns.items():
             lo, hi = np.quantile(maps, [0.01, 0.999])
-            panels.append((overlay(img, np.clip(maps[i] - lo, 0, None), hi - lo), name))
+            panels.append((overlay(img, maps[i], lo, hi), name))
         kind = "Free" if test.types[i] < 0 else MTD_TYPES[test.types[i]]
         for c, (pic, title) in enumerate(panels):
             ax = fig.add_subplot(len(picks), ncol, r * ncol + c + 1)
@@ -188,12 +188,6 @@ def main(argv: list[str] | None = None) -> int:
         k: float(np.mean([c["one-class model"][k] for c in cross.values()]))
         for k in cross["Crack"]["heads"]}
     out = Path(args.out)
-    ss_idx = {n: i for i, n in enumerate(ss_split.test.names)}
-    vis = oc_split.test.subset(np.array([i for i, n in enumerate(oc_split.test.names) if n in ss_idx]))
-    oc_vis = oc_on(vis)[1]
-    ss_vis = ss_maps[np.array([ss_idx[n] for n in vis.names])]
-    atomic_write_bytes(out / "overlays.png", overlays_png(
-        vis, {"one-class": oc_vis, "semi-sup.": ss_vis}, args.seed))
     record = {
         "command": "python benchmarks/localisation/run_mtd.py " + " ".join(sys.argv[1:] if argv is None
                                                                              else argv),
@@ -215,6 +209,12 @@ def main(argv: list[str] | None = None) -> int:
           + "".join(f"| {k} | {sg} | {v['image_auroc']:.3f} | {v['pixel_auroc']:.3f} | "
                     f"{v['aupro']:.3f} |\n" for k, sw in sweeps.items() for sg, v in sw.items()))
     atomic_write_text(out / "results.md", md)
+    ss_idx = {n: i for i, n in enumerate(ss_split.test.names)}
+    vis = oc_split.test.subset(np.array([i for i, n in enumerate(oc_split.test.names) if n in ss_idx]))
+    oc_vis = oc_on(vis)[1]
+    ss_vis = ss_maps[np.array([ss_idx[n] for n in vis.names])]
+    atomic_write_bytes(out / "overlays.png", overlays_png(
+        vis, {"one-class": oc_vis, "semi-sup.": ss_vis}, args.seed))
     print(md)
     return 0
 
