@@ -192,7 +192,7 @@ def test_one_class_score_eq8_eq9_naive():
                 for i in range(z.shape[2]):
                     for j in range(z.shape[3]):
                         v = z[k, :, i, j]
-                        sq += float(((v - mem(v.unsqueeze(0))[0]) ** 2).sum())
+                        sq += float(((mem.prepare(v) - mem(v.unsqueeze(0))[0]) ** 2).sum())
                 assert got[k, s].item() == pytest.approx(math.sqrt(sq), rel=1e-4)
 
 
