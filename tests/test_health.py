@@ -25,15 +25,6 @@ from anomem.stages.stage1 import COLLAPSE_SPREAD, prototype_spread
 STAGE1_EPOCHS = 2          # 64 images, batch 32: 2 steps per epoch, 4 steps
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, more threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     split = load_digits_split(seed=0)

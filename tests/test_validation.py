@@ -42,15 +42,6 @@ def refused(call: Callable[[], Any], error: type[AnoMemError], match: str) -> An
     return info.value
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, more threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def detector() -> AnoMem:
     """An unfitted-network detector that can score (fitting is not what is tested here)."""
