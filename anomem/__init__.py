@@ -8,8 +8,14 @@ __version__ = "0.1.0"
 
 from anomem.config import AnoMemConfig, get_config  # noqa: E402
 from anomem.detector import AnoMem  # noqa: E402
-from anomem.errors import (AnoMemError, ConfigError, InvalidInputError,  # noqa: E402
-                           ModelFileError, RequiresFitting, TrainingDivergedError)
+from anomem.errors import (  # noqa: E402
+                           AnoMemError,
+                           ConfigError,
+                           InvalidInputError,
+                           ModelFileError,
+                           RequiresFitting,
+                           TrainingDivergedError,
+)
 
 __all__ = ["AnoMem", "AnoMemConfig", "AnoMemError", "ConfigError", "InvalidInputError",
            "ModelFileError", "RequiresFitting", "TrainingDivergedError", "__version__",

@@ -16,9 +16,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from anomem.errors import ConfigError
 
@@ -118,7 +119,7 @@ class AnoMemConfig:
         """Scale confidences alpha(s) = 2^(s-1), s = 1..S (paper §4.2)."""
         return tuple(2.0 ** s for s in range(len(self.memory_stages)))
 
-    def replace(self, **changes: Any) -> "AnoMemConfig":
+    def replace(self, **changes: Any) -> AnoMemConfig:
         """A copy with ``changes`` applied and validated."""
         return from_dict({**to_dict(self), **changes})
 

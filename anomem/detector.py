@@ -32,8 +32,7 @@ from anomem.localisation import anomaly_map
 from anomem.serialization import atomic_torch_save, require_checksum, safe_torch_load
 from anomem.stages.common import RunOptions
 from anomem.stages.stage1 import train_stage1
-from anomem.stages.stage2 import (calibrate_scales, fit_kmeans_prototypes, map_batches,
-                                  train_heads)
+from anomem.stages.stage2 import calibrate_scales, fit_kmeans_prototypes, map_batches, train_heads
 from anomem.torch_model import AnoMemModel
 
 MODEL_FORMAT = "anomem-model"
@@ -98,7 +97,7 @@ class AnoMem:
     # ------------------------------------------------------------------ fitting
     def fit(self, images: Any, labels: Any = None, *, validation_fraction: float = 0.0,
             checkpoint_dir: str | Path | None = None, progress: bool = False,
-            log: Any = None, options: RunOptions | None = None) -> "AnoMem":
+            log: Any = None, options: RunOptions | None = None) -> AnoMem:
         """Train both stages on ``images`` (labels: 1 = anomaly, 0 = normal, or None).
 
         ``validation_fraction`` of the normal images is held out of training and
@@ -232,7 +231,7 @@ class AnoMem:
             "state_dict": state}, path)
 
     @classmethod
-    def load(cls, path: str | Path, device: str | None = None) -> "AnoMem":
+    def load(cls, path: str | Path, device: str | None = None) -> AnoMem:
         """Read a detector written by :meth:`save` (tensors and plain values only).
 
         ``device`` defaults to the saved configuration's, or to ``auto`` when that

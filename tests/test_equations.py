@@ -10,8 +10,17 @@ import torch
 
 from anomem.backbone import ResNet
 from anomem.config import get_config
-from anomem.losses import (contrasted_memory_loss, double_hinge, mem_select, multiscale_loss,
-                           nt_xent, sample_count, sample_positions, sup_loss, variance_loss)
+from anomem.losses import (
+    contrasted_memory_loss,
+    double_hinge,
+    mem_select,
+    multiscale_loss,
+    nt_xent,
+    sample_count,
+    sample_positions,
+    sup_loss,
+    variance_loss,
+)
 from anomem.memory import HopfieldMemory, KMeansMemory
 from anomem.torch_model import AnoMemModel
 

@@ -9,7 +9,8 @@ model's side S (bilinear, antialiased).  Labels follow the public convention
 from __future__ import annotations
 
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -1,7 +1,13 @@
 """Losses of AnoMem as small pure functions, one module per family."""
 
-from anomem.losses.contrasted_memory import (contrasted_memory_loss, mem_select, multiscale_loss,
-                                             sample_count, sample_positions, variance_loss)
+from anomem.losses.contrasted_memory import (
+                                             contrasted_memory_loss,
+                                             mem_select,
+                                             multiscale_loss,
+                                             sample_count,
+                                             sample_positions,
+                                             variance_loss,
+)
 from anomem.losses.hinge import double_hinge, sup_loss
 from anomem.losses.ntxent import nt_xent
 

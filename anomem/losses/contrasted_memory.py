@@ -5,7 +5,7 @@ Labels follow the paper inside this module: ``y = 1`` normal, ``y = 0`` anomaly.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -12,8 +12,9 @@ setting.  The test set is the whole test split; AUROC is computed with
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import roc_auc_score

@@ -18,10 +18,15 @@ from tqdm.auto import tqdm
 from anomem.augment import TwoViewAugment
 from anomem.config import AnoMemConfig
 from anomem.errors import TrainingDivergedError
-from anomem.losses import contrasted_memory_loss, mem_select, multiscale_loss, sample_positions
-from anomem.losses import variance_loss
-from anomem.stages.common import (RunOptions, check_finite, check_finite_parameters,
-                                  load_checkpoint, save_checkpoint, sgd_cosine)
+from anomem.losses import contrasted_memory_loss, mem_select, multiscale_loss, sample_positions, variance_loss
+from anomem.stages.common import (
+    RunOptions,
+    check_finite,
+    check_finite_parameters,
+    load_checkpoint,
+    save_checkpoint,
+    sgd_cosine,
+)
 from anomem.torch_model import AnoMemModel
 
 # Prototypes whose spread (mean over dimensions of the std across patterns) falls

@@ -24,8 +24,14 @@ from tqdm.auto import tqdm
 
 from anomem.data.convert import batches
 from anomem.losses import sup_loss
-from anomem.stages.common import (RunOptions, check_finite, check_finite_parameters,
-                                  load_checkpoint, save_checkpoint, sgd_cosine)
+from anomem.stages.common import (
+    RunOptions,
+    check_finite,
+    check_finite_parameters,
+    load_checkpoint,
+    save_checkpoint,
+    sgd_cosine,
+)
 from anomem.torch_model import AnoMemModel
 
 KMEANS_MAX_VECTORS = 20_000

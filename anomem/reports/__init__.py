@@ -1,0 +1,1 @@
+"""Reports: detection metrics, pixel metrics, tables, plots and HTML/Markdown reports."""
