@@ -24,7 +24,7 @@ CPU with a tiny override, e.g.::
 
     python benchmarks/gpu/train_paper_one_class.py --steps 2 --breakdown-steps 1 \\
         --set arch=resnet18 --set width=4 --set batch_size=32 --set mem_sizes=[16,8] \\
-        --limit-train 64 --limit-test 200 --out /tmp/gpu_smoke.json
+        --limit-train 64 --limit-test 200 --out gpu_smoke.json
 """
 
 from __future__ import annotations
