@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -98,6 +99,44 @@ def check_collapse(model: AnoMemModel, where: str) -> None:
             f"is kept.")
 
 
+@torch.no_grad()
+def seed_memories(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor, opts: RunOptions) -> None:
+    """``memory_init="data"``: set every memory's patterns to feature vectors of real images.
+
+    The paper does not say how the patterns start.  Here the first
+    ``batch_size`` normal training images (un-augmented) go through the
+    freshly initialised encoder in training mode (batch statistics; the
+    BatchNorm running buffers are restored afterwards), and each memory's
+    N_mem patterns are distinct vectors drawn at random among all positions
+    of its scale's maps (with replacement, plus 1e-3 noise, only when there
+    are fewer vectors than patterns).  So retrieval starts inside the cone of
+    real features instead of among random directions.  Under DDP rank 0's
+    patterns are broadcast to every rank.
+    """
+    cfg = model.config
+    normal = images[y == 1][: max(1, cfg.batch_size // opts.world_size)]
+    if len(normal) == 0:
+        return
+    buffers = {k: v.clone() for k, v in model.encoder.named_buffers()}
+    model.train()
+    maps = model.features(normal.to(opts.device).float().div_(255))
+    model.encoder.load_state_dict(buffers, strict=False)
+    g = torch.Generator().manual_seed(cfg.seed * 7919 + 17)
+    for z, memory in zip(maps, model.memories):
+        if not hasattr(memory, "patterns"):
+            continue
+        vecs = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        size = memory.patterns.shape[0]
+        if len(vecs) >= size:
+            chosen = vecs[torch.randperm(len(vecs), generator=g)[:size].to(vecs.device)]
+        else:
+            chosen = vecs[torch.randint(len(vecs), (size,), generator=g).to(vecs.device)]
+            chosen = chosen + 1e-3 * torch.randn(chosen.shape, generator=g).to(vecs.device)
+        memory.patterns.copy_(chosen)
+        if opts.world_size > 1 and dist.is_initialized():
+            dist.broadcast(memory.patterns.data, src=0)
+
+
 def train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
                  fingerprint: dict[str, Any], opts: RunOptions,
                  objective: nn.Module | None = None) -> list[dict[str, float]]:
@@ -125,6 +164,8 @@ def train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
     if ckpt is not None and ckpt.is_file():
         start, extra = load_checkpoint(ckpt, modules, fingerprint)
         history, epoch_stats = extra.get("history", []), extra.get("epoch_stats", {})
+    elif cfg.use_memory and cfg.memory_init == "data":
+        seed_memories(model, images, y, opts)
     model.train()
     bar = tqdm(total=total, initial=start, desc="stage 1", disable=not (opts.progress and opts.is_main),
                unit="step", dynamic_ncols=True)
