@@ -25,15 +25,31 @@ from anomem.errors import ModelFileError
 CHECKSUM_KEY = "checksum"
 
 
+def _new_file_mode(p: Path) -> int:
+    """The mode a plain ``open(p, "w")`` would leave: the existing file's, else 0o666 less the umask."""
+    try:
+        return p.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temporary file + fsync + rename)."""
+    """Write ``data`` to ``path`` atomically (temporary file + fsync + rename).
+
+    The file gets the permissions an ordinary write would give it (the
+    temporary file's private 0o600 is not kept).
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
+    mode = _new_file_mode(p)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, p)
     except BaseException:

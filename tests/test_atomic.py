@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from anomem import AnoMem
-from anomem.serialization import atomic_write_text
+from anomem.serialization import atomic_write_bytes, atomic_write_text
 from anomem.stages.common import load_checkpoint, save_checkpoint
 from anomem.torch_model import AnoMemModel
 
@@ -145,3 +145,15 @@ def test_unwritable_target_folder_raises_oserror_not_partial_file(tmp_path):
         write_text(blocker / "result.csv", 1)
     assert blocker.read_text() == "x"
     assert os.listdir(tmp_path) == ["not_a_folder"]
+
+
+def test_new_files_get_the_umask_mode_and_rewrites_keep_the_existing_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        p = atomic_write_bytes(tmp_path / "new.bin", b"x")
+        assert p.stat().st_mode & 0o777 == 0o644        # not mkstemp's private 0o600
+        p.chmod(0o640)
+        atomic_write_bytes(p, b"y")
+        assert p.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
