@@ -102,11 +102,17 @@ def anomaly_map(model: AnoMemModel, images: torch.Tensor, sigma: float = 4.0) ->
         raise InvalidInputError(f"sigma must be a non-negative number of pixels, got {sigma!r}")
     if not torch.jit.is_tracing() and (images.ndim != 4 or images.shape[1] != 3):
         raise InvalidInputError(f"images must be a (B, 3, H, W) batch, got shape {tuple(images.shape)}")
-    size = images.shape[-2:]
+    return fuse_maps(position_scores(model, images), model.alphas / model.score_std,
+                     images.shape[-2:], sigma)
+
+
+def fuse_maps(maps: list[torch.Tensor], weights: torch.Tensor, size: tuple[int, int] | torch.Size,
+              sigma: float) -> torch.Tensor:
+    """Steps 2-4 of the module docstring: upsample each (B, H(s), W(s)) map to ``size``
+    (bilinear), sum them with ``weights`` (S,), smooth by a gaussian of ``sigma`` pixels."""
     up = torch.stack([F.interpolate(m.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
-                      .squeeze(1) for m in position_scores(model, images)], dim=1)
-    fused = torch.einsum("s,bshw->bhw", model.alphas / model.score_std, up)
-    return gaussian_smooth(fused, sigma)
+                      .squeeze(1) for m in maps], dim=1)
+    return gaussian_smooth(torch.einsum("s,bshw->bhw", weights, up), sigma)
 
 
 class AnomalyMapNet(nn.Module):

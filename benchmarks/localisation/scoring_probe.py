@@ -1,0 +1,126 @@
+"""Which per-position scoring rule localises MTD defects on one fitted encoder?
+
+Fits a one-class detector (``mtd`` preset plus ``--set`` overrides, stage 1
+for ``--epochs`` epochs; 0 = the untrained, randomly initialised encoder) on
+the training defect-free tiles of the seeded split of ``run_mtd.py``, then
+scores the test split with five heatmaps built on the same feature maps z(s):
+
+* ``deviation``: ||Delta(s)_ij||, AnoMem's one-class heatmap (Eq. 8 per position);
+* ``standardised deviation``: (||Delta(s)_ij|| - mean_ij) / std_ij, mean and
+  std over the training tiles at each position;
+* ``distance to mean``: ||z^_ij - mean z^||, z^ the L2-normalised feature;
+* ``nearest training patch``: distance from z^_ij to the closest of ``--bank``
+  normalised training vectors drawn from all positions (the memory-bank
+  family, e.g. PatchCore, that stores the training set);
+* ``feature norm``: ||z_ij||.
+
+Every rule goes through the same fusion as :func:`anomem.localisation.anomaly_map`
+(alpha(s) weights, bilinear upsampling, gaussian sigma 4 px); the image score
+is the heatmap's maximum.  One JSON line per run is appended to ``--results``.
+
+Example (the committed rows):
+    python benchmarks/localisation/scoring_probe.py --epochs 0
+    python benchmarks/localisation/scoring_probe.py --epochs 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from anomem import AnoMem, __version__
+from anomem.config import parse_override, to_dict
+from anomem.data.convert import to_image_tensor
+from anomem.data.mtd import MTDImages, read_mtd, split_mtd
+from anomem.localisation import fuse_maps
+from anomem.reports.pixel_metrics import localisation_metrics
+from anomem.serialization import atomic_write_text
+
+
+def feature_maps(det: AnoMem, images: np.ndarray) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """z(s) and Delta(s) of every image, per memory scale, (N, C, H, W) each."""
+    model = det.model.eval()
+    x = to_image_tensor(images, model.config.image_size, "images")
+    zs, ds = [], []
+    with torch.no_grad():
+        for i in range(0, len(x), 64):
+            b = x[i:i + 64].float().div(255)
+            zs.append(model.features(b))
+            ds.append(model.deviation_maps(b))
+    return ([torch.cat([z[s] for z in zs]) for s in range(len(zs[0]))],
+            [torch.cat([d[s] for d in ds]) for s in range(len(ds[0]))])
+
+
+def nearest_patch(train: torch.Tensor, test: torch.Tensor, bank: int, seed: int) -> torch.Tensor:
+    """Distance of every normalised test vector to the closest of ``bank`` training vectors."""
+    g = torch.Generator().manual_seed(seed)
+    vecs = train.permute(0, 2, 3, 1).reshape(-1, train.shape[1])
+    vecs = vecs[torch.randperm(len(vecs), generator=g)[:bank]]
+    q = test.permute(0, 2, 3, 1).reshape(-1, test.shape[1])
+    d = torch.cat([torch.cdist(q[i:i + 4096], vecs).min(1).values for i in range(0, len(q), 4096)])
+    return d.view(test.shape[0], *test.shape[2:])
+
+
+def rules(det: AnoMem, train: MTDImages, test: MTDImages, bank: int,
+          seed: int) -> dict[str, list[torch.Tensor]]:
+    """Per-scale (N, H(s), W(s)) maps of each rule on the test tiles."""
+    ztr, dtr = feature_maps(det, train.images)
+    zte, dte = feature_maps(det, test.images)
+    ntr = [F.normalize(z, dim=1) for z in ztr]
+    nte = [F.normalize(z, dim=1) for z in zte]
+    mean = [z.mean((0, 2, 3)).view(1, -1, 1, 1) for z in ntr]
+    dev_tr = [d.norm(dim=1) for d in dtr]
+    return {
+        "deviation": [d.norm(dim=1) for d in dte],
+        "standardised deviation": [(d.norm(dim=1) - t.mean(0)) / (t.std(0) + 1e-6)
+                                   for d, t in zip(dte, dev_tr)],
+        "distance to mean": [(z - m).norm(dim=1) for z, m in zip(nte, mean)],
+        "nearest training patch": [nearest_patch(a, b, bank, seed) for a, b in zip(ntr, nte)],
+        "feature norm": [z.norm(dim=1) for z in zte],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--epochs", type=int, default=6, help="stage-1 epochs (0: untrained encoder)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--bank", type=int, default=20_000, help="training vectors in the nearest-patch bank")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--results", default="benchmarks/localisation/scoring_probe.jsonl")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    split = split_mtd(read_mtd(side=128), 0.7, args.seed)
+    overrides = dict(parse_override(o) for o in args.overrides)
+    t0 = time.perf_counter()
+    det = AnoMem("mtd", seed=args.seed, stage1_epochs=args.epochs, **overrides).fit(split.train.images)
+    fit_s = time.perf_counter() - t0
+    weights = det.model.alphas / det.model.score_std
+    out = {}
+    for name, maps in rules(det, split.train, split.test, args.bank, args.seed).items():
+        heat = fuse_maps(maps, weights, (128, 128), 4.0).numpy()
+        res = localisation_metrics(split.test.labels, heat.reshape(len(heat), -1).max(1),
+                                   split.test.masks, heat, split.test.pixel_valid)
+        out[name] = res
+        print(f"{name:24s} image {res['image_auroc']:.3f}  pixel {res['pixel_auroc']:.3f}  "
+              f"AUPRO {res['aupro']:.3f}", flush=True)
+    row = {"command": "python benchmarks/localisation/scoring_probe.py "
+                      + " ".join(sys.argv[1:] if argv is None else argv),
+           "epochs": args.epochs, "seed": args.seed, "bank": args.bank, "fit_s": round(fit_s, 1),
+           "config": to_dict(det.config), "anomem": __version__, "torch_threads": 1,
+           "machine": f"{platform.machine()}, CPU only", "results": out}
+    path = Path(args.results)
+    old = path.read_text() if path.is_file() else ""
+    atomic_write_text(path, old + json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
