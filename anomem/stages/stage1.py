@@ -115,8 +115,8 @@ def seed_memories(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor, opt
     """
     cfg = model.config
     normal = images[y == 1][: max(1, cfg.batch_size // opts.world_size)]
-    if len(normal) == 0:
-        return
+    if len(normal) == 0:          # a DDP shard without normals: every rank must still take part
+        normal = images[:1]
     buffers = {k: v.clone() for k, v in model.encoder.named_buffers()}
     model.train()
     maps = model.features(normal.to(opts.device).float().div_(255))
