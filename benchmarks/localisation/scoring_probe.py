@@ -16,7 +16,8 @@ scores the test split with five heatmaps built on the same feature maps z(s):
 
 Every rule goes through the same fusion as :func:`anomem.localisation.anomaly_map`
 (alpha(s) weights, bilinear upsampling, gaussian sigma 4 px); the image score
-is the heatmap's maximum.  One JSON line per run is appended to ``--results``.
+is the heatmap's maximum.  One JSON line per command is kept in ``--results``
+(a rerun of the same command replaces its line).
 
 Example (the committed rows):
     python benchmarks/localisation/scoring_probe.py --epochs 0
@@ -26,11 +27,9 @@ Example (the committed rows):
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -41,22 +40,25 @@ from anomem.config import parse_override, to_dict
 from anomem.data.convert import to_image_tensor
 from anomem.data.mtd import MTDImages, read_mtd, split_mtd
 from anomem.localisation import fuse_maps
+from anomem.protocols.runner import append_result
 from anomem.reports.pixel_metrics import localisation_metrics
-from anomem.serialization import atomic_write_text
+from anomem.stages.common import RunOptions
+from anomem.stages.stage2 import map_batches
 
 
 def feature_maps(det: AnoMem, images: np.ndarray) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """z(s) and Delta(s) of every image, per memory scale, (N, C, H, W) each."""
-    model = det.model.eval()
+    model = det.model
     x = to_image_tensor(images, model.config.image_size, "images")
-    zs, ds = [], []
-    with torch.no_grad():
-        for i in range(0, len(x), 64):
-            b = x[i:i + 64].float().div(255)
-            zs.append(model.features(b))
-            ds.append(model.deviation_maps(b))
-    return ([torch.cat([z[s] for z in zs]) for s in range(len(zs[0]))],
-            [torch.cat([d[s] for d in ds]) for s in range(len(ds[0]))])
+
+    def both(m: torch.nn.Module, b: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        zs = m.features(b)
+        return zs, [mem.deviation(z) for mem, z in zip(m.memories, zs)]
+
+    out = map_batches(model, x, RunOptions(), both, batch_size=64)
+    scales = range(len(out[0][0]))
+    return ([torch.cat([z[s] for z, _ in out]) for s in scales],
+            [torch.cat([d[s] for _, d in out]) for s in scales])
 
 
 def nearest_patch(train: torch.Tensor, test: torch.Tensor, bank: int, seed: int) -> torch.Tensor:
@@ -116,9 +118,7 @@ def main(argv: list[str] | None = None) -> int:
            "epochs": args.epochs, "seed": args.seed, "bank": args.bank, "fit_s": round(fit_s, 1),
            "config": to_dict(det.config), "anomem": __version__, "torch_threads": 1,
            "machine": f"{platform.machine()}, CPU only", "results": out}
-    path = Path(args.results)
-    old = path.read_text() if path.is_file() else ""
-    atomic_write_text(path, old + json.dumps(row) + "\n")
+    append_result(args.results, {"cell": row["command"], **row})   # a rerun replaces its row
     return 0
 
 
