@@ -5,6 +5,13 @@ jitter (no hue: the paper does not use it), gaussian blur and gaussian noise,
 each sampled per image but applied to the whole batch at once by kornia.
 Randomness comes from torch's global generator, so ``torch.manual_seed``
 (and a checkpoint's RNG state) fixes the views.
+
+``shared_geometry`` (the paper is silent): Eq. 7 pairs the vectors at the same
+grid position (i, j) of the two views.  With independent crops and flips
+(SimCLR's recipe, the default) that position shows different parts of the
+image in each view; with the geometry shared, one crop and flip is drawn per
+image and only the photometric transforms (jitter, blur, noise) differ, so
+position (i, j) is the same physical patch in both views.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ class TwoViewAugment(nn.Module):
         jitter: strength s of brightness/contrast/saturation jitter (factors in [1-s, 1+s]).
         blur_sigma: sigma range of the gaussian blur (applied with probability 0.5).
         noise_std: standard deviation of the additive gaussian noise (probability 0.5).
+        shared_geometry: draw one crop and flip per image for both views (see the module
+            docstring); ``False`` draws them independently per view.
 
     Example:
         >>> aug = TwoViewAugment(16)
@@ -33,18 +42,24 @@ class TwoViewAugment(nn.Module):
 
     def __init__(self, size: int, crop_scale: tuple[float, float] = (0.2, 1.0),
                  jitter: float = 0.4, blur_sigma: tuple[float, float] = (0.1, 2.0),
-                 noise_std: float = 0.05) -> None:
+                 noise_std: float = 0.05, shared_geometry: bool = False) -> None:
         super().__init__()
         kernel = max(3, (size // 10) | 1)
-        ops: list[nn.Module] = [K.RandomResizedCrop((size, size), scale=crop_scale),
-                                K.RandomHorizontalFlip()]
+        self.shared_geometry = shared_geometry
+        self.geometric = nn.Sequential(K.RandomResizedCrop((size, size), scale=crop_scale),
+                                       K.RandomHorizontalFlip())
+        ops: list[nn.Module] = []
         if jitter > 0:
             ops.append(K.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, p=0.8))
         ops.append(K.RandomGaussianBlur((kernel, kernel), sigma=blur_sigma, p=0.5))
         if noise_std > 0:
             ops.append(K.RandomGaussianNoise(std=noise_std, p=0.5))
-        self.pipeline = nn.Sequential(*ops)
+        self.photometric = nn.Sequential(*ops)
+        self.pipeline = nn.Sequential(self.geometric, self.photometric)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.shared_geometry:
+            g = self.geometric(x)
+            return self.photometric(g).clamp_(0, 1), self.photometric(g).clamp_(0, 1)
         return self.pipeline(x).clamp_(0, 1), self.pipeline(x).clamp_(0, 1)

@@ -28,6 +28,7 @@ STEMS = ("cifar", "imagenet")
 NEGATIVES = ("all", "same_position")
 PROTOTYPES = ("hopfield", "kmeans")
 MEMORY_INITS = ("random", "data")
+VIEW_GEOMETRIES = ("independent", "shared")
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,15 @@ class AnoMemConfig:
     Stage 1 (Eq. 2-7): ``tau``, ``lambda_v``, ``negatives`` (``all``: the literal
     form, every sampled vector of both views is a negative; ``same_position``:
     only vectors at the same position across the batch), SGD with Nesterov
-    momentum and cosine annealing (``stage1_*``).
+    momentum and cosine annealing (``stage1_*``).  Augmentations: ``crop_scale``,
+    ``jitter``, ``blur_sigma``, ``noise_std`` and ``view_geometry`` (the paper is
+    silent): ``independent`` (default, SimCLR's recipe) crops and flips each
+    view on its own, so Eq. 7's positive pair at grid position (i, j) shows two
+    different parts of the image; ``shared`` draws one crop and flip for both
+    views (see :class:`anomem.augment.TwoViewAugment`).  Measured on MTD
+    (``benchmarks/localisation/README.md``, 300 steps): ``shared`` lets the
+    stage-1 loss fall far below chance where ``independent`` stays near it,
+    but AnoMem's heatmap is no better, so ``independent`` stays the default.
 
     Stage 2 (Eq. 8-13): ``margin`` M of the double hinge, ``head_hidden`` and
     ``head_pool`` (output side of the average pooling phi) of the per-scale MLPs,
@@ -103,6 +112,7 @@ class AnoMemConfig:
     jitter: float = 0.4
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     noise_std: float = 0.05
+    view_geometry: str = "independent"
     margin: float = 2.0
     head_hidden: int = 128
     head_pool: int = 2
@@ -150,7 +160,8 @@ def _is_range(v: Any, low: float, high: float) -> bool:
 
 def _validate(c: AnoMemConfig) -> None:
     for key, allowed in (("arch", ARCHS), ("stem", STEMS), ("negatives", NEGATIVES),
-                         ("prototypes", PROTOTYPES), ("memory_init", MEMORY_INITS)):
+                         ("prototypes", PROTOTYPES), ("memory_init", MEMORY_INITS),
+                         ("view_geometry", VIEW_GEOMETRIES)):
         if getattr(c, key) not in allowed:
             _fail(key, f"got {getattr(c, key)!r}, expected one of {', '.join(allowed)}")
     for key in ("width", "image_size", "batch_size", "hopfield_steps", "head_hidden", "head_pool"):

@@ -157,7 +157,8 @@ def train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
     params = list(model.encoder.parameters()) + (list(model.memories.parameters())
                                                  if cfg.use_memory else [])
     opt, sched = sgd_cosine(params, cfg.stage1_lr, cfg.stage1_momentum, cfg.stage1_weight_decay, total)
-    aug = TwoViewAugment(cfg.image_size, cfg.crop_scale, cfg.jitter, cfg.blur_sigma, cfg.noise_std)
+    aug = TwoViewAugment(cfg.image_size, cfg.crop_scale, cfg.jitter, cfg.blur_sigma, cfg.noise_std,
+                         shared_geometry=cfg.view_geometry == "shared")
     ckpt = opts.checkpoint_dir / "stage1.ckpt" if opts.checkpoint_dir else None
     modules = {"model": model, "opt": opt, "sched": sched}
     start, history, epoch_stats = 0, [], {}

@@ -16,7 +16,10 @@ scores the test split with five heatmaps built on the same feature maps z(s):
 
 Every rule goes through the same fusion as :func:`anomem.localisation.anomaly_map`
 (alpha(s) weights, bilinear upsampling, gaussian sigma 4 px); the image score
-is the heatmap's maximum.  One JSON line per command is kept in ``--results``
+is the heatmap's maximum.  ``--recalibrate-bn`` resets the encoder's BatchNorm
+running statistics and recomputes them on the clean training tiles before
+scoring (an untrained encoder otherwise keeps the initial mean 0 / variance 1,
+so its BatchNorm layers are the identity).  One JSON line per command is kept in ``--results``
 (a rerun of the same command replaces its line).
 
 Example (the committed rows):
@@ -61,6 +64,25 @@ def feature_maps(det: AnoMem, images: np.ndarray) -> tuple[list[torch.Tensor], l
             [torch.cat([d[s] for _, d in out]) for s in scales])
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(det: AnoMem, images: np.ndarray) -> None:
+    """Recompute every BatchNorm running mean/variance as the plain average over ``images``."""
+    layers = [m for m in det.model.encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None                       # cumulative average over the batches
+    x = to_image_tensor(images, det.model.config.image_size, "images")
+
+    def in_train_mode(m: torch.nn.Module, b: torch.Tensor) -> None:
+        m.encoder.train()                       # map_batches sets eval mode; BatchNorm must update
+        m.features(b)
+
+    map_batches(det.model, x, RunOptions(), in_train_mode, batch_size=64)
+    for m in layers:
+        m.momentum = 0.1
+    det.model.eval()
+
+
 def nearest_patch(train: torch.Tensor, test: torch.Tensor, bank: int, seed: int) -> torch.Tensor:
     """Distance of every normalised test vector to the closest of ``bank`` training vectors."""
     g = torch.Generator().manual_seed(seed)
@@ -96,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--bank", type=int, default=20_000, help="training vectors in the nearest-patch bank")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--recalibrate-bn", action="store_true",
+                   help="recompute BatchNorm statistics on the clean training tiles before scoring")
     p.add_argument("--results", default="benchmarks/localisation/scoring_probe.jsonl")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -104,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     det = AnoMem("mtd", seed=args.seed, stage1_epochs=args.epochs, **overrides).fit(split.train.images)
     fit_s = time.perf_counter() - t0
+    if args.recalibrate_bn:
+        recalibrate_batchnorm(det, split.train.images)
+    print("stage-1 loss per epoch:", [round(h["loss"], 3) for h in det.history_["stage1"]], flush=True)
     weights = det.model.alphas / det.model.score_std
     out = {}
     for name, maps in rules(det, split.train, split.test, args.bank, args.seed).items():
@@ -115,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
               f"AUPRO {res['aupro']:.3f}", flush=True)
     row = {"command": "python benchmarks/localisation/scoring_probe.py "
                       + " ".join(sys.argv[1:] if argv is None else argv),
-           "epochs": args.epochs, "seed": args.seed, "bank": args.bank, "fit_s": round(fit_s, 1),
+           "epochs": args.epochs, "seed": args.seed, "bank": args.bank,
+           "recalibrate_bn": args.recalibrate_bn, "fit_s": round(fit_s, 1),
+           "stage1_loss": [round(h["loss"], 3) for h in det.history_["stage1"]],
            "config": to_dict(det.config), "anomem": __version__, "torch_threads": 1,
            "machine": f"{platform.machine()}, CPU only", "results": out}
     append_result(args.results, {"cell": row["command"], **row})   # a rerun replaces its row
