@@ -68,6 +68,7 @@ def feature_maps(det: AnoMem, images: np.ndarray) -> tuple[list[torch.Tensor], l
 def recalibrate_batchnorm(det: AnoMem, images: np.ndarray) -> None:
     """Recompute every BatchNorm running mean/variance as the plain average over ``images``."""
     layers = [m for m in det.model.encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in layers]
     for m in layers:
         m.reset_running_stats()
         m.momentum = None                       # cumulative average over the batches
@@ -78,8 +79,8 @@ def recalibrate_batchnorm(det: AnoMem, images: np.ndarray) -> None:
         m.features(b)
 
     map_batches(det.model, x, RunOptions(), in_train_mode, batch_size=64)
-    for m in layers:
-        m.momentum = 0.1
+    for m, momentum in zip(layers, momenta):
+        m.momentum = momentum
     det.model.eval()
 
 
