@@ -1,4 +1,4 @@
-"""Batched two-view contrastive augmentation on the device (SPEC §1, paper §4.2).
+"""Batched two-view contrastive augmentation on the device (paper §4.2).
 
 Random resized crop, horizontal flip, brightness / contrast / saturation
 jitter (no hue: the paper does not use it), gaussian blur and gaussian noise,

@@ -1,4 +1,4 @@
-"""ResNet encoder f = f(4) o ... o f(1) exposing every stage's feature map (SPEC §1).
+"""ResNet encoder f = f(4) o ... o f(1) exposing every stage's feature map.
 
 ResNet-18/34 use basic blocks, ResNet-50 bottleneck blocks (expansion 4), all at
 any width (channels of the first stage; 64 is He et al.'s network).  The

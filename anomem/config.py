@@ -33,7 +33,7 @@ VIEW_GEOMETRIES = ("independent", "shared")
 
 @dataclass(frozen=True)
 class AnoMemConfig:
-    """Every hyper-parameter of AnoMem (SPEC §1); defaults are the paper's where it gives one.
+    """Every hyper-parameter of AnoMem; defaults are the paper's where it gives one.
 
     Backbone: ``arch``, ``width`` (channels of the first stage; 64 is the standard
     ResNet), ``stem`` (``cifar``: 3x3 conv, no max-pool; ``imagenet``: 7x7/2 conv +
@@ -237,7 +237,7 @@ def to_dict(c: AnoMemConfig) -> dict[str, Any]:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # SPEC §1 / paper §4.2: ResNet-50, two memory scales after stages 3 and 4, beta = 2.
+    # Paper §4.2: ResNet-50, two memory scales after stages 3 and 4, beta = 2.
     "paper": {"beta": 2.0},
     # A narrow ResNet-18 that trains one CIFAR-10 class in minutes on 2 CPU cores.
     "cpu": {"arch": "resnet18", "width": 16, "mem_sizes": [64, 32], "batch_size": 128,

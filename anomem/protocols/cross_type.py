@@ -1,4 +1,4 @@
-"""Cross-type protocol (the face anti-spoofing protocol, generalised; SPEC §2).
+"""Cross-type protocol (the face anti-spoofing protocol, generalised).
 
 Anomalies come in types.  With one class of a :class:`LabelledSplit` normal and
 every other class an anomaly *type* (e.g. the defect folders of Magnetic Tile

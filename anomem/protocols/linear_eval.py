@@ -1,4 +1,4 @@
-"""Linear evaluation of a frozen encoder (paper §4, Table 4; SPEC §2).
+"""Linear evaluation of a frozen encoder (paper §4, Table 4).
 
 The encoder of a fitted detector is frozen; each image becomes the
 concatenation, over the memory scales, of its globally average-pooled feature

@@ -1,4 +1,4 @@
-"""One-vs-all protocol (paper §4.1, SPEC §2).
+"""One-vs-all protocol (paper §4.1).
 
 One class is normal, every other class is anomalous.  The training set is the
 normal class's training images plus labelled anomalies drawn uniformly, without

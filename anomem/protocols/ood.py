@@ -1,4 +1,4 @@
-"""Out-of-distribution protocol (paper §4, Table 3; SPEC §2).
+"""Out-of-distribution protocol (paper §4, Table 3).
 
 The whole in-distribution training set (every class, e.g. all of CIFAR-10) is
 normal; the test set is the in-distribution test split (label 0) plus the

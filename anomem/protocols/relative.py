@@ -1,4 +1,4 @@
-"""Relative error reduction between two AUROCs (paper §4, SPEC §2).
+"""Relative error reduction between two AUROCs (paper §4).
 
 With the AUROC error e = 1 - a, going from a1 to a2 changes the error by
 

@@ -1,7 +1,7 @@
 """Markdown tables of a benchmark's results, laid out like the paper's Tables 1-4.
 
 Each table puts the measured AUROC (%) of a method next to the paper's number
-for the same method, dataset and gamma (SPEC §3), and states which cells are
+for the same method, dataset and gamma, and states which cells are
 missing: a mean is only taken over the normal classes for which every method
 of the table finished, and the count of classes is printed with it.
 
@@ -174,8 +174,8 @@ def render(grid: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     """The whole Markdown report of a benchmark."""
     names = {r["dataset"]: tuple(r["classes"]) for r in rows}
     parts = [f"# Benchmark `{grid['name']}`\n",
-             "AUROC in %, anomalies as positives. Paper numbers: SPEC §3 (the paper's "
-             "Tables 1-4; DeepSAD row as reported in the paper).\n"]
+             "AUROC in %, anomalies as positives. Paper numbers: the paper's Tables 1-4 "
+             "(DeepSAD row as reported in the paper).\n"]
     for ds, n in names.items():
         classes = list(range(len(n))) if grid["classes"] == "all" else list(grid["classes"])
         parts += [one_vs_all_table(grid, rows, ds, classes, n),
