@@ -1,9 +1,12 @@
-"""Suite-wide settings."""
+"""Suite-wide settings and shared fixtures."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+
+from anomem.data.dataset import LabelledSplit
+from anomem.data.digits import load_digits_split
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -14,3 +17,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def digits() -> LabelledSplit:
+    """scikit-learn's digits as uint8 (N, 8, 8) images, the stratified split of seed 0.
+
+    Shared by the whole session: tests read it and never write into its arrays.
+    """
+    return load_digits_split(seed=0)

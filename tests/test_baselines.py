@@ -10,7 +10,7 @@ from anomem import AnoMem
 from anomem.baselines.deepsad import DeepSAD
 from anomem.baselines.knn import KNNDetector
 from anomem.baselines.supervised import SupervisedClassifier, balanced_sampler
-from anomem.data.digits import load_digits_split
+from anomem.data.dataset import LabelledSplit
 from anomem.errors import InvalidInputError, RequiresFitting
 from anomem.protocols.one_vs_all import OneVsAllTask, auroc, make_one_vs_all
 
@@ -18,9 +18,8 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def tasks() -> dict[float, OneVsAllTask]:
-    split = load_digits_split()
-    return {g: make_one_vs_all(split, 0, g, seed=0) for g in (0.0, 0.05)}
+def tasks(digits: LabelledSplit) -> dict[float, OneVsAllTask]:
+    return {g: make_one_vs_all(digits, 0, g, seed=0) for g in (0.0, 0.05)}
 
 
 @pytest.fixture(scope="module")

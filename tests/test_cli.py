@@ -26,8 +26,8 @@ from sklearn.metrics import roc_auc_score
 
 from anomem import AnoMem
 from anomem.cli.main import COMMANDS, main
-from anomem.data.digits import load_digits_split
 from anomem.data.folders import find_images, load_images
+from anomem.export import TOLERANCE
 from anomem.serialization import atomic_torch_save, safe_torch_load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,11 +53,6 @@ def write_digits(folder: Path, images: np.ndarray, mixed: bool = False) -> None:
             Image.fromarray(d.astype(np.uint16) * 257).save(sub / f"{i:04d}.png")
         else:
             Image.fromarray(np.kron(d, np.ones((3, 2), np.uint8))).save(sub / f"{i:04d}.tiff")
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_digits_split(seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +103,8 @@ def test_fit_score_evaluate_export_through_the_real_cli(workspace):
     assert [row["path"] for row in rows] == [str(p.relative_to(ws)) for p in files]
     images = load_images(files, 16).images
     scores = det.decision_function(images)
+    # the CSV keeps 6 significant digits (%.6g): relative rounding <= 5e-6 of each score;
+    # atol: float32 rounding of a standardised O(1) score that lies near 0
     np.testing.assert_allclose([float(row["score"]) for row in rows], scores, rtol=1e-5, atol=1e-6)
     assert [row["decision"] for row in rows] == ["anomaly" if s > det.threshold_ else "normal"
                                                  for s in scores]
@@ -121,6 +118,7 @@ def test_fit_score_evaluate_export_through_the_real_cli(workspace):
     assert r.returncode == 0, r.stderr
     metrics = json.loads((ws / "report/metrics.json").read_text())
     truth = np.r_[np.zeros(30), np.ones(20)]
+    # a ratio of pair counts over the same ranking of the same scores: float64 rounding only
     assert metrics["auroc"] == pytest.approx(roc_auc_score(truth, scores), abs=1e-9)
     assert f"AUROC          {metrics['auroc']:.4f}" in r.stdout
     assert set(metrics["per_type"]) == {"digit3", "digit7"}
@@ -136,7 +134,8 @@ def test_fit_score_evaluate_export_through_the_real_cli(workspace):
     assert r.returncode == 0, r.stderr
     sess = ort.InferenceSession(str(ws / "parts.onnx"), providers=["CPUExecutionProvider"])
     onnx_scores = sess.run(None, {"images": images.float().div(255).numpy()})[0]
-    np.testing.assert_allclose(onnx_scores, scores, atol=1e-4)
+    # the bound 'anomem export' itself checks (scores are O(1); kernels differ by ~1e-6)
+    np.testing.assert_allclose(onnx_scores, scores, rtol=0, atol=TOLERANCE)
 
 
 # ---------------------------------------------------------------- help and errors (in-process)

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from anomem import AnoMem, InvalidInputError, ModelFileError, RequiresFitting
-from anomem.data.digits import load_digits_split
 from anomem.protocols.one_vs_all import auroc, make_one_vs_all
 from anomem.stages.stage1 import prototype_spread
 
@@ -15,13 +14,8 @@ FAST = {"stage1_epochs": 25, "stage2_epochs": 30}
 
 
 @pytest.fixture(scope="module")
-def split():
-    return load_digits_split(seed=0)
-
-
-@pytest.fixture(scope="module")
-def oc(split):
-    task = make_one_vs_all(split, normal_class=0, gamma=0.0, seed=0)
+def oc(digits):
+    task = make_one_vs_all(digits, normal_class=0, gamma=0.0, seed=0)
     det = AnoMem("digits", **FAST).fit(task.x_train)
     return det, task
 
@@ -41,9 +35,9 @@ def test_one_class_auroc_well_above_chance(oc):
     assert auroc(task.labels_test, det.decision_function(task.x_test)) > 0.85
 
 
-def test_labelled_anomalies_make_it_semi_supervised_and_change_scores(split, oc):
+def test_labelled_anomalies_make_it_semi_supervised_and_change_scores(digits, oc):
     det_oc, task_oc = oc
-    task = make_one_vs_all(split, normal_class=0, gamma=0.05, seed=0)
+    task = make_one_vs_all(digits, normal_class=0, gamma=0.05, seed=0)
     assert task.labels_train.sum() > 0
     det = AnoMem("digits", **FAST).fit(task.x_train, task.labels_train)
     assert det.semi_supervised and not det_oc.semi_supervised
@@ -64,12 +58,12 @@ def test_save_load_gives_identical_scores(oc, tmp_path):
     assert back.threshold_ == det.threshold_
 
 
-def test_same_seed_same_scores_other_seed_other_scores(split):
-    x = split.x_train[split.y_train == 3]
+def test_same_seed_same_scores_other_seed_other_scores(digits):
+    x = digits.x_train[digits.y_train == 3]
     run = {"stage1_epochs": 3}
-    a = AnoMem("digits", seed=5, **run).fit(x).decision_function(split.x_test[:40])
-    b = AnoMem("digits", seed=5, **run).fit(x).decision_function(split.x_test[:40])
-    c = AnoMem("digits", seed=6, **run).fit(x).decision_function(split.x_test[:40])
+    a = AnoMem("digits", seed=5, **run).fit(x).decision_function(digits.x_test[:40])
+    b = AnoMem("digits", seed=5, **run).fit(x).decision_function(digits.x_test[:40])
+    c = AnoMem("digits", seed=6, **run).fit(x).decision_function(digits.x_test[:40])
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
 
@@ -83,13 +77,13 @@ def test_predict_uses_threshold_at_target_false_rejection(oc):
     assert det.predict(task.x_test, threshold=-np.inf).all()
 
 
-def test_kmeans_prototypes_ablation_fits_saves_and_loads(split, tmp_path):
-    x = split.x_train[split.y_train == 1]
+def test_kmeans_prototypes_ablation_fits_saves_and_loads(digits, tmp_path):
+    x = digits.x_train[digits.y_train == 1]
     det = AnoMem("digits", use_memory=False, prototypes="kmeans", memory_stages=[4], mem_sizes=[8],
                  ratios=[1.0], stage1_epochs=3).fit(x)
-    s = det.decision_function(split.x_test[:20])
+    s = det.decision_function(digits.x_test[:20])
     back = AnoMem.load(det.save(tmp_path / "km.anomem"))
-    np.testing.assert_array_equal(back.decision_function(split.x_test[:20]), s)
+    np.testing.assert_array_equal(back.decision_function(digits.x_test[:20]), s)
 
 
 def test_scores_before_fit_raise_requires_fitting():
@@ -109,8 +103,8 @@ def test_bad_images_are_refused_with_a_clear_error(images, match):
         AnoMem("digits").fit(images)
 
 
-def test_bad_labels_are_refused(split):
-    x = split.x_train[:10]
+def test_bad_labels_are_refused(digits):
+    x = digits.x_train[:10]
     with pytest.raises(InvalidInputError, match="one entry per image"):
         AnoMem("digits").fit(x, np.zeros(3))
     with pytest.raises(InvalidInputError, match="0 \\(normal\\) and 1"):

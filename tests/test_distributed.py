@@ -148,6 +148,8 @@ def test_two_gloo_processes_match_one_process_with_the_global_batch(rank0: dict[
                                 *_batch(), None, 0)
     got = rank0["step"][negatives]
     assert rank0["distributed"]
+    # float64 throughout: two ranks and one process differ in summation order only (1e-16
+    # relative per operation); a wrong gradient is off by > 1e-2 relative (checked below)
     assert got["loss"] == pytest.approx(ref_loss, rel=1e-10)
     assert got["grads"].keys() == ref_grads.keys()
     for k, g in ref_grads.items():
@@ -180,5 +182,6 @@ def test_outside_a_process_group_everything_is_single_process() -> None:
     assert gather_with_grad(x) is x
     bn, ref = GlobalBatchNorm2d(4), torch.nn.BatchNorm2d(4)
     z = torch.randn(6, 4, 3, 3)
+    # float32, the same statistics by another route: assert_close's float32 defaults
     torch.testing.assert_close(bn(z), ref(z))
     torch.testing.assert_close(bn.running_var, ref.running_var)

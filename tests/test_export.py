@@ -12,7 +12,6 @@ import torch
 
 from anomem import AnoMem, InvalidInputError, RequiresFitting
 from anomem.data.convert import to_image_tensor
-from anomem.data.digits import load_digits_split
 from anomem.export import (
     TOLERANCE,
     ExportError,
@@ -23,26 +22,20 @@ from anomem.export import (
 
 
 @pytest.fixture(scope="module")
-def split():
-    torch.set_num_threads(1)
-    return load_digits_split(seed=0)
+def test_images(digits):
+    return to_image_tensor(digits.x_test[:37], 16)  # a batch size other than the traced one (2)
 
 
 @pytest.fixture(scope="module")
-def test_images(split):
-    return to_image_tensor(split.x_test[:37], 16)  # a batch size other than the traced one (2)
+def one_class(digits):
+    return AnoMem("digits", stage1_epochs=1).fit(digits.x_train[digits.y_train == 0][:60])
 
 
 @pytest.fixture(scope="module")
-def one_class(split):
-    return AnoMem("digits", stage1_epochs=1).fit(split.x_train[split.y_train == 0][:60])
-
-
-@pytest.fixture(scope="module")
-def semi_supervised(split):
-    idx = np.r_[np.flatnonzero(split.y_train == 0)[:60], np.flatnonzero(split.y_train == 5)[:6]]
-    labels = (split.y_train[idx] == 5).astype(int)
-    return AnoMem("digits", stage1_epochs=1, stage2_epochs=2).fit(split.x_train[idx], labels)
+def semi_supervised(digits):
+    idx = np.r_[np.flatnonzero(digits.y_train == 0)[:60], np.flatnonzero(digits.y_train == 5)[:6]]
+    labels = (digits.y_train[idx] == 5).astype(int)
+    return AnoMem("digits", stage1_epochs=1, stage2_epochs=2).fit(digits.x_train[idx], labels)
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
@@ -53,6 +46,8 @@ def test_exported_scores_equal_python_scores(request, tmp_path, test_images, fmt
     expected = det.decision_function(test_images)
     got = exported_scores(path, fmt, test_images.float().div(255).numpy())
     assert got.shape == expected.shape == (37,)
+    # TOLERANCE = 1e-4 on standardised O(1) scores; onnxruntime's kernels round differently
+    # from torch's (measured <= 2e-6), TorchScript runs torch's own (measured 0)
     np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE)
     assert verify_export(det, path, fmt, test_images) <= TOLERANCE
     assert np.std(expected) > 0  # the images really are scored differently
@@ -67,7 +62,7 @@ def test_traced_graph_runs_every_hopfield_step_like_the_early_exit(one_class, tm
         for fmt in ("torchscript", "onnx"):
             path = export_model(one_class, tmp_path / f"early.{fmt}", fmt)
             got = exported_scores(path, fmt, test_images.float().div(255).numpy())
-            np.testing.assert_allclose(got, one_class.decision_function(test_images), atol=TOLERANCE)
+            np.testing.assert_allclose(got, one_class.decision_function(test_images), rtol=0, atol=TOLERANCE)
     finally:
         for mem in one_class.model.memories:
             mem.tol = one_class.config.hopfield_tol
@@ -97,8 +92,8 @@ def test_verify_export_catches_a_model_that_scores_differently(one_class, tmp_pa
     assert verify_export(one_class, path, "onnx", test_images) <= TOLERANCE
 
 
-def test_kmeans_prototypes_export(split, tmp_path, test_images):
-    det = AnoMem("digits", stage1_epochs=1, prototypes="kmeans").fit(split.x_train[split.y_train == 1][:60])
+def test_kmeans_prototypes_export(digits, tmp_path, test_images):
+    det = AnoMem("digits", stage1_epochs=1, prototypes="kmeans").fit(digits.x_train[digits.y_train == 1][:60])
     path = export_model(det, tmp_path / "k.onnx", "onnx")
     assert verify_export(det, path, "onnx", test_images) <= TOLERANCE
 

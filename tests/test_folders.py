@@ -14,7 +14,6 @@ from PIL import Image
 
 from anomem import InvalidInputError
 from anomem.data.convert import to_image_tensor
-from anomem.data.digits import load_digits_split
 from anomem.data.folders import (
     collect_images,
     find_images,
@@ -28,8 +27,8 @@ from anomem.data.locate import CIFAR10_JPEG, data_root
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return load_digits_split(seed=0).x_train[:12]  # real uint8 (12, 8, 8) scans
+def scans(digits):
+    return digits.x_train[:12]  # real uint8 (12, 8, 8) scans
 
 
 def save(path: Path, arr: np.ndarray, mode: str | None = None) -> Path:
@@ -45,11 +44,11 @@ def truncated(path: Path, digit: np.ndarray) -> Path:
     return path
 
 
-def test_find_images_at_any_depth_sorted_skipping_other_files(tmp_path, digits):
+def test_find_images_at_any_depth_sorted_skipping_other_files(tmp_path, scans):
     for p in ("b.png", "a/x.JPG", "a/deep/er/y.bmp", "z.tiff", "w.tif", "v.jpeg"):
-        save(tmp_path / p, np.stack([digits[0]] * 3, -1))
+        save(tmp_path / p, np.stack([scans[0]] * 3, -1))
     (tmp_path / "notes.txt").write_text("not an image")
-    save(tmp_path / ".hidden.png", digits[0])
+    save(tmp_path / ".hidden.png", scans[0])
     found = [p.relative_to(tmp_path).as_posix() for p in find_images(tmp_path)]
     assert found == ["a/deep/er/y.bmp", "a/x.JPG", "b.png", "v.jpeg", "w.tif", "z.tiff"]
     assert collect_images([tmp_path / "b.png", tmp_path / "a"]) == [
@@ -58,10 +57,10 @@ def test_find_images_at_any_depth_sorted_skipping_other_files(tmp_path, digits):
     assert group_name(tmp_path, tmp_path / "b.png") == tmp_path.name
 
 
-def test_missing_file_as_folder_and_empty_folder_errors(tmp_path, digits):
+def test_missing_file_as_folder_and_empty_folder_errors(tmp_path, scans):
     with pytest.raises(InvalidInputError, match="normal folder .*nope.* does not exist"):
         find_images(tmp_path / "nope", "normal")
-    f = save(tmp_path / "one.png", digits[0])
+    f = save(tmp_path / "one.png", scans[0])
     with pytest.raises(InvalidInputError, match="is a file, not a folder"):
         find_images(f, "normal")
     (tmp_path / "empty" / "sub").mkdir(parents=True)
@@ -72,17 +71,17 @@ def test_missing_file_as_folder_and_empty_folder_errors(tmp_path, digits):
         collect_images([tmp_path / "gone.png"])
 
 
-def test_lossless_files_decode_to_the_same_tensor_as_the_arrays(tmp_path, digits):
+def test_lossless_files_decode_to_the_same_tensor_as_the_arrays(tmp_path, scans):
     paths = [save(tmp_path / f"{i}.{ext}", d) for i, (d, ext) in
-             enumerate(zip(digits[:4], ("png", "bmp", "tif", "png"), strict=True))]
+             enumerate(zip(scans[:4], ("png", "bmp", "tif", "png"), strict=True))]
     loaded = load_images(paths, 16)
     assert loaded.images.dtype == torch.uint8 and loaded.images.shape == (4, 3, 16, 16)
     assert loaded.paths == paths and loaded.skipped == []
-    assert np.array_equal(loaded.images.numpy(), to_image_tensor(digits[:4], 16).numpy())
+    assert np.array_equal(loaded.images.numpy(), to_image_tensor(scans[:4], 16).numpy())
 
 
-def test_modes_and_sizes_gray_rgb_rgba_palette_16bit_float(tmp_path, digits):
-    d = digits[1]
+def test_modes_and_sizes_gray_rgb_rgba_palette_16bit_float(tmp_path, scans):
+    d = scans[1]
     big = np.kron(d, np.ones((5, 3), np.uint8))  # 40 x 24, not square
     rgb = np.stack([d, 255 - d, np.full_like(d, 7)], -1)
     rgba = np.concatenate([rgb, np.zeros_like(d)[..., None]], -1)  # fully transparent
@@ -107,11 +106,11 @@ def test_modes_and_sizes_gray_rgb_rgba_palette_16bit_float(tmp_path, digits):
     assert read_image(tmp_path / "big.jpg").shape == (40, 24, 3)
 
 
-def test_truncated_and_non_image_files_fail_with_the_file_name_or_are_skipped(tmp_path, digits):
-    good = save(tmp_path / "good.png", digits[2])
-    bad_png = truncated(tmp_path / "cut.png", digits[3])
+def test_truncated_and_non_image_files_fail_with_the_file_name_or_are_skipped(tmp_path, scans):
+    good = save(tmp_path / "good.png", scans[2])
+    bad_png = truncated(tmp_path / "cut.png", scans[3])
     jpg = io.BytesIO()
-    Image.fromarray(np.kron(digits[4], np.ones((8, 8), np.uint8))).save(jpg, format="JPEG")
+    Image.fromarray(np.kron(scans[4], np.ones((8, 8), np.uint8))).save(jpg, format="JPEG")
     bad_jpg = tmp_path / "cut.jpg"
     bad_jpg.write_bytes(jpg.getvalue()[: len(jpg.getvalue()) // 2])
     text = tmp_path / "text.png"
@@ -131,36 +130,36 @@ def test_truncated_and_non_image_files_fail_with_the_file_name_or_are_skipped(tm
         load_images([bad_png, text], 8, on_error="skip")
 
 
-def test_sizes_and_colour_modes_the_model_cannot_take(tmp_path, monkeypatch, digits):
+def test_sizes_and_colour_modes_the_model_cannot_take(tmp_path, monkeypatch, scans):
     lab = tmp_path / "lab.tif"
     Image.new("LAB", (8, 8)).save(lab)
     with pytest.raises(InvalidInputError, match=r"lab\.tif.*colour mode LAB.*grayscale, RGB or RGBA"):
         read_image(lab)
-    line = save(tmp_path / "line.png", digits[0][:1])  # 8 x 1 px
+    line = save(tmp_path / "line.png", scans[0][:1])  # 8 x 1 px
     with pytest.raises(InvalidInputError, match=r"line\.png.*8x1 px.*at least 2 px"):
         read_image(line)
-    huge = save(tmp_path / "huge.png", np.kron(digits[0], np.ones((8, 8), np.uint8)))
+    huge = save(tmp_path / "huge.png", np.kron(scans[0], np.ones((8, 8), np.uint8)))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 = 4096 > 2 x 1000
     with pytest.raises(InvalidInputError, match=r"huge\.png.*too large.*downscale"):
         read_image(huge)
 
 
-def test_read_class_folders(tmp_path, digits):
+def test_read_class_folders(tmp_path, scans):
     for k, name in enumerate(("zero", "one", "two")):
         for i in range(3):
-            save(tmp_path / name / "nested" / f"{i}.png", digits[3 * k + i])
+            save(tmp_path / name / "nested" / f"{i}.png", scans[3 * k + i])
     x, y, classes = read_class_folders(tmp_path)
     assert classes == ("one", "two", "zero")  # sorted sub-folder names
     assert x.shape == (9, 8, 8, 3) and x.dtype == np.uint8
     assert y.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
-    assert np.array_equal(x[6:, ..., 0], digits[:3])  # "zero" holds digits[0..2]
+    assert np.array_equal(x[6:, ..., 0], scans[:3])  # "zero" holds scans[0..2]
     xs, _, _ = read_class_folders(tmp_path, size=4)
     assert xs.shape == (9, 4, 4, 3)
-    save(tmp_path / "two" / "wide.png", np.hstack([digits[0], digits[1]]))
+    save(tmp_path / "two" / "wide.png", np.hstack([scans[0], scans[1]]))
     with pytest.raises(InvalidInputError, match="mixes image sizes.*size="):
         read_class_folders(tmp_path)
     (tmp_path / "two" / "wide.png").unlink()
-    truncated(tmp_path / "one" / "cut.png", digits[0])
+    truncated(tmp_path / "one" / "cut.png", scans[0])
     with pytest.raises(InvalidInputError, match="cut.png"):
         read_class_folders(tmp_path)
     with warnings.catch_warnings(record=True) as w:

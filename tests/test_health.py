@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from anomem import AnoMem, TrainingDivergedError
-from anomem.data.digits import load_digits_split
+from anomem.data.dataset import LabelledSplit
 from anomem.serialization import safe_torch_load
 from anomem.stages.common import RunOptions
 from anomem.stages.stage1 import COLLAPSE_SPREAD, prototype_spread
@@ -26,12 +26,11 @@ STAGE1_EPOCHS = 2          # 64 images, batch 32: 2 steps per epoch, 4 steps
 
 
 @pytest.fixture(scope="module")
-def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    split = load_digits_split(seed=0)
-    normals = split.x_train[split.y_train == 0][:64]
-    anomalies = split.x_train[split.y_train != 0][:8]
+def data(digits: LabelledSplit) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    normals = digits.x_train[digits.y_train == 0][:64]
+    anomalies = digits.x_train[digits.y_train != 0][:8]
     x = np.concatenate([normals, anomalies])
-    return x, np.r_[np.zeros(64, int), np.ones(8, int)], split.x_test[:30]
+    return x, np.r_[np.zeros(64, int), np.ones(8, int)], digits.x_test[:30]
 
 
 def saved(path: Path) -> dict[str, Any]:

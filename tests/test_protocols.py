@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from anomem import AnoMem
-from anomem.data.digits import load_digits_split
+from anomem.data.dataset import LabelledSplit
 from anomem.errors import InvalidInputError
 from anomem.protocols.cross_type import make_cross_type, run_cross_type
 from anomem.protocols.linear_eval import encoder_features, linear_accuracy, linear_eval
@@ -45,8 +45,7 @@ def test_compare_uses_only_cells_both_methods_finished() -> None:
         compare(rows, "base", "other")
 
 
-def test_ood_task_labels_and_auroc() -> None:
-    digits = load_digits_split()
+def test_ood_task_labels_and_auroc(digits: LabelledSplit) -> None:
     inlier = digits  # in-distribution: every digit; OoD: the same images inverted
     ood = 255 - digits.x_test[:100]
     task = make_ood(inlier, ood, max_ood=50, seed=1)
@@ -58,26 +57,24 @@ def test_ood_task_labels_and_auroc() -> None:
         make_ood(inlier, np.zeros((3, 16, 16), np.uint8))
 
 
-def test_cross_type_never_trains_on_the_held_out_type() -> None:
-    split = load_digits_split()
-    task = make_cross_type(split, normal_class=0, held_out=7, gamma=0.1, seed=0)
+def test_cross_type_never_trains_on_the_held_out_type(digits: LabelledSplit) -> None:
+    task = make_cross_type(digits, normal_class=0, held_out=7, gamma=0.1, seed=0)
     train_anom = task.x_train[task.labels_train == 1]
-    held = split.x_train[split.y_train == 7]
+    held = digits.x_train[digits.y_train == 7]
     assert not any((a == held).all(axis=(1, 2)).any() for a in train_anom)
     assert set(np.unique(task.labels_test)) == {0, 1}
-    assert len(task.x_test) == int(np.isin(split.y_test, [0, 7]).sum())
-    rows = run_cross_type(split, 0, 0.05, 0, mean_distance, held_out=[1, 7])
+    assert len(task.x_test) == int(np.isin(digits.y_test, [0, 7]).sum())
+    rows = run_cross_type(digits, 0, 0.05, 0, mean_distance, held_out=[1, 7])
     assert [r["held_out_name"] for r in rows] == ["1", "7"] and all(r["auroc"] > 0.5 for r in rows)
     with pytest.raises(InvalidInputError, match="not the normal class"):
-        make_cross_type(split, 0, 0, 0.0)
+        make_cross_type(digits, 0, 0, 0.0)
 
 
-def test_linear_eval_of_a_trained_encoder_beats_chance() -> None:
-    split = load_digits_split()
-    det = AnoMem("digits", stage1_epochs=3).fit(split.x_train[:300])
-    f = encoder_features(det, split.x_test[:5])
+def test_linear_eval_of_a_trained_encoder_beats_chance(digits: LabelledSplit) -> None:
+    det = AnoMem("digits", stage1_epochs=3).fit(digits.x_train[:300])
+    f = encoder_features(det, digits.x_test[:5])
     assert f.shape == (5, sum(det.model.dims))
-    res = linear_eval(det, split)
+    res = linear_eval(det, digits)
     assert res["n_classes"] == 10 and res["accuracy"] > 0.5  # chance is 0.1
 
 
@@ -103,11 +100,11 @@ class _MeanDistanceDetector:
 
 
 def test_protocol_runner_stores_and_resumes_rows(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 digits: LabelledSplit) -> None:
     from anomem.protocols import runner
 
     monkeypatch.setitem(runner.KINDS, "fake", _MeanDistanceDetector)
-    digits = load_digits_split()
     inverted = type(digits)(digits.x_train, digits.y_train, 255 - digits.x_test, digits.y_test,
                             digits.classes)
     grid = {"name": "p", "preset": "digits", "classes": [0], "gammas": [0.05],

@@ -8,12 +8,10 @@ import re
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from anomem import AnoMem, InvalidInputError
 from anomem.data.convert import to_image_tensor
-from anomem.data.digits import load_digits_split
 from anomem.reports.metrics import aupr, auroc, detection_metrics, f1_at_threshold, fpr_at_tpr
 from anomem.reports.report import (
     OVERLAY_MIN_SIDE,
@@ -72,13 +70,11 @@ def test_metrics_reject_bad_input(labels, scores, match):
 
 
 @pytest.fixture(scope="module")
-def fitted():
-    torch.set_num_threads(1)
-    split = load_digits_split(seed=0)
-    det = AnoMem("digits", stage1_epochs=1).fit(split.x_train[split.y_train == 0][:60])
-    pick = np.r_[np.flatnonzero(split.y_test == 0)[:12], np.flatnonzero(split.y_test == 7)[:12]]
-    images = to_image_tensor(split.x_test[pick], det.config.image_size)
-    labels = (split.y_test[pick] == 7).astype(np.int64)
+def fitted(digits):
+    det = AnoMem("digits", stage1_epochs=1).fit(digits.x_train[digits.y_train == 0][:60])
+    pick = np.r_[np.flatnonzero(digits.y_test == 0)[:12], np.flatnonzero(digits.y_test == 7)[:12]]
+    images = to_image_tensor(digits.x_test[pick], det.config.image_size)
+    labels = (digits.y_test[pick] == 7).astype(np.int64)
     return det, images, labels
 
 
@@ -88,8 +84,11 @@ def test_heatmaps_have_the_input_side_and_follow_the_images(fitted):
     assert heat.shape == (len(images), 16, 16)
     assert np.isfinite(heat).all() and (heat >= 0).all()
     assert not np.allclose(heat[0], heat[-1])
-    # one image alone gets the same map as inside a batch (no batch coupling)
-    np.testing.assert_allclose(anomaly_heatmaps(det, images[3:4])[0], heat[3], atol=1e-5)
+    # one image alone gets the same map as inside a batch (no batch coupling, which would move
+    # it by O(its scale)); 1 vs 24 images only changes the float32 kernels' rounding (measured
+    # 1e-6 of the scale), so 1e-4 of the scale
+    np.testing.assert_allclose(anomaly_heatmaps(det, images[3:4])[0], heat[3], rtol=0,
+                               atol=1e-4 * float(np.abs(heat).max()))
     ov = overlay(images[0], heat[0], float(heat.min()), float(heat.max()))
     assert ov.dtype == np.uint8 and ov.shape[2] == 3 and min(ov.shape[:2]) >= OVERLAY_MIN_SIDE
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from anomem.cli.main import main
-from anomem.data.digits import load_digits_split
+from anomem.data.dataset import LabelledSplit
 from anomem.errors import ConfigError
 from anomem.protocols import runner
 from anomem.protocols.runner import append_result, load_grid, read_results, run_grid
@@ -48,31 +48,31 @@ def grid(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def digits() -> dict[str, Any]:
-    return {"digits": load_digits_split()}
+def datasets(digits: LabelledSplit) -> dict[str, Any]:
+    return {"digits": digits}
 
 
 def test_interrupted_sweep_resumes_with_only_the_missing_cells(
-        grid: dict[str, Any], digits: dict[str, Any], tmp_path: Path) -> None:
+        grid: dict[str, Any], datasets: dict[str, Any], tmp_path: Path) -> None:
     res = tmp_path / "r.jsonl"
     grid["methods"][0]["fail_on"] = 5
     with pytest.raises(KeyboardInterrupt):
-        run_grid(grid, res, progress=False, datasets=digits)
+        run_grid(grid, res, progress=False, datasets=datasets)
     first = read_results(res)
     assert len(first) == 4  # cells 1-4 stored at once; the 5th was interrupted
     del grid["methods"][0]["fail_on"]
     MeanDistance.fits = []
-    added = run_grid(grid, res, progress=False, datasets=digits)
+    added = run_grid(grid, res, progress=False, datasets=datasets)
     assert len(added) == 12 - 4 and len(MeanDistance.fits) == 8
     rows = read_results(res)
     assert len({r["cell"] for r in rows}) == 12
     assert {r["cell"] for r in first} <= {r["cell"] for r in rows}
-    assert run_grid(grid, res, progress=False, datasets=digits) == []
+    assert run_grid(grid, res, progress=False, datasets=datasets) == []
 
 
-def test_rows_hold_config_seed_time_memory_and_reuse(grid: dict[str, Any], digits: dict[str, Any],
+def test_rows_hold_config_seed_time_memory_and_reuse(grid: dict[str, Any], datasets: dict[str, Any],
                                                      tmp_path: Path) -> None:
-    rows = run_grid(grid, tmp_path / "r.jsonl", progress=False, max_cells=4, datasets=digits)
+    rows = run_grid(grid, tmp_path / "r.jsonl", progress=False, max_cells=4, datasets=datasets)
     assert [r["method"] for r in rows] == ["a", "b", "a", "b"]
     assert [r["gamma"] for r in rows] == [0.0, 0.0, 0.05, 0.05]
     r = rows[1]
@@ -82,11 +82,11 @@ def test_rows_hold_config_seed_time_memory_and_reuse(grid: dict[str, Any], digit
     assert rows[2]["n_anomalies_train"] > 0 and rows[0]["n_anomalies_train"] == 0
 
 
-def test_shards_split_the_grid_without_overlap(grid: dict[str, Any], digits: dict[str, Any],
+def test_shards_split_the_grid_without_overlap(grid: dict[str, Any], datasets: dict[str, Any],
                                                tmp_path: Path) -> None:
     res = tmp_path / "r.jsonl"
-    a = run_grid(grid, res, (0, 2), progress=False, datasets=digits)
-    b = run_grid(grid, res, (1, 2), progress=False, datasets=digits, reverse=True)
+    a = run_grid(grid, res, (0, 2), progress=False, datasets=datasets)
+    b = run_grid(grid, res, (1, 2), progress=False, datasets=datasets, reverse=True)
     ka, kb = {r["cell"] for r in a}, {r["cell"] for r in b}
     assert not ka & kb and len(ka | kb) == 12 and len(read_results(res)) == 12
     assert b[0]["normal_class"] == 2 and b[0]["method"] == "a"  # reversed groups, same method order
@@ -138,10 +138,10 @@ def test_cli_runs_a_tiny_real_grid_and_writes_tables(tmp_path: Path) -> None:
     assert main(["benchmark", str(cfg), "--shard", "2/1"]) == 2
 
 
-def test_a_method_runs_only_at_its_own_gammas(grid: dict[str, Any], digits: dict[str, Any],
+def test_a_method_runs_only_at_its_own_gammas(grid: dict[str, Any], datasets: dict[str, Any],
                                               tmp_path: Path) -> None:
     grid["methods"].append({"name": "ss", "kind": "fake", "gammas": [0.05]})
-    rows = run_grid(grid, tmp_path / "r.jsonl", (1, 2), progress=False, datasets=digits)
+    rows = run_grid(grid, tmp_path / "r.jsonl", (1, 2), progress=False, datasets=datasets)
     # shard 1/2 holds groups 1, 3, 5: (class 0, 0.05), (class 1, 0.05), (class 2, 0.05)
     assert len(rows) == 9 and sum(r["method"] == "ss" for r in rows) == 3
     assert {r["gamma"] for r in rows} == {0.05}
