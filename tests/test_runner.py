@@ -110,6 +110,31 @@ def test_grid_config_errors_name_the_key() -> None:
         load_grid({"methods": [{"name": "x", "kind": "nope"}]})
 
 
+def test_results_lines_that_are_not_json_objects_are_skipped(tmp_path: Path) -> None:
+    """Cases the fuzzer found: a binary file (UnicodeDecodeError) and JSON values that are not rows."""
+    res = tmp_path / "r.jsonl"
+    res.write_bytes(b'\xff\xfe\x9c\n[1, 2]\n"text"\n{"cell": "x", "auroc": 0.5}\n{"no": "cell"}\n')
+    assert read_results(res) == [{"cell": "x", "auroc": 0.5}, {"no": "cell"}]
+    append_result(res, {"cell": "y", "auroc": 0.2})
+    assert [r.get("cell") for r in read_results(res)] == ["x", None, "y"]
+
+
+@pytest.mark.parametrize("grid, match", [
+    ({1: "x"}, "keys must be names"),                      # found by the fuzzer: a TypeError before
+    ({"methods": "anomem"}, "'methods'"),
+    ({"methods": [5]}, "'methods'"),
+    ({"methods": [{"name": "a", "overrides": [1]}]}, "'overrides' must be a mapping"),
+    ({"name": "../elsewhere"}, "'name'"),
+    ({"classes": "some"}, "'classes'"),
+    ({"gammas": ["x"]}, "'gammas'"),
+    ({"draws": 0}, "'draws'"),
+    ({"datasets": [3]}, "'datasets'"),
+])
+def test_grid_values_of_the_wrong_type_are_config_errors(grid: dict[Any, Any], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_grid(grid)
+
+
 def test_tables_show_paper_numbers_and_missing_cells() -> None:
     grid = load_grid({"name": "c", "datasets": ["cifar10_jpeg"], "gammas": [0.0, 0.05],
                       "methods": [{"name": "anomem", "paper": "anomem"},

@@ -141,16 +141,22 @@ def locked(path: Path) -> Iterator[None]:
 
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a results file (missing file: none; an unreadable line is skipped)."""
+    """Rows of a results file (missing file: none).
+
+    A row is a JSON object; any other line (not UTF-8, not JSON, another JSON
+    value) is skipped.
+    """
     p = Path(path)
     if not p.is_file():
         return []
     rows = []
-    for line in p.read_text(encoding="utf-8").splitlines():
+    for line in p.read_bytes().splitlines():
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+            row = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             continue
+        if isinstance(row, dict):
+            rows.append(row)
     return rows
 
 
@@ -166,6 +172,9 @@ def append_result(path: str | Path, row: dict[str, Any]) -> None:
 def load_grid(path_or_dict: str | Path | dict[str, Any]) -> dict[str, Any]:
     """A validated benchmark config with defaults filled in."""
     g = dict(path_or_dict) if isinstance(path_or_dict, dict) else load_yaml(path_or_dict)
+    not_names = [k for k in g if not isinstance(k, str)]
+    if not_names:
+        raise ConfigError(f"benchmark keys must be names, got {not_names[0]!r}")
     unknown = sorted(set(g) - GRID_KEYS)
     if unknown:
         raise ConfigError(f"unknown benchmark key(s) {', '.join(unknown)}; known: "
@@ -179,12 +188,54 @@ def load_grid(path_or_dict: str | Path | dict[str, Any]) -> dict[str, Any]:
     g.setdefault("draws", 1)
     g.setdefault("seed", 0)
     g.setdefault("methods", [{"name": "anomem"}])
+    _check_grid_types(g)
     for m in g["methods"]:
         kind = m.get("kind", m.get("name"))
         if kind not in KINDS:
             raise ConfigError(f"method {m.get('name')!r}: unknown kind {kind!r}; use one of "
                               f"{', '.join(KINDS)}")
     return g
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                       and np.isfinite(x) for x in v)
+
+
+def _check_grid_types(g: dict[str, Any]) -> None:
+    """The type of every grid key, so that a wrong one is a ConfigError naming it."""
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            raise ConfigError(f"benchmark key {key!r} must be {what}, got {g[key]!r}")
+
+    name = g["name"]
+    need(isinstance(name, str) and name not in ("", ".", "..") and not set(name) & set("/\\\0"),
+         "name", "a file name (no path separators)")
+    need(isinstance(g["preset"], str), "preset", "a preset name or YAML path")
+    need(isinstance(g["overrides"], dict) and all(isinstance(k, str) for k in g["overrides"]),
+         "overrides", "a mapping of config keys to values")
+    need(isinstance(g["datasets"], list) and len(g["datasets"]) > 0
+         and all(isinstance(d, (str, dict)) for d in g["datasets"]),
+         "datasets", "a non-empty list of dataset names or {name: ..., path: ...} mappings")
+    need(g["classes"] == "all" or (isinstance(g["classes"], list) and all(map(_is_int, g["classes"]))),
+         "classes", "'all' or a list of class indices")
+    need(_is_number_list(g["gammas"]) and len(g["gammas"]) > 0, "gammas", "a non-empty list of numbers")
+    need(_is_int(g["draws"]) and g["draws"] >= 1, "draws", "a positive integer")
+    need(_is_int(g["seed"]), "seed", "an integer")
+    for key in ("train_per_class", "test_per_class"):
+        need(g.get(key) is None or (_is_int(g[key]) and g[key] >= 1), key, "null or a positive integer")
+    need(isinstance(g.get("results", ""), str), "results", "a file path")
+    need(isinstance(g["methods"], list) and len(g["methods"]) > 0
+         and all(isinstance(m, dict) and isinstance(m.get("name"), str) for m in g["methods"]),
+         "methods", "a non-empty list of mappings with a 'name'")
+    for m in g["methods"]:
+        if not isinstance(m.get("overrides", {}), dict) or not _is_number_list(m.get("gammas", [])):
+            raise ConfigError(f"method {m['name']!r}: 'overrides' must be a mapping and 'gammas' a "
+                              f"list of numbers")
 
 
 def load_all(grid: dict[str, Any]) -> dict[str, LabelledSplit]:
@@ -274,7 +325,7 @@ def run_grid(grid: dict[str, Any] | str | Path, results: str | Path, shard: tupl
         groups.setdefault((c.dataset, c.normal_class, c.gamma, c.draw), []).append(c)
     ordered = [grp for i, grp in enumerate(groups.values()) if i % shard[1] == shard[0]]
     mine = [c for grp in (reversed(ordered) if reverse else ordered) for c in grp]
-    done = {r["cell"] for r in read_results(results)}
+    done = {r.get("cell") for r in read_results(results)}
     todo = [c for c in mine if c.key not in done]
     added: list[dict[str, Any]] = []
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"{g['name']} cells",
@@ -284,7 +335,7 @@ def run_grid(grid: dict[str, Any] | str | Path, results: str | Path, shard: tupl
     for cell in todo:
         if max_cells is not None and len(added) >= max_cells:
             break
-        if cell.key in {r["cell"] for r in read_results(results)}:
+        if cell.key in {r.get("cell") for r in read_results(results)}:
             bar.update(1)  # finished meanwhile by another process walking the grid
             continue
         if (cell.dataset, cell.normal_class, cell.gamma, cell.draw) != group:
@@ -323,7 +374,7 @@ def run_protocol(grid: dict[str, Any] | str | Path, protocol: str, results: str 
 
     def store(key: str, m: dict[str, Any], seed: int, dataset: str,
               work: Callable[..., dict[str, Any]], *args: Any) -> None:
-        if key in {r["cell"] for r in read_results(results)}:
+        if key in {r.get("cell") for r in read_results(results)}:
             return
         t0 = time.perf_counter()
         res = work(*args)

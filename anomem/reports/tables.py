@@ -163,6 +163,10 @@ def coverage(grid: dict[str, Any], rows: list[dict[str, Any]],
     return "\n".join(text) + "\n"
 
 
+#: The keys of a results row the tables and plots read (every row the grid runner writes has them).
+ROW_KEYS = frozenset({"cell", "method", "dataset", "gamma", "normal_class", "auroc", "classes"})
+
+
 class _Named:
     """Stand-in split that only carries class names (enough for :func:`cells_of`)."""
 
@@ -188,7 +192,7 @@ def write_reports(grid: dict[str, Any], results: str | Path, out_dir: str | Path
     """Write ``<name>_tables.md`` (and sweep plots, if any) next to the results."""
     from anomem.reports.plots import sweep_plots
 
-    rows = read_results(results)
+    rows = [r for r in read_results(results) if ROW_KEYS <= r.keys()]   # rows of a one-vs-all grid
     out = Path(out_dir)
     paths = [atomic_write_text(out / f"{grid['name']}_tables.md", render(grid, rows))]
     return paths + sweep_plots(grid, rows, out)
