@@ -318,7 +318,14 @@ def run_target(name: str, strategy: st.SearchStrategy, check: Callable[..., Any]
     """Feed ``n`` examples of ``strategy`` to ``check``; count outcomes, keep bug reproducers."""
     counts: Counter[str] = Counter()
     refusals: Counter[str] = Counter()
-    bugs: dict[str, list[dict[str, str]]] = {}
+    bugs: dict[str, dict[str, Any]] = {}      # kind -> count and the first reproducers
+
+    def keep(kind: str, **example: str) -> None:
+        entry = bugs.setdefault(kind, {"count": 0, "examples": []})
+        entry["count"] += 1
+        if len(entry["examples"]) < 3:
+            entry["examples"].append(example)
+
     payloads = payload_strategies or {}
     t0 = time.perf_counter()
 
@@ -335,18 +342,14 @@ def run_target(name: str, strategy: st.SearchStrategy, check: Callable[..., Any]
                 refusals["documented error" if out is True else "exit status 2"] += 1
         except ExampleTimeout:
             counts["timeout"] += 1
-            slow = bugs.setdefault("timeout", [])
-            if len(slow) < 3:
-                slow.append({"example": short(example), "payloads": short(drawn)})
+            keep("timeout", example=short(example), payloads=short(drawn))
         except AnoMemError as e:                   # a clean error of another class than the check's
             counts["refused"] += 1
             refusals[type(e).__name__] += 1
         except Exception as e:                     # everything else is a bug
             counts["bug"] += 1
-            found = bugs.setdefault(f"{type(e).__name__} at {where(e)}", [])
-            if len(found) < 3:
-                found.append({"example": short(example), "payloads": short(drawn),
-                              "error": short(str(e), 200)})
+            keep(f"{type(e).__module__}.{type(e).__qualname__} at {where(e)}", example=short(example),
+                 payloads=short(drawn), error=short(str(e), 200))
     one()
     total = sum(counts.values())
     row = {"target": name, "examples": total, "accepted": counts["accepted"], "refused": counts["refused"],
