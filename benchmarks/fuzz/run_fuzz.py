@@ -133,7 +133,9 @@ check_results = fz.check_dataset(read_results, ".jsonl", lambda rows: isinstance
 
 # ------------------------------------------------------------------ the command line
 SAFE_TEXT = st.text(alphabet="abcxyz019.-=_ ,[]:", max_size=8)   # no path separators
-NUMBER = st.one_of(st.integers(-3, 40).map(str), st.floats(allow_nan=True).map(str), SAFE_TEXT)
+# mostly numbers argparse takes (an option's value is the point), sometimes text it refuses
+NUMBER = st.one_of(st.integers(-3, 40).map(str), st.floats(allow_nan=True).map(str),
+                   st.floats(0, 1).map(str), SAFE_TEXT.filter(lambda s: len(s) > 3))
 # keys whose value changes the run time or memory (an override of them could be legal but slow)
 COSTLY = {"stage1_epochs", "stage2_epochs", "width", "image_size", "batch_size", "mem_sizes", "arch",
           "hopfield_steps", "head_hidden", "memory_stages", "stem", "device"}
@@ -161,7 +163,7 @@ def fixed(*tokens: str) -> st.SearchStrategy[list[str]]:
 
 
 folder = st.sampled_from(FOLDERS)
-bad_images = opt("--bad-images", st.sampled_from(["fail", "skip", "maybe"]))
+bad_images = opt("--bad-images", st.sampled_from(["fail", "skip", "skip", "maybe"]))
 fit_argv = argv(fixed("fit"), folder.map(lambda f: [f]), opt("--anomalies", folder),
                 opt("-o", st.sampled_from(["out.anomem", "sub/out.anomem", "@good"])),
                 opt("--config", st.sampled_from(CONFIGS)),
@@ -176,7 +178,8 @@ score_argv = argv(fixed("score"), st.sampled_from(MODELS).map(lambda m: [m]),
 evaluate_argv = argv(fixed("evaluate"), st.sampled_from(MODELS).map(lambda m: [m]),
                      opt("--normal", folder), opt("--anomalies", folder),
                      opt("--report", st.sampled_from(["rep", "@file"])),
-                     opt("--format", st.sampled_from(["html", "md", "pdf"])), opt("--threshold", NUMBER),
+                     opt("--format", st.sampled_from(["html", "md", "md", "pdf"])),
+                     opt("--threshold", NUMBER),
                      opt("--top", NUMBER), bad_images, fixed("-q"))
 export_argv = argv(fixed("export"), st.sampled_from(MODELS).map(lambda m: [m]),
                    opt("--format", st.sampled_from(["onnx", "torchscript", "tf"])),
@@ -273,8 +276,10 @@ def cli_target(ws: Workspace, work: Path) -> Callable[[Any], str]:
             return "accepted"
         if rc == 2:
             lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
-            assert lines, "exit status 2 without a message"
-            return "refused"
+            assert lines and ": error: " in lines[-1], f"exit status 2 without an error line: {lines}"
+            if any(ln.startswith("usage: ") for ln in lines):
+                return "refused: usage error (argparse)"
+            return "refused: AnoMemError (one line, exit status 2)"
         raise AssertionError(f"exit status {rc}: {err.getvalue()[-300:]}")
     return run
 
@@ -337,9 +342,13 @@ def run_target(name: str, strategy: st.SearchStrategy, check: Callable[..., Any]
             with alarm(timeout), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 out = check(example, drawn) if payloads else check(example)
-            counts[out if isinstance(out, str) else ("refused" if out else "accepted")] += 1
-            if out is True or out == "refused":
-                refusals["documented error" if out is True else "exit status 2"] += 1
+            if isinstance(out, str):                # the CLI: "accepted" or "refused: <how>"
+                counts[out.split(":")[0]] += 1
+                if out != "accepted":
+                    refusals[out.split(": ", 1)[1]] += 1
+            else:                                   # a check: True = the documented error
+                counts["refused" if out else "accepted"] += 1
+                refusals["documented error"] += bool(out)
         except ExampleTimeout:
             counts["timeout"] += 1
             keep("timeout", example=short(example), payloads=short(drawn))
@@ -358,6 +367,13 @@ def run_target(name: str, strategy: st.SearchStrategy, check: Callable[..., Any]
     print(f"{name:32s} {total:6d} examples  accepted {row['accepted']:5d}  refused {row['refused']:5d}  "
           f"bug {row['bug']:4d}  timeout {row['timeout']:3d}  {row['seconds']:7.1f} s", flush=True)
     return row
+
+
+def cpu_name() -> str:
+    info = Path("/proc/cpuinfo")
+    names = [ln.split(":", 1)[1].strip() for ln in info.read_text().splitlines()
+             if ln.startswith("model name")] if info.exists() else []
+    return names[0] if names else platform.machine()
 
 
 def main(argv_: list[str] | None = None) -> int:
@@ -399,7 +415,7 @@ def main(argv_: list[str] | None = None) -> int:
                 read_cifar100_python, ".tar.gz", lambda s: s.x_train.shape[1:] == (32, 32, 3)), 300, None),
             ("MTD archive", fz.mutations(fz.mtd_tar()), fz.check_mtd_tar, 400, None),
             ("AnoMem.load (model files)", fz.mutations(model), fz.check_model_file(model), 1000, None),
-            ("CLI (anomem.cli.main.main)", cli_examples, cli_target(ws, base / "cli"), 1200, cli_payloads),
+            ("CLI (anomem.cli.main.main)", cli_examples, cli_target(ws, base / "cli"), 3000, cli_payloads),
         ]
         rows = []
         for name, strategy, check, n, payloads in targets:
@@ -413,11 +429,12 @@ def main(argv_: list[str] | None = None) -> int:
           f"{time.perf_counter() - t0:7.1f} s")
     result = {"seed": args.seed, "scale": args.scale, "example_timeout_s": args.example_timeout,
               "wall_s": round(time.perf_counter() - t0, 1), "total": total, "targets": rows,
-              "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+              "machine": {"cpu": cpu_name(), "arch": platform.machine(), "cores": os.cpu_count(),
                           "torch_threads": 1, "python": platform.python_version(),
                           "torch": torch.__version__, "anomem": __version__}}
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1, sort_keys=False) + "\n")
+    if args.out:   # example files lived in temporary folders: their paths are not kept
+        text = json.dumps(result, indent=1).replace(tmp, "<tmp>").replace(tempfile.gettempdir(), "<tmp>")
+        Path(args.out).write_text(text + "\n")
     return 1 if total["bug"] else 0
 
 
