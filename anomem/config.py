@@ -29,6 +29,11 @@ NEGATIVES = ("all", "same_position")
 PROTOTYPES = ("hopfield", "kmeans")
 MEMORY_INITS = ("random", "data")
 VIEW_GEOMETRIES = ("independent", "shared")
+GLOBAL_MEMORIES = ("own", "shared", "none")
+VARIANCES = ("components", "batch")
+SCALE_NORMS = ("frobenius", "rms")
+SEMI_SCORES = ("heads", "heads+oc")
+SCORE_RETRIEVALS = ("nearest", "hopfield")
 
 
 @dataclass(frozen=True)
@@ -73,10 +78,26 @@ class AnoMemConfig:
     stage-1 loss fall far below chance where ``independent`` stays near it,
     but AnoMem's heatmap is no better, so ``independent`` stays the default.
 
+    Memory choices where the paper is silent, each measured in
+    ``docs/design.md`` (the literal reading is ``global_memory="none",
+    reseed_dead=False, consolidate=0, score_retrieval="hopfield",
+    semi_score="heads"``): ``global_memory`` (``own``: the image-level scale,
+    the pooled last map, with a memory of its own; ``shared``: retrieved from
+    the last map scale's memory; ``none``: maps only), ``reseed_dead``
+    (patterns that answer no normal query in an epoch restart as a query),
+    ``consolidate`` (Lloyd steps of the patterns on the clean training normals
+    at the end of stage 1), ``score_retrieval`` (``nearest``: Eq. 8 retrieves
+    with Eq. 1 at beta -> infinity; ``hopfield``: at ``beta``), ``variance``
+    (Eq. 6's Var over the ``components`` of a vector, literal, or across the
+    ``batch``), ``scale_norm`` (Eq. 9 as the ``frobenius`` norm of the whole
+    map, or its ``rms`` per position).
+
     Stage 2 (Eq. 8-13): ``margin`` M of the double hinge, ``head_hidden`` and
     ``head_pool`` (output side of the average pooling phi) of the per-scale MLPs,
     ``calibrate`` standardises per-scale one-class scores on training normals
-    before the Eq. 13 fusion (off = the paper's plain fusion).
+    before the Eq. 13 fusion (off = the paper's plain fusion); ``semi_score``
+    ``heads+oc`` adds the standardised one-class score to the heads' (Eq. 10)
+    fused score, ``heads`` is the heads alone.
 
     Decision: ``target_frr`` is the false-rejection rate on normals that sets the
     threshold at fit time.
@@ -113,6 +134,13 @@ class AnoMemConfig:
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     noise_std: float = 0.05
     view_geometry: str = "independent"
+    global_memory: str = "own"
+    reseed_dead: bool = True
+    consolidate: int = 10
+    score_retrieval: str = "nearest"
+    variance: str = "components"
+    scale_norm: str = "frobenius"
+    semi_score: str = "heads+oc"
     margin: float = 2.0
     head_hidden: int = 128
     head_pool: int = 2
@@ -134,9 +162,14 @@ class AnoMemConfig:
             raise ConfigError(f"invalid config value: {e}") from None
 
     @property
+    def n_scales(self) -> int:
+        """Memory scales S: one per entry of ``memory_stages``, plus the image-level one."""
+        return len(self.memory_stages) + (self.global_memory != "none")
+
+    @property
     def alphas(self) -> tuple[float, ...]:
-        """Scale confidences alpha(s) = 2^(s-1), s = 1..S (paper §4.2)."""
-        return tuple(2.0 ** s for s in range(len(self.memory_stages)))
+        """Scale confidences alpha(s) = 2^(s-1), s = 1..S (paper §4.2); the image-level scale is last."""
+        return tuple(2.0 ** s for s in range(self.n_scales))
 
     def replace(self, **changes: Any) -> AnoMemConfig:
         """A copy with ``changes`` applied and validated."""
@@ -161,14 +194,16 @@ def _is_range(v: Any, low: float, high: float) -> bool:
 def _validate(c: AnoMemConfig) -> None:
     for key, allowed in (("arch", ARCHS), ("stem", STEMS), ("negatives", NEGATIVES),
                          ("prototypes", PROTOTYPES), ("memory_init", MEMORY_INITS),
-                         ("view_geometry", VIEW_GEOMETRIES)):
+                         ("view_geometry", VIEW_GEOMETRIES), ("global_memory", GLOBAL_MEMORIES),
+                         ("variance", VARIANCES), ("scale_norm", SCALE_NORMS),
+                         ("semi_score", SEMI_SCORES), ("score_retrieval", SCORE_RETRIEVALS)):
         if getattr(c, key) not in allowed:
             _fail(key, f"got {getattr(c, key)!r}, expected one of {', '.join(allowed)}")
     for key in ("width", "image_size", "batch_size", "hopfield_steps", "head_hidden", "head_pool"):
         v = getattr(c, key)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             _fail(key, f"must be a positive integer, got {v!r}")
-    for key in ("stage1_epochs", "stage2_epochs", "seed"):
+    for key in ("stage1_epochs", "stage2_epochs", "seed", "consolidate"):
         v = getattr(c, key)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             _fail(key, f"must be a non-negative integer, got {v!r}")
@@ -182,7 +217,7 @@ def _validate(c: AnoMemConfig) -> None:
         v = getattr(c, key)
         if not _is_number(v) or v < 0:
             _fail(key, f"must be a non-negative finite number, got {v!r}")
-    for key in ("normalize", "use_memory", "calibrate", "amp", "channels_last"):
+    for key in ("normalize", "use_memory", "calibrate", "amp", "channels_last", "reseed_dead"):
         if not isinstance(getattr(c, key), bool):
             _fail(key, f"must be true or false, got {getattr(c, key)!r}")
     if not _is_number(c.target_frr) or not 0.0 <= c.target_frr < 1.0:
@@ -238,7 +273,7 @@ def to_dict(c: AnoMemConfig) -> dict[str, Any]:
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Paper §4.2: ResNet-50, two memory scales after stages 3 and 4, beta = 2.
-    "paper": {"beta": 2.0},
+    "paper": {"beta": 20.0},
     # A narrow ResNet-18 that trains one CIFAR-10 class in minutes on 2 CPU cores.
     "cpu": {"arch": "resnet18", "width": 16, "mem_sizes": [64, 32], "batch_size": 128,
             "stage1_epochs": 10, "stage1_lr": 0.1, "head_hidden": 64, "stage2_epochs": 60},

@@ -13,14 +13,16 @@ quantities the image score is made of, so that heatmap and score agree:
    defined as the head's output on the map equal to Delta(s)_ij everywhere:
    phi of that map is Delta_ij repeated in every cell, so the first layer's
    weights are summed over the cells and g(s) becomes a 1x1 convolution
-   (:func:`head_map`).  It is exact for a uniform map and piecewise-linear
+   (:meth:`~anomem.torch_model.ScaleHead.position_map`).  It is exact for a uniform map and piecewise-linear
    in Delta_ij, like g(s) itself.
 2. **Upsampling** of each m(s) to the input side (bilinear, ``align_corners=False``).
 3. **Fusion** with the normalised alpha(s) weights of Eq. 13 (the ``alphas``
-   buffer of :class:`~anomem.torch_model.AnoMemModel`), each scale divided by
-   the model's ``score_std`` (1 unless the one-class model was calibrated, in
-   which case this is the calibration's rescaling; its shift is a constant that
-   changes no ranking and is left out).
+   buffer of :class:`~anomem.torch_model.AnoMemModel`); one-class positions are
+   divided by the scale's ``score_std`` (1 unless calibrated), as the image
+   score is (:meth:`~anomem.torch_model.AnoMemModel.score_and_maps` computes
+   both).  The image-level scale has no position and is left out of the map
+   (it would add one constant to every pixel of an image); the spatial scales'
+   alphas are renormalised to sum to 1.
 4. **Smoothing** (optional) by a gaussian of standard deviation ``sigma`` input pixels.
 
 Everything is plain tensor algebra, so :class:`AnomalyMapNet` can be traced
@@ -49,29 +51,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from anomem.errors import InvalidInputError
-from anomem.torch_model import AnoMemModel, ScaleHead
-
-
-def head_map(head: ScaleHead, delta: torch.Tensor) -> torch.Tensor:
-    """g(s) (Eq. 10) at every position of Delta (B, C, H, W): (B, H, W).
-
-    The value at (i, j) is ``head(Delta_ij broadcast to the whole map)``; the
-    pooling phi of a constant map is that constant in each of the p x p cells,
-    so the first linear layer reduces to its weights summed over the cells.
-    """
-    first, last = head.mlp[0], head.mlp[2]
-    weight = first.weight.view(first.out_features, delta.shape[1], -1).sum(-1)   # (hidden, C)
-    hidden = torch.relu(torch.einsum("kc,bchw->bkhw", weight, delta)
-                        + first.bias.view(1, -1, 1, 1))
-    return torch.einsum("k,bkhw->bhw", last.weight[0], hidden) + last.bias[0]
+from anomem.torch_model import AnoMemModel
 
 
 def position_scores(model: AnoMemModel, images: torch.Tensor) -> list[torch.Tensor]:
-    """Per-position scale scores m(s), one (B, H(s), W(s)) tensor per memory scale."""
-    deltas = model.deviation_maps(images)
-    if model.heads is None:
-        return [d.norm(dim=1) for d in deltas]
-    return [head_map(h, d) for h, d in zip(model.heads, deltas, strict=True)]
+    """Per-position scale scores m(s), one (B, H(s), W(s)) tensor per spatial memory scale."""
+    return model.score_and_maps(images)[1][:len(model.stages)]
 
 
 def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -102,7 +87,8 @@ def anomaly_map(model: AnoMemModel, images: torch.Tensor, sigma: float = 4.0) ->
         raise InvalidInputError(f"sigma must be a non-negative number of pixels, got {sigma!r}")
     if not torch.jit.is_tracing() and (images.ndim != 4 or images.shape[1] != 3):
         raise InvalidInputError(f"images must be a (B, 3, H, W) batch, got shape {tuple(images.shape)}")
-    return fuse_maps(position_scores(model, images), model.alphas / model.score_std,
+    weights = model.alphas[:len(model.stages)]
+    return fuse_maps(position_scores(model, images), weights / weights.sum(),
                      images.shape[-2:], sigma)
 
 

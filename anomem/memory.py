@@ -47,10 +47,11 @@ class HopfieldMemory(nn.Module):
     """
 
     def __init__(self, dim: int, size: int, beta: float = 2.0, steps: int = 3,
-                 tol: float = 1e-3, normalize: bool = True) -> None:
+                 tol: float = 1e-3, normalize: bool = True, scoring: str = "hopfield") -> None:
         super().__init__()
         self.patterns = nn.Parameter(torch.randn(size, dim) / math.sqrt(dim))
         self.beta, self.steps, self.tol, self.normalize = float(beta), int(steps), float(tol), normalize
+        self.scoring = scoring
 
     def stored(self) -> torch.Tensor:
         """The patterns as used in retrieval, one per row (N_mem x d)."""
@@ -59,6 +60,26 @@ class HopfieldMemory(nn.Module):
     def prepare(self, query: torch.Tensor) -> torch.Tensor:
         """The query as the memory sees it (normalised when ``normalize``)."""
         return F.normalize(query, dim=-1) if self.normalize else query
+
+    def attention(self, query: torch.Tensor) -> torch.Tensor:
+        """softmax(beta X^T xi) of the first retrieval update, (..., N_mem): who answers a query."""
+        return torch.softmax(self.beta * self.prepare(query) @ self.stored().t(), dim=-1)
+
+    @torch.no_grad()
+    def reseed(self, dead: torch.Tensor, queries: torch.Tensor, generator: torch.Generator) -> int:
+        """Replace the patterns flagged in ``dead`` (N_mem,) by queries drawn from ``queries`` (n, d).
+
+        Used by stage 1 for patterns that answered no normal query during an
+        epoch (see :func:`anomem.stages.stage1.reseed_dead_patterns`); drawn
+        with replacement when there are fewer queries than dead patterns.
+        Returns the number of patterns replaced.
+        """
+        idx = torch.nonzero(dead).squeeze(1)
+        if len(idx) == 0 or len(queries) == 0:
+            return 0
+        pick = torch.randint(len(queries), (len(idx),), generator=generator).to(queries.device)
+        self.patterns[idx] = self.prepare(queries[pick]).to(self.patterns.dtype)
+        return len(idx)
 
     def forward(self, query: torch.Tensor) -> torch.Tensor:
         """Retrieve the memory's recollection of each query (last dim = d)."""
@@ -75,10 +96,23 @@ class HopfieldMemory(nn.Module):
                 break
         return xi
 
+    def nearest(self, query: torch.Tensor) -> torch.Tensor:
+        """The limit beta -> infinity of Eq. 1: the stored pattern of highest attention."""
+        x = self.stored()
+        q = self.prepare(query)
+        sim = q @ x.t() if self.normalize else -torch.cdist(q.reshape(-1, q.shape[-1]), x).reshape(
+            *q.shape[:-1], len(x))
+        return x[sim.argmax(dim=-1)]
+
     def deviation(self, fmap: torch.Tensor) -> torch.Tensor:
-        """Eq. 8: Delta = z - HF(z) at every spatial position of a (B, C, H, W) map."""
+        """Eq. 8: Delta = z - HF(z) at every spatial position of a (B, C, H, W) map.
+
+        ``scoring="nearest"`` retrieves with :meth:`nearest` (Eq. 1 at beta ->
+        infinity), ``"hopfield"`` with Eq. 1 at the layer's beta.
+        """
         z = fmap.permute(0, 2, 3, 1)
-        return (self.prepare(z) - self(z)).permute(0, 3, 1, 2)
+        recalled = self.nearest(z) if self.scoring == "nearest" else self(z)
+        return (self.prepare(z) - recalled).permute(0, 3, 1, 2)
 
 
 class KMeansMemory(nn.Module):
@@ -103,4 +137,7 @@ class KMeansMemory(nn.Module):
         idx = torch.cdist(flat, self.centroids).argmin(dim=-1)
         return self.centroids[idx].reshape(q.shape)
 
-    deviation = HopfieldMemory.deviation
+    def deviation(self, fmap: torch.Tensor) -> torch.Tensor:
+        """Eq. 8 with the nearest centroid as HF(z), at every position of a (B, C, H, W) map."""
+        z = fmap.permute(0, 2, 3, 1)
+        return (self.prepare(z) - self(z)).permute(0, 3, 1, 2)

@@ -4,9 +4,21 @@ This module holds no training logic (see :mod:`anomem.stages`) and no file or
 array handling (see :mod:`anomem.detector`); its ``forward`` maps a batch of
 images in [0, 1] to anomaly scores, higher = more anomalous, and can be traced
 for TorchScript / ONNX export.
+
+Scales.  One memory scale per entry of ``memory_stages`` (the H(s) x W(s)
+feature map after that ResNet stage, a set of C(s)-dimensional vectors), and,
+unless ``global_memory="none"``, the image-level scale: the flattened 1D output
+z of the encoder (the last memory stage's map, average-pooled), which the
+paper contrasts "not only [...] but also" the intermediate maps (§3.1).  It is
+held as a 1 x 1 map, so every per-scale operation applies to it unchanged, and
+it comes last (largest alpha).  ``global_memory="own"`` gives it a Hopfield
+layer of its own (N_mem of the last map scale); ``"shared"`` retrieves it from
+the last map scale's memory.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -32,15 +44,33 @@ class ScaleHead(nn.Module):
     def forward(self, delta: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.phi(delta)).squeeze(-1)
 
+    def position_map(self, delta: torch.Tensor) -> torch.Tensor:
+        """g(s) at every position of Delta (B, C, H, W): (B, H, W), for heatmaps.
+
+        The value at (i, j) is the head's output on the map equal to Delta_ij
+        everywhere: phi of a constant map is that constant in each of the p x p
+        cells, so the first layer reduces to its weights summed over the cells
+        and g(s) becomes a 1x1 convolution (exact for a uniform map).
+        """
+        first, last = self.mlp[0], self.mlp[2]
+        weight = first.weight.view(first.out_features, delta.shape[1], -1).sum(-1)   # (hidden, C)
+        hidden = torch.relu(torch.einsum("kc,bchw->bkhw", weight, delta)
+                            + first.bias.view(1, -1, 1, 1))
+        return torch.einsum("k,bkhw->bhw", last.weight[0], hidden) + last.bias[0]
+
 
 class AnoMemModel(nn.Module):
-    """Encoder f, one memory layer per memory scale, optional scale heads.
+    """Encoder f, the memory layers, optional scale heads, and the scoring of every scale.
 
-    Scores (``forward``): one-class, s(s) = ||Delta(s)||_2 over the whole map
-    (Eq. 9); semi-supervised, s(s) = g(s)(phi(Delta(s))) (Eq. 10); fused as
-    sum_s alpha(s) s(s) / sum_s alpha(s) (Eq. 13).  When ``calibrated`` (one-class
-    option ``calibrate``), each s(s) is first standardised with the mean and
-    standard deviation of the training normals' scores.
+    One-class score of a scale, s(s) = ||Delta(s)||_2 over the whole map (Eq. 9;
+    ``scale_norm="rms"`` divides by sqrt(H(s) W(s)) so that every scale is a
+    per-position magnitude); semi-supervised, s(s) = g(s)(phi(Delta(s)))
+    (Eq. 10).  Fusion: sum_s alpha(s) s(s) / sum_s alpha(s) (Eq. 13).  The
+    one-class scores are first standardised by ``score_mean`` / ``score_std``
+    (0 / 1, i.e. the plain Eq. 13, unless ``calibrate`` or a semi-supervised
+    ``semi_score="heads+oc"`` model set them from the training normals); with
+    ``"heads+oc"`` the semi-supervised score is the fused heads plus that fused,
+    standardised one-class score.
 
     Example:
         >>> from anomem.config import get_config
@@ -54,10 +84,16 @@ class AnoMemModel(nn.Module):
         self.config = config
         self.encoder = ResNet(config.arch, config.width, config.stem)
         self.stages = tuple(s - 1 for s in config.memory_stages)
-        self.dims = tuple(self.encoder.channels[i] for i in self.stages)
+        map_dims = tuple(self.encoder.channels[i] for i in self.stages)
+        self.pooled = config.global_memory != "none"
+        self.dims = map_dims + ((map_dims[-1],) if self.pooled else ())
+        sizes = tuple(config.mem_sizes) + ((config.mem_sizes[-1],) if config.global_memory == "own"
+                                           else ())
         self.memories = nn.ModuleList(
             HopfieldMemory(d, n, config.beta, config.hopfield_steps, config.hopfield_tol,
-                           config.normalize) for d, n in zip(self.dims, config.mem_sizes))
+                           config.normalize, config.score_retrieval) for d, n in zip(self.dims, sizes))
+        n_maps = len(self.stages)
+        self.memory_of = tuple(range(n_maps)) + ((len(sizes) - 1,) if self.pooled else ())
         self.heads: nn.ModuleList | None = None
         alphas = torch.tensor(config.alphas)
         self.register_buffer("alphas", alphas / alphas.sum())
@@ -68,35 +104,65 @@ class AnoMemModel(nn.Module):
     def semi_supervised(self) -> bool:
         return self.heads is not None
 
+    def memory(self, scale: int) -> nn.Module:
+        """The memory that serves scale ``scale`` (0-based)."""
+        return self.memories[self.memory_of[scale]]
+
     def add_heads(self) -> nn.ModuleList:
         """Create (and return) the per-scale MLPs of the semi-supervised detector (Eq. 10)."""
         c = self.config
-        self.heads = nn.ModuleList(ScaleHead(d, c.head_pool, c.head_hidden) for d in self.dims)
+        pools = [c.head_pool] * len(self.stages) + [1] * self.pooled
+        self.heads = nn.ModuleList(ScaleHead(d, p, c.head_hidden) for d, p in zip(self.dims, pools))
         return self.heads
 
     def use_kmeans(self, centroids: list[torch.Tensor]) -> None:
-        """Replace every memory by nearest-k-means-centroid retrieval (Table 4 ablation)."""
+        """Replace every memory by nearest-k-means-centroid retrieval, one per scale (Table 4 ablation)."""
         self.memories = nn.ModuleList(KMeansMemory(c, self.config.normalize) for c in centroids)
+        self.memory_of = tuple(range(len(centroids)))
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Feature maps z(s) at the memory scales."""
+        """Feature maps z(s) at the memory scales; the image-level z as a (B, C, 1, 1) map."""
         maps = self.encoder(x, upto=self.stages[-1] + 1)
-        return [maps[i] for i in self.stages]
+        out = [maps[i] for i in self.stages]
+        if self.pooled:
+            out.append(out[-1].mean(dim=(2, 3), keepdim=True))
+        return out
 
     def deviation_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Eq. 8: Delta(s) = z(s) - HF(s)(z(s)) at every memory scale, each (B, C, H, W)."""
-        return [m.deviation(z) for m, z in zip(self.memories, self.features(x))]
+        return [self.memory(s).deviation(z) for s, z in enumerate(self.features(x))]
+
+    def oc_scores(self, deltas: list[torch.Tensor]) -> torch.Tensor:
+        """Eq. 9 per scale, (B, S): ||Delta(s)||_2 (divided by sqrt(H W) when ``scale_norm="rms"``)."""
+        rms = self.config.scale_norm == "rms"
+        return torch.stack([d.flatten(1).norm(dim=1) / (math.sqrt(d.shape[2] * d.shape[3]) if rms
+                                                        else 1.0) for d in deltas], dim=1)
 
     def scale_scores(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-scale anomaly scores (B, S), before fusion and calibration."""
+        """Per-scale anomaly scores (B, S) before fusion: the heads' (Eq. 10) if any, else Eq. 9."""
         deltas = self.deviation_maps(x)
         if self.heads is not None:
             return torch.stack([h(d) for h, d in zip(self.heads, deltas)], dim=1)
-        return torch.stack([d.flatten(1).norm(dim=1) for d in deltas], dim=1)
+        return self.oc_scores(deltas)
 
-    def fuse(self, scores: torch.Tensor) -> torch.Tensor:
-        """Eq. 13 on (B, S) per-scale scores, after the optional calibration."""
-        return ((scores - self.score_mean) / self.score_std) @ self.alphas
+    def score_and_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The fused image score (B,) and every scale's per-position scores (B, H(s), W(s)).
+
+        The one place where a scale's deviation becomes a score: a position's
+        one-class score is ||Delta(s)_ij|| / score_std(s), a head's is
+        :meth:`ScaleHead.position_map`; the image score fuses the scale scores
+        with alpha (Eq. 13).  The maps feed :mod:`anomem.localisation`.
+        """
+        deltas = self.deviation_maps(x)
+        oc = (self.oc_scores(deltas) - self.score_mean) / self.score_std
+        oc_maps = [d.norm(dim=1) / sd for d, sd in zip(deltas, self.score_std)]
+        if self.heads is None:
+            return oc @ self.alphas, oc_maps
+        heads = torch.stack([h(d) for h, d in zip(self.heads, deltas)], dim=1) @ self.alphas
+        maps = [h.position_map(d) for h, d in zip(self.heads, deltas)]
+        if self.config.semi_score == "heads+oc":
+            return heads + oc @ self.alphas, [m + o for m, o in zip(maps, oc_maps)]
+        return heads, maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fuse(self.scale_scores(x))
+        return self.score_and_maps(x)[0]

@@ -196,26 +196,50 @@ def test_sup_loss_eq12_mean_over_scales_and_batch():
 def test_alphas_and_fusion_eq13():
     cfg = get_config("digits", {"memory_stages": [2, 3, 4], "mem_sizes": [4, 4, 4],
                                 "ratios": [1.0, 1.0, 1.0]})
+    assert cfg.alphas == (1.0, 2.0, 4.0, 8.0)          # three map scales + the image-level one
+    cfg = cfg.replace(global_memory="none")
     assert cfg.alphas == (1.0, 2.0, 4.0)
-    m = AnoMemModel(cfg)
-    s = torch.tensor([[1.0, 2.0, 3.0]])
-    assert m.fuse(s).item() == pytest.approx((1 * 1 + 2 * 2 + 4 * 3) / 7)
+    m = AnoMemModel(cfg).eval()
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        s = m.scale_scores(x).double()
+        got = m(x).double()
+    want = (1 * s[:, 0] + 2 * s[:, 1] + 4 * s[:, 2]) / 7
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)   # float32 sums of 3 terms
 
 
-def test_one_class_score_eq8_eq9_naive():
+def _naive_recollection(mem, v: torch.Tensor, retrieval: str) -> torch.Tensor:
+    """Eq. 1 on one vector: the layer's own update for ``hopfield``; for ``nearest`` (beta ->
+    infinity) a loop over the stored patterns keeping the one of highest cosine."""
+    if retrieval == "hopfield":
+        return mem(v.unsqueeze(0))[0]
+    q = v / v.norm()
+    best, best_sim = None, -2.0
+    for p in mem.patterns:
+        sim = float(q @ (p / p.norm()))
+        if sim > best_sim:
+            best, best_sim = p / p.norm(), sim
+    return best
+
+
+@pytest.mark.parametrize("retrieval", ["hopfield", "nearest"])
+def test_one_class_score_eq8_eq9_naive(retrieval):
     torch.manual_seed(0)
-    m = AnoMemModel(get_config("digits")).eval()
+    m = AnoMemModel(get_config("digits", {"score_retrieval": retrieval})).eval()
     x = torch.rand(2, 3, 16, 16)
     with torch.no_grad():
         got = m.scale_scores(x)
         maps = m.features(x)
-        for s, (z, mem) in enumerate(zip(maps, m.memories)):
+        assert len(maps) == 3 and maps[2].shape[2:] == (1, 1)   # two maps + the pooled image
+        torch.testing.assert_close(maps[2][:, :, 0, 0], maps[1].mean(dim=(2, 3)))
+        for s, z in enumerate(maps):
+            mem = m.memory(s)
             for k in range(2):
                 sq = 0.0
                 for i in range(z.shape[2]):
                     for j in range(z.shape[3]):
                         v = z[k, :, i, j]
-                        sq += float(((mem.prepare(v) - mem(v.unsqueeze(0))[0]) ** 2).sum())
+                        sq += float(((mem.prepare(v) - _naive_recollection(mem, v, retrieval)) ** 2).sum())
                 # float32 norm of the whole map vs a float64 sum of float32 per-position terms, and
                 # the memory on 1 vs all rows: ~1e-6 relative (measured 1e-7)
                 assert got[k, s].item() == pytest.approx(math.sqrt(sq), rel=1e-4)

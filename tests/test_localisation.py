@@ -9,7 +9,7 @@ import torch
 from anomem import AnoMem, InvalidInputError, RequiresFitting
 from anomem.config import get_config
 from anomem.data.convert import to_image_tensor
-from anomem.localisation import AnomalyMapNet, anomaly_map, gaussian_smooth, head_map
+from anomem.localisation import AnomalyMapNet, anomaly_map, gaussian_smooth
 from anomem.torch_model import AnoMemModel, ScaleHead
 
 FAST = {"stage1_epochs": 1, "stage2_epochs": 5}
@@ -30,7 +30,7 @@ def test_head_map_is_the_head_on_the_broadcast_position():
     torch.manual_seed(0)
     head = ScaleHead(channels=5, pool=2, hidden=7)
     delta = torch.randn(2, 5, 3, 4)
-    got = head_map(head, delta)
+    got = head.position_map(delta)
     assert got.shape == (2, 3, 4)
     for b, i, j in [(0, 0, 0), (1, 2, 3), (0, 1, 2)]:
         uniform = delta[b, :, i, j].view(1, 5, 1, 1).expand(1, 5, 6, 6)
@@ -38,14 +38,14 @@ def test_head_map_is_the_head_on_the_broadcast_position():
         assert got[b, i, j].item() == pytest.approx(head(uniform).item(), abs=1e-5)
     # a spatially uniform deviation map: every position scores exactly the image-level head score
     flat = delta[:, :, :1, :1].expand(-1, -1, 3, 4)
-    torch.testing.assert_close(head_map(head, flat), head(flat).view(2, 1, 1).expand(2, 3, 4))
+    torch.testing.assert_close(head.position_map(flat), head(flat).view(2, 1, 1).expand(2, 3, 4))
 
 
 def test_fusion_worked_by_hand(monkeypatch):
     # scale 1: a 2x2 map with ||Delta|| = 1 at row 0, column 1 only; scale 2: 1x1, ||Delta|| = 3.
     # Bilinear (align_corners=False) 2 -> 4 spreads index 0 with weights [1, .75, .25, 0] and
     # index 1 with [0, .25, .75, 1] along an axis; fused with alpha = (1/3, 2/3).
-    model = AnoMemModel(get_config("digits")).eval()          # alphas 1/3, 2/3
+    model = AnoMemModel(get_config("digits", {"global_memory": "none"})).eval()   # alphas 1/3, 2/3
     d1 = torch.zeros(1, 4, 2, 2)
     d1[0, 1, 0, 1] = 1.0
     d2 = torch.zeros(1, 8, 1, 1)

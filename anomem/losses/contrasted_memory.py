@@ -39,16 +39,28 @@ def contrasted_memory_loss(mem: torch.Tensor, z2: torch.Tensor, tau: float, nega
     return nt_xent(mem, z2, tau, gather=gather, offset=offset).mean()
 
 
-def variance_loss(mem: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def variance_loss(mem: torch.Tensor, y: torch.Tensor, over: str = "components") -> torch.Tensor:
     """Eq. 6: V = -(1 / sum_k y_k) sum_k y_k sqrt(Var[Mem(z_k, y_k)]).
 
-    Var is taken over the d components of each retrieved vector (population
-    variance), as Eq. 6 writes it per sample; averaged over the P positions of
-    ``mem`` ``(P, B, d)``.  A batch without normal samples contributes 0.
+    ``over="components"`` (the literal reading): Var is the population variance
+    over the d components of each retrieved vector, as Eq. 6 writes it per
+    sample; averaged over the P positions of ``mem`` ``(P, B, d)``.  All
+    patterns collapsed onto one vector with spread-out components maximise it,
+    so it does not guard against the collapse it exists for.
+    ``over="batch"``: the population variance of each component across the
+    batch's normal samples, its square root averaged over components (and
+    positions): it is largest when normal samples retrieve different
+    prototypes, and zero for a collapsed memory.  A batch without normal
+    samples contributes 0 (and one with a single normal sample, with ``batch``).
     """
     w = y.to(mem.dtype)
     if float(w.sum()) == 0.0:
         return mem.sum() * 0.0
+    if over == "batch":
+        normal = mem[:, y.bool()]                                       # (P, n, d)
+        if normal.shape[1] < 2:
+            return mem.sum() * 0.0
+        return -normal.var(dim=1, unbiased=False).clamp_min(1e-12).sqrt().mean()
     std = mem.var(dim=-1, unbiased=False).clamp_min(1e-12).sqrt()   # (P, B)
     return -((std * w).sum(dim=-1) / w.sum()).mean()
 

@@ -20,7 +20,7 @@ from anomem.data.convert import to_image_tensor
 from anomem.data.dataset import LabelledSplit
 from anomem.detector import AnoMem
 from anomem.stages.common import RunOptions
-from anomem.stages.stage2 import map_batches
+from anomem.stages.common import map_batches
 
 
 def encoder_features(detector: AnoMem, images: Any, batch_size: int = 256) -> np.ndarray:

@@ -11,6 +11,7 @@ is saved, so the last checkpoint on disk is always the last good one.
 from __future__ import annotations
 
 import itertools
+import zlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from anomem.data.convert import batches
 from anomem.errors import ModelFileError, TrainingDivergedError
 from anomem.serialization import atomic_torch_save, require_checksum, safe_torch_load
 
@@ -51,6 +53,14 @@ class RunOptions:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+def stream_seed(seed: int, name: str, index: int = 0) -> int:
+    """The seed of the named random stream ``name`` at ``index`` (an epoch, a step) of a run.
+
+    Streams of one run are independent by name, so adding a stream moves no other.
+    """
+    return (seed * 1_000_003 + zlib.crc32(name.encode()) * 10_007 + index) % (2 ** 63)
 
 
 def sgd_cosine(params: list[nn.Parameter], lr: float, momentum: float, weight_decay: float,
@@ -133,3 +143,15 @@ def load_checkpoint(path: Path, modules: dict[str, Any], fingerprint: dict[str, 
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
         raise ModelFileError(f"checkpoint {str(path)!r} is inconsistent ({type(e).__name__}: "
                              f"{e}); delete it to start afresh") from None
+
+
+def _as_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return images.to(device).float().div_(255)
+
+
+@torch.no_grad()
+def map_batches(model: nn.Module, images: torch.Tensor, opts: RunOptions, fn: Any,
+                batch_size: int = 256) -> list[Any]:
+    """Apply ``fn(model, x)`` to uint8 ``images`` batch by batch in eval mode."""
+    model.eval()
+    return [fn(model, _as_float(images[sl], opts.device)) for sl in batches(len(images), batch_size)]

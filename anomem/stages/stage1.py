@@ -19,20 +19,30 @@ from tqdm.auto import tqdm
 from anomem.augment import TwoViewAugment
 from anomem.config import AnoMemConfig
 from anomem.errors import TrainingDivergedError
-from anomem.losses import contrasted_memory_loss, mem_select, multiscale_loss, sample_positions, variance_loss
+from anomem.losses import (
+    contrasted_memory_loss,
+    mem_select,
+    multiscale_loss,
+    sample_positions,
+    variance_loss,
+)
 from anomem.stages.common import (
     RunOptions,
     check_finite,
     check_finite_parameters,
     load_checkpoint,
+    map_batches,
     save_checkpoint,
     sgd_cosine,
+    stream_seed,
 )
 from anomem.torch_model import AnoMemModel
 
 # Prototypes whose spread (mean over dimensions of the std across patterns) falls
 # below this are treated as collapsed to one point.
 COLLAPSE_SPREAD = 1e-6
+# Feature vectors per memory used by the end-of-stage Lloyd iterations.
+CONSOLIDATE_MAX_VECTORS = 20_000
 
 
 class ContrastedMemoryObjective(nn.Module):
@@ -64,23 +74,120 @@ class ContrastedMemoryObjective(nn.Module):
             maps = self.model.features(x)
         if amp:
             maps = [z.float() for z in maps]
+        n_maps = len(cfg.memory_stages)
         com, var, counts, stats = [], [], [], {}
-        for s, (z, memory, ratio) in enumerate(zip(maps, self.model.memories, cfg.ratios)):
+        for s, z in enumerate(maps):
             c, h, w = z.shape[1:]
-            pos = sample_positions(h, w, ratio).to(z.device)
+            pos = sample_positions(h, w, cfg.ratios[s] if s < n_maps else 1.0).to(z.device)
             vecs = z.flatten(2)[:, :, pos].permute(2, 0, 1)          # (P, 2B, C)
             z1, z2 = vecs[:, :b], vecs[:, b:]
             if cfg.use_memory:
+                memory = self.model.memory(s)
                 mem = mem_select(z1, memory(z1), y)
-                v = variance_loss(mem, y)
+                v = variance_loss(mem, y, cfg.variance)
+                if cfg.reseed_dead:
+                    track_wins(memory, z1[:, y == 1].detach())
             else:
                 mem, v = z1, z1.sum() * 0.0
             com.append(contrasted_memory_loss(mem, z2, cfg.tau, cfg.negatives, gather, offset))
             var.append(v)
             counts.append(len(pos))
             stats[f"com{s + 1}"], stats[f"var{s + 1}"] = float(com[-1].detach()), float(v.detach())
-        loss = multiscale_loss(com, var, counts, cfg.alphas, cfg.lambda_v if cfg.use_memory else 0.0)
+        lam = cfg.lambda_v if cfg.use_memory else 0.0
+        loss = multiscale_loss(com[:n_maps], var[:n_maps], counts[:n_maps], cfg.alphas, lam)
+        if len(maps) > n_maps:      # the image-level scale: its own term beside Eq. 7's maps
+            loss = loss + com[-1] + lam * var[-1]
         return loss, stats
+
+
+@torch.no_grad()
+def track_wins(memory: nn.Module, queries: torch.Tensor) -> None:
+    """Count, per stored pattern, the normal queries it answers best (argmax of the attention).
+
+    ``queries`` is ``(..., d)``; the counts (``memory.wins``) and the latest
+    queries (``memory.recent``) feed :func:`reseed_dead_patterns`.
+    """
+    flat = queries.reshape(-1, queries.shape[-1])
+    n = memory.patterns.shape[0]
+    if getattr(memory, "wins", None) is None or memory.wins.device != flat.device:
+        memory.wins = torch.zeros(n, dtype=torch.long, device=flat.device)
+    if len(flat):
+        memory.wins += torch.bincount(memory.attention(flat).argmax(-1), minlength=n)
+        memory.recent = flat
+
+
+@torch.no_grad()
+def reseed_dead_patterns(model: AnoMemModel, opt: torch.optim.Optimizer, epoch: int,
+                         opts: RunOptions) -> int:
+    """``reseed_dead``: patterns that answered no normal query in an epoch restart as a query.
+
+    The paper is silent on patterns that never win the attention; left alone
+    they are dead weight, and the memory holds fewer prototypes than N_mem.
+    At the end of every epoch each such pattern is replaced by a normal query
+    vector of the epoch's last step, drawn at random (seed stream
+    ``"reseed"``), and its momentum is cleared.  Under DDP the counts are
+    summed over ranks and rank 0's choice is broadcast.  Returns the number of
+    patterns replaced.
+    """
+    g = torch.Generator().manual_seed(stream_seed(model.config.seed, "reseed", epoch))
+    total = 0
+    for memory in model.memories:
+        wins = getattr(memory, "wins", None)
+        if wins is None:
+            continue
+        if opts.world_size > 1 and dist.is_initialized():
+            dist.all_reduce(wins)
+        dead = wins == 0
+        recent = getattr(memory, "recent", memory.patterns[:0])
+        if opts.is_main:
+            total += memory.reseed(dead, recent, g)
+        if opts.world_size > 1 and dist.is_initialized():
+            dist.broadcast(memory.patterns.data, src=0)
+        buf = opt.state.get(memory.patterns, {}).get("momentum_buffer")
+        if buf is not None:
+            buf[dead] = 0.0
+        wins.zero_()
+    return total
+
+
+@torch.no_grad()
+def consolidate_prototypes(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
+                           opts: RunOptions) -> None:
+    """``consolidate``: end stage 1 with Lloyd iterations of the patterns on the training normals.
+
+    The paper is silent on where the patterns end up.  Trained by Eq. 4 they
+    are whatever mixture best serves the contrastive loss on augmented views,
+    not prototypes of the clean normal features that Eq. 8 compares against
+    (measured: nearest-pattern retrieval trails nearest-k-means-centroid
+    retrieval of the same features by 10-50 AUROC points on digits).  Here the
+    learned patterns are the starting point of ``consolidate`` Lloyd steps on
+    the (eval-mode, prepared) feature vectors of the normal training images:
+    each vector goes to the pattern of highest attention, each pattern moves
+    to the mean of its vectors (normalised when the memory normalises); a
+    pattern with no vector stays.  Up to ``CONSOLIDATE_MAX_VECTORS`` vectors
+    per memory, drawn with seed stream ``"consolidate"``.  Under DDP rank 0's
+    patterns (from its shard) are broadcast.
+    """
+    cfg = model.config
+    normals = images[y == 1]
+    maps = map_batches(model, normals, opts, lambda m, x: [
+        z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]) for z in m.features(x)])
+    g = torch.Generator().manual_seed(stream_seed(cfg.seed, "consolidate"))
+    for k, memory in enumerate(model.memories):
+        vecs = torch.cat([b[s] for b in maps for s, m in enumerate(model.memory_of) if m == k])
+        vecs = memory.prepare(vecs[torch.randperm(len(vecs), generator=g)[:CONSOLIDATE_MAX_VECTORS]
+                                   .to(vecs.device)])
+        x = memory.stored().clone()
+        for _ in range(cfg.consolidate):
+            assign = (vecs @ x.t()).argmax(-1) if memory.normalize else torch.cdist(vecs, x).argmin(-1)
+            sums = torch.zeros_like(x).index_add_(0, assign, vecs)
+            count = torch.bincount(assign, minlength=len(x)).unsqueeze(1)
+            mean = torch.where(count > 0, sums / count.clamp_min(1), x)
+            x = memory.prepare(mean)
+        memory.patterns.copy_(x)
+        if opts.world_size > 1 and dist.is_initialized():
+            dist.broadcast(memory.patterns.data, src=0)
+    model.train()
 
 
 def prototype_spread(model: AnoMemModel) -> float:
@@ -165,6 +272,8 @@ def train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
     if ckpt is not None and ckpt.is_file():
         start, extra = load_checkpoint(ckpt, modules, fingerprint)
         history, epoch_stats = extra.get("history", []), extra.get("epoch_stats", {})
+        for memory, wins in zip(model.memories, extra.get("wins", [])):
+            memory.wins = torch.tensor(wins, dtype=torch.long, device=opts.device)
     elif cfg.use_memory and cfg.memory_init == "data":
         seed_memories(model, images, y, opts)
     model.train()
@@ -194,6 +303,8 @@ def train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
             opts.log({"stage": 1, "step": step + 1, "epoch": epoch + 1, "lr": sched.get_last_lr()[0],
                       "images_per_s": ips, **stats})
         if i == per_epoch - 1:
+            if cfg.use_memory and cfg.reseed_dead:
+                epoch_stats["reseeded"] = reseed_dead_patterns(model, opt, epoch, opts) * per_epoch
             history.append({"epoch": epoch + 1, "images_per_s": ips,
                             **{k: v / per_epoch for k, v in epoch_stats.items()}})
             epoch_stats = {}
@@ -202,8 +313,11 @@ def train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
             check_finite_parameters(model, step + 1, "stage 1", "stage1_lr")
             check_collapse(model, f"at step {step + 1}")
             if opts.is_main:
+                wins = [m.wins.tolist() for m in model.memories if getattr(m, "wins", None) is not None]
                 save_checkpoint(ckpt, step + 1, modules, fingerprint,
-                                {"history": history, "epoch_stats": epoch_stats})
+                                {"history": history, "epoch_stats": epoch_stats, "wins": wins})
     bar.close()
+    if cfg.use_memory and cfg.consolidate > 0:
+        consolidate_prototypes(model, images, y, opts)
     model.eval()
     return history

@@ -22,31 +22,19 @@ import torch
 from sklearn.cluster import KMeans
 from tqdm.auto import tqdm
 
-from anomem.data.convert import batches
 from anomem.losses import sup_loss
 from anomem.stages.common import (
     RunOptions,
     check_finite,
     check_finite_parameters,
     load_checkpoint,
+    map_batches,
     save_checkpoint,
     sgd_cosine,
 )
 from anomem.torch_model import AnoMemModel
 
 KMEANS_MAX_VECTORS = 20_000
-
-
-def _as_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return images.to(device).float().div_(255)
-
-
-@torch.no_grad()
-def map_batches(model: AnoMemModel, images: torch.Tensor, opts: RunOptions, fn: Any,
-                batch_size: int = 256) -> list[Any]:
-    """Apply ``fn(model, x)`` to uint8 ``images`` batch by batch in eval mode."""
-    model.eval()
-    return [fn(model, _as_float(images[sl], opts.device)) for sl in batches(len(images), batch_size)]
 
 
 def fit_kmeans_prototypes(model: AnoMemModel, normals: torch.Tensor, opts: RunOptions) -> None:
@@ -60,7 +48,8 @@ def fit_kmeans_prototypes(model: AnoMemModel, normals: torch.Tensor, opts: RunOp
                                                            for z in m.features(x)])
     g = torch.Generator().manual_seed(cfg.seed)
     centroids = []
-    for s, size in enumerate(cfg.mem_sizes):
+    sizes = list(cfg.mem_sizes) + [cfg.mem_sizes[-1]] * (cfg.n_scales - len(cfg.mem_sizes))
+    for s, size in enumerate(sizes):
         vecs = torch.cat([b[s] for b in maps])
         if cfg.normalize:
             vecs = torch.nn.functional.normalize(vecs, dim=-1)
@@ -73,8 +62,8 @@ def fit_kmeans_prototypes(model: AnoMemModel, normals: torch.Tensor, opts: RunOp
 
 
 def calibrate_scales(model: AnoMemModel, normals: torch.Tensor, opts: RunOptions) -> None:
-    """Store each scale's mean and std of one-class scores on training normals."""
-    s = torch.cat(map_batches(model, normals, opts, lambda m, x: m.scale_scores(x)))
+    """Store each scale's mean and std of one-class scores (Eq. 9) on training normals."""
+    s = torch.cat(map_batches(model, normals, opts, lambda m, x: m.oc_scores(m.deviation_maps(x))))
     model.score_mean.copy_(s.mean(0))
     model.score_std.copy_(s.std(0).clamp_min(1e-8) if len(s) > 1 else torch.ones_like(s[0]))
 
