@@ -81,6 +81,7 @@ def cli(ws: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_fit_score_evaluate_export_through_the_real_cli(workspace):
     ws = workspace
     fit, score, evaluate, export = walkthrough()

@@ -35,6 +35,7 @@ def test_one_class_auroc_well_above_chance(oc):
     assert auroc(task.labels_test, det.decision_function(task.x_test)) > 0.85
 
 
+@pytest.mark.slow
 def test_labelled_anomalies_make_it_semi_supervised_and_change_scores(digits, oc):
     det_oc, task_oc = oc
     task = make_one_vs_all(digits, normal_class=0, gamma=0.05, seed=0)

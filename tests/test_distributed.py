@@ -139,6 +139,7 @@ def rank0(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return safe_torch_load(out, "rank-0 result")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("negatives", ["all", "same_position"])
 def test_two_gloo_processes_match_one_process_with_the_global_batch(rank0: dict[str, Any],
                                                                     negatives: str) -> None:
@@ -160,6 +161,7 @@ def test_two_gloo_processes_match_one_process_with_the_global_batch(rank0: dict[
     assert worst > 1e-2, "a local-only gather went unnoticed: the comparison is not sensitive"
 
 
+@pytest.mark.slow
 def test_distributed_fit_keeps_ranks_identical_and_restores_plain_batchnorm(
         rank0: dict[str, Any]) -> None:
     got = rank0["fit"]

@@ -63,6 +63,7 @@ def steps_run(out: Path) -> dict[str, list[int]]:
     return json.loads((out / "steps.json").read_text())
 
 
+@pytest.mark.slow
 def test_sigkill_in_both_stages_then_resume_gives_identical_scores(tmp_path):
     ref_out, out = tmp_path / "ref", tmp_path / "run"
     ckpt = tmp_path / "ckpt"
