@@ -17,7 +17,9 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +31,19 @@ from anomem.config import AnoMemConfig, from_dict, get_config, to_dict
 from anomem.data.convert import to_image_tensor, to_normal_flags
 from anomem.errors import InvalidInputError, ModelFileError, RequiresFitting
 from anomem.localisation import anomaly_map
+from anomem.presets import AUTO, auto_preset, input_side
+from anomem.progress import auto_progress
 from anomem.serialization import atomic_torch_save, require_checksum, safe_torch_load
 from anomem.stages.common import RunOptions
 from anomem.stages.stage1 import train_stage1
 from anomem.stages.stage2 import calibrate_scales, fit_kmeans_prototypes, map_batches, train_heads
+from anomem.threshold import (
+    ThresholdWarning,
+    frr_upper_bound,
+    held_out_warning,
+    order_statistic_threshold,
+    too_few,
+)
 from anomem.torch_model import AnoMemModel
 
 MODEL_FORMAT = "anomem-model"
@@ -64,71 +75,129 @@ def _is_real(v: Any) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
 
 
+def _check_fit_options(checkpoint_dir: Any, log: Any, options: Any) -> None:
+    """The types of :meth:`AnoMem.fit`'s ``checkpoint_dir``, ``log`` and ``options``."""
+    if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
+        raise InvalidInputError(f"checkpoint_dir must be a folder path, got "
+                                f"{type(checkpoint_dir).__name__}")
+    if log is not None and not callable(log):
+        raise InvalidInputError(f"log must be a function taking a dict of metrics, got "
+                                f"{type(log).__name__}")
+    if options is not None and not isinstance(options, RunOptions):
+        raise InvalidInputError(f"options must be a RunOptions, got {type(options).__name__}")
+
+
+def holdout_count(n_normal: int, fraction: float) -> int:
+    """How many of ``n_normal`` normal images :meth:`AnoMem.fit` holds out for the threshold."""
+    return int(n_normal * fraction)
+
+
 def data_digest(images: torch.Tensor, y: torch.Tensor) -> str:
     """A short hash of a training set, so a checkpoint is only resumed on the same data."""
     h = hashlib.blake2b(digest_size=16)
-    h.update(images.numpy().tobytes())
-    h.update(y.numpy().tobytes())
+    for t in (images, y):   # the tensors' own bytes, without a copy of the training set
+        h.update(np.ascontiguousarray(t.numpy()).reshape(-1).view(np.uint8))
     return h.hexdigest()
+
+
+def _threshold_fields(blob: dict[str, Any]) -> tuple[float | None, float | None, int]:
+    """Threshold, its false-alarm bound and held-out count, checked, from a model file.
+
+    Files written before the bound was stored lack the last two: None and 0.
+    """
+    threshold, bound = blob["threshold"], blob.get("threshold_frr_bound")
+    normals = blob.get("threshold_normals", 0)
+    if not (threshold is None or (_is_real(threshold) and not np.isnan(threshold))):
+        raise TypeError(f"threshold {threshold!r} is not a number")
+    if not (bound is None or (_is_real(bound) and 0 <= bound <= 1)):
+        raise TypeError(f"threshold_frr_bound {bound!r} is not a rate in [0, 1]")
+    if not (isinstance(normals, int) and not isinstance(normals, bool) and normals >= 0):
+        raise TypeError(f"threshold_normals {normals!r} is not a count")
+    return (None if threshold is None else float(threshold), None if bound is None else float(bound),
+            normals)
 
 
 class AnoMem:
     """Multi-scale contrasted-memory anomaly detector (one-class or semi-supervised).
 
     Args:
-        config: a preset name (``paper``, ``cpu``, ``digits``), a YAML path or an
-            :class:`~anomem.config.AnoMemConfig`.
-        **overrides: configuration keys to change, e.g. ``stage1_epochs=5``.
+        config: a preset name, a YAML path or an :class:`~anomem.config.AnoMemConfig`.
+            The presets (:data:`anomem.presets.PRESET_GUIDE`):
+
+            * ``auto`` (default): ``digits``, ``cpu`` or ``mtd`` by the side of the
+              training images before resizing (<= 24 px, <= 64 px, larger), chosen
+              in :meth:`fit` (:func:`anomem.presets.auto_preset`); until then
+              :attr:`config` holds the ``cpu`` preset;
+            * ``digits``: tiny images (8-24 px), ResNet-18 width 8 at 16x16;
+            * ``cpu``: small images (25-64 px, e.g. CIFAR-10), ResNet-18 width 16 at 32x32;
+            * ``mtd``: larger images and localisation (> 64 px), ResNet-18 width 16 at
+              128x128 with an ImageNet stem;
+            * ``paper``: the paper's setup, for a GPU: ResNet-50 width 64 at 32x32,
+              batch 1024, 200 epochs.
+        **overrides: configuration keys to change, e.g. ``stage1_epochs=5`` (with
+            ``auto``, on top of the chosen preset).
 
     Attributes:
+        config: the configuration (with ``auto``: the chosen preset's, after :meth:`fit`).
         threshold_: score above which :meth:`predict` calls an image an anomaly.
+        threshold_frr_bound_: upper 95 % confidence bound on the share of new normal
+            images that threshold_ flags (:mod:`anomem.threshold`); None when the
+            threshold does not come from held-out normals.
+        threshold_normals_: how many held-out normal images set threshold_ (0: the
+            training normals did, and no bound holds).
         history_: per-epoch training statistics of both stages.
     """
 
-    def __init__(self, config: AnoMemConfig | str | Path = "cpu", **overrides: Any) -> None:
+    def __init__(self, config: AnoMemConfig | str | Path = AUTO, **overrides: Any) -> None:
+        self.preset = AUTO if isinstance(config, str) and config == AUTO else None
+        self._overrides = dict(overrides)
         if isinstance(config, AnoMemConfig):
             self.config = config.replace(**overrides) if overrides else config
         else:
-            self.config = get_config(config, overrides)
+            self.config = get_config("cpu" if self.preset else config, overrides)
         self.model: AnoMemModel | None = None
         self.threshold_: float | None = None
+        self.threshold_frr_bound_: float | None = None
+        self.threshold_normals_: int = 0
         self.history_: dict[str, list[dict[str, float]]] = {}
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, images: Any, labels: Any = None, *, validation_fraction: float = 0.0,
-            checkpoint_dir: str | Path | None = None, progress: bool = False,
+    def fit(self, images: Any, labels: Any = None, *, validation_fraction: float = 0.2,
+            checkpoint_dir: str | Path | None = None, progress: bool | None = None,
             log: Any = None, options: RunOptions | None = None) -> AnoMem:
         """Train both stages on ``images`` (labels: 1 = anomaly, 0 = normal, or None).
 
-        ``validation_fraction`` of the normal images is held out of training and
-        used to set :attr:`threshold_` at the ``target_frr`` false-rejection
-        rate (0: the training normals set it).  With ``checkpoint_dir``, both
-        stages checkpoint there and a rerun resumes where it stopped.
+        ``validation_fraction`` (default 0.2, as ``anomem fit``) of the normal
+        images is held out of training and sets :attr:`threshold_`: the
+        order statistic of their scores whose expected false-alarm rate is at
+        most ``target_frr`` (:mod:`anomem.threshold`; a ``ThresholdWarning`` says
+        when they are too few for that).  0 trains on every image and sets the
+        threshold on the training normals, without a bound.  ``progress``:
+        progress bars; None shows them on a terminal or in a notebook, not
+        in redirected output.  With ``checkpoint_dir``, both stages
+        checkpoint there and a rerun resumes where it stopped.
         """
+        if self.preset == AUTO:
+            self.config = get_config(auto_preset(input_side(images)), self._overrides)
         cfg = self.config
         x = to_image_tensor(images, cfg.image_size, "images")
         y = to_normal_flags(labels, len(x), "labels")
         if not _is_real(validation_fraction) or not 0.0 <= validation_fraction < 1.0:
             raise InvalidInputError(f"validation_fraction must be a number in [0, 1), got "
                                     f"{validation_fraction!r}")
-        if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
-            raise InvalidInputError(f"checkpoint_dir must be a folder path, got "
-                                    f"{type(checkpoint_dir).__name__}")
-        if log is not None and not callable(log):
-            raise InvalidInputError(f"log must be a function taking a dict of metrics, got "
-                                    f"{type(log).__name__}")
-        if options is not None and not isinstance(options, RunOptions):
-            raise InvalidInputError(f"options must be a RunOptions, got {type(options).__name__}")
+        _check_fit_options(checkpoint_dir, log, options)
         torch.manual_seed(cfg.seed)
         held = self._holdout(y, validation_fraction)
         train = torch.ones(len(y), dtype=torch.bool)
         train[held] = False
-        x_train, y_train = x[train], y[train]
+        x_train, y_train, x_held = x[train], y[train], x[held]
+        del x   # a resized copy of the images is not kept through training
         if int(y_train.sum()) < 2:
             raise InvalidInputError(f"fit needs at least 2 normal training images, got "
                                     f"{int(y_train.sum())}; add normal images or lower "
                                     f"validation_fraction")
-        opts = options or RunOptions(device=resolve_device(cfg.device), progress=progress, log=log)
+        opts = options or RunOptions(device=resolve_device(cfg.device),
+                                     progress=auto_progress(progress), log=log)
         if checkpoint_dir is not None:
             opts.checkpoint_dir = Path(checkpoint_dir)
         fingerprint = {"config": to_dict(cfg), "data": data_digest(x_train, y_train)}
@@ -138,13 +207,29 @@ class AnoMem:
         if cfg.prototypes == "kmeans":
             fit_kmeans_prototypes(self.model, normals, opts)
         if bool((y_train == 0).any()):
+            if cfg.semi_score == "heads+oc":
+                calibrate_scales(self.model, normals, opts)
             self.history_["stage2"] = train_heads(self.model, x_train, y_train, fingerprint, opts)
         elif cfg.calibrate:
             calibrate_scales(self.model, normals, opts)
-        ref = x[held] if len(held) else normals
-        scores = self._scores(ref)
-        self.threshold_ = float(np.quantile(scores, 1.0 - cfg.target_frr))
+        ref = x_held if len(held) else normals
+        self._set_threshold(self._scores(ref), len(held), validation_fraction)
         return self
+
+    def _set_threshold(self, scores: np.ndarray, n_held: int, fraction: float) -> None:
+        """threshold_ from ``n_held`` held-out normal scores (or training ones when 0)."""
+        target = self.config.target_frr
+        self.threshold_ = order_statistic_threshold(scores, target)
+        self.threshold_normals_ = n_held
+        self.threshold_frr_bound_ = frr_upper_bound(n_held, target) if n_held else None
+        if n_held and too_few(n_held, target):
+            warnings.warn(held_out_warning(n_held, target), ThresholdWarning, stacklevel=3)
+        elif not n_held and fraction > 0:
+            warnings.warn(f"validation_fraction={fraction:g} holds out no normal image (it needs at "
+                          f"least {math.ceil(1 / fraction)} normal images): the threshold comes "
+                          f"from the training normals, whose scores are optimistic, so it flags "
+                          f"more than target_frr of new normal images; add normal images",
+                          ThresholdWarning, stacklevel=3)
 
     def _stage1(self, x: torch.Tensor, y: torch.Tensor, fingerprint: dict[str, Any],
                 opts: RunOptions) -> list[dict[str, float]]:
@@ -153,7 +238,7 @@ class AnoMem:
 
     def _holdout(self, y: torch.Tensor, fraction: float) -> torch.Tensor:
         normal_idx = torch.nonzero(y == 1).squeeze(1)
-        k = int(len(normal_idx) * fraction)
+        k = holdout_count(len(normal_idx), fraction)
         g = torch.Generator().manual_seed(self.config.seed + 1)
         return normal_idx[torch.randperm(len(normal_idx), generator=g)[:k]]
 
@@ -191,7 +276,7 @@ class AnoMem:
         x = to_image_tensor(images, model.config.image_size, "images")
         out = map_batches(model, x, RunOptions(device=self._device()),
                           lambda m, b: [d.cpu() for d in m.deviation_maps(b)], batch_size)
-        return [torch.cat([o[s] for o in out]).numpy() for s in range(len(model.memories))]
+        return [torch.cat([o[s] for o in out]).numpy() for s in range(len(model.dims))]
 
     def anomaly_map(self, images: Any, sigma: float = 4.0, batch_size: int = 64) -> np.ndarray:
         """Per-pixel anomaly heatmap (N, S, S) at the model's input side S, float32.
@@ -228,7 +313,8 @@ class AnoMem:
             "format": MODEL_FORMAT, "version": MODEL_VERSION, "anomem_version": __version__,
             "config": to_dict(model.config), "semi_supervised": model.semi_supervised,
             "kmeans": self.config.prototypes == "kmeans", "threshold": self.threshold_,
-            "state_dict": state}, path)
+            "threshold_frr_bound": self.threshold_frr_bound_,
+            "threshold_normals": self.threshold_normals_, "state_dict": state}, path)
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> AnoMem:
@@ -255,9 +341,7 @@ class AnoMem:
         require_checksum(blob, "model file", path)
         try:
             cfg = from_dict(blob["config"])
-            threshold, state = blob["threshold"], blob["state_dict"]
-            if not (threshold is None or (_is_real(threshold) and not np.isnan(threshold))):
-                raise TypeError(f"threshold {threshold!r} is not a number")
+            (threshold, bound, normals), state = _threshold_fields(blob), blob["state_dict"]
             if not all(isinstance(blob[k], bool) for k in ("kmeans", "semi_supervised")):
                 raise TypeError("kmeans / semi_supervised flags are not booleans")
             if not all(isinstance(t, torch.Tensor) and (not t.is_floating_point()
@@ -268,7 +352,7 @@ class AnoMem:
                 model = AnoMemModel(cfg)
                 if blob["kmeans"]:
                     model.use_kmeans([state[f"memories.{s}.centroids"]
-                                      for s in range(len(cfg.mem_sizes))])
+                                      for s in range(cfg.n_scales)])
                 if blob["semi_supervised"]:
                     model.add_heads()
             wanted = {k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
@@ -286,5 +370,5 @@ class AnoMem:
         det = cls(cfg)
         det.model = model.to(resolve_device(cfg.device)).eval()
         det.model.config = cfg
-        det.threshold_ = None if threshold is None else float(threshold)
+        det.threshold_, det.threshold_frr_bound_, det.threshold_normals_ = threshold, bound, normals
         return det

@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = get_config(args.config, dict(parse_override(o) for o in args.overrides))
         x_train, labels, x_test, truth = _load_task(args)
         det = DistributedAnoMem(cfg).fit(x_train, labels, checkpoint_dir=args.checkpoint_dir,
-                                         options=opts)
+                                         options=opts, validation_fraction=0.0)
         if opts.is_main:
             ips = det.history_["stage1"][-1]["images_per_s"] if det.history_["stage1"] else 0.0
             print(f"anomem.distributed: {opts.world_size} process(es) on {opts.device}, "

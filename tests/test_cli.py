@@ -89,7 +89,12 @@ def test_fit_score_evaluate_export_through_the_real_cli(workspace):
     r = cli(ws, *fit)
     assert r.returncode == 0, r.stderr
     assert "semi-supervised model written to parts.anomem" in r.stderr
-    assert "digit1: 4, digit7: 4" in r.stderr and "14 held-out normal images" in r.stderr
+    first = r.stderr.splitlines()[0]
+    assert first.startswith("anomem fit: 70 normal images: 56 train, 14 held out for the threshold")
+    assert "digit1: 4, digit7: 4" in first and "preset auto -> digits (images 8 px)" in first
+    assert "the highest of 14 held-out normal scores" in r.stderr
+    assert "warning: only 14 held-out normal image(s)" in r.stderr and "at least 19" in r.stderr
+    assert "\r" not in r.stderr                     # no progress bars in redirected output
     log = list(csv.DictReader((ws / "parts.anomem.log.csv").open()))
     assert {row["stage"] for row in log} == {"1", "2"}
     assert all(np.isfinite(float(row["loss"])) for row in log)
@@ -109,8 +114,9 @@ def test_fit_score_evaluate_export_through_the_real_cli(workspace):
     np.testing.assert_allclose([float(row["score"]) for row in rows], scores, rtol=1e-5, atol=1e-6)
     assert [row["decision"] for row in rows] == ["anomaly" if s > det.threshold_ else "normal"
                                                  for s in scores]
-    heat = sorted((ws / "heatmaps").glob("*.png"))
-    assert len(heat) == len(files)
+    heat = sorted((ws / "heatmaps").rglob("*.png"))   # the input tree, mirrored
+    assert sorted(p.relative_to(ws / "heatmaps").with_suffix("") for p in heat) == sorted(
+        Path(p.relative_to(ws / "test").with_suffix("")) for p in files)
     with Image.open(heat[0]) as im:
         assert im.format == "PNG" and min(im.size) >= 128
 

@@ -72,7 +72,8 @@ class KNNDetector:
         """Store the features of the normal images (labels: 1 = anomaly, 0 = normal)."""
         x, y = prepare(images, labels, self.config)
         if self.encoder is None:
-            self.encoder = AnoMem(self.config).fit(x, 1 - y.numpy().astype(np.int64))
+            self.encoder = AnoMem(self.config).fit(x, 1 - y.numpy().astype(np.int64),
+                                                   validation_fraction=0.0)
         model = self.encoder._require_model()
         self._net = _PooledScales(model)
         self.bank_ = embed(self._net, x[y == 1], model.config)

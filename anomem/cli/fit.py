@@ -1,28 +1,39 @@
-"""'anomem fit': train a detector on a folder of normal images (plus, optionally, anomalies).
+"""'anomem fit': train a detector on normal images (plus, optionally, labelled anomalies).
 
-Every PNG, JPEG, BMP or TIFF file under NORMAL_DIR (at any depth) is a normal
-image; grayscale, RGB and RGBA images of any size are converted to RGB and
-resized to the configuration's 'image_size'.  With '--anomalies DIR' the
-images under DIR are labelled anomalies (one sub-folder per anomaly type) and
-the detector becomes semi-supervised (paper Eq. 10-12); without it, one-class
-(Eq. 9).
+NORMAL is a folder, whose PNG, JPEG, BMP and TIFF files at any depth are
+normal images, or a list file: '.txt' with one image path per line, or
+'.csv' with a 'path' column, an optional 'label' column (0 or normal, 1 or
+anomaly; a labelled anomaly trains the semi-supervised detector) and an
+optional 'type' column (anomaly type); relative paths are read from the list
+file's folder.  Grayscale, RGB and RGBA images of any size are converted to
+RGB and resized to the configuration's 'image_size'.  With '--anomalies SRC'
+(a folder, one sub-folder per anomaly type, or a list) the detector becomes
+semi-supervised (paper Eq. 10-12); without anomalies, one-class (Eq. 9).  An
+image given both as normal and as anomaly (same file or same bytes) is an
+error.
 
-The configuration is a preset (paper, cpu, digits) or a YAML file (which may
-start from a preset with 'preset: cpu'), changed with '--set key=value'.
+The configuration is a preset or a YAML file (which may start from a preset
+with 'preset: cpu'), changed with '--set key=value'.  The default preset
+'auto' picks digits, cpu or mtd from the images' size (the median over files
+of the larger side; <= 24 px, <= 64 px, larger); see 'presets' below.
 
-Threshold: by default '--validation-fraction' of the normal images is held
-out of training and the threshold is the score that flags 'target_frr' of
-them (e.g. --set target_frr=0.01 for 1% false rejections); '--threshold'
-sets it explicitly instead.  Both are stored in the model file.
+Threshold: '--validation-fraction' (default 0.2, as AnoMem.fit) of the normal
+images is held out of training; the threshold is the order statistic of
+their scores whose expected false-alarm rate on new normal images is at most
+'target_frr' (--set target_frr=0.01 for 1%), and the output gives a 95%
+upper bound on that rate.  Fewer than 1/target_frr - 1 held-out normals
+(19 for 5%) cannot hold the target: a warning says so.  '--threshold' sets
+the threshold explicitly instead.  Both are stored in the model file.
 
-Training shows progress bars (loss, images/s, ETA) and writes one CSV row per
-optimisation step ('--log').  With '--checkpoint-dir' both stages save
+Progress bars (loss, images/s, ETA) are shown on a terminal and hidden when
+the output is redirected ('-q' hides them always); one CSV row per
+optimisation step goes to '--log'.  With '--checkpoint-dir' both stages save
 checkpoints there; rerunning the same command resumes where it stopped.
 
 examples:
   anomem fit good_parts/ -o parts.anomem
   anomem fit good_parts/ --anomalies defects/ --config cpu --set stage1_epochs=30
-  anomem fit good_parts/ --config my.yaml --set target_frr=0.01 --checkpoint-dir ckpt/
+  anomem fit images.csv --config my.yaml --set target_frr=0.01 --checkpoint-dir ckpt/
 """
 
 from __future__ import annotations
@@ -30,16 +41,21 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from anomem.config import PRESETS, get_config, parse_override
-from anomem.data.folders import find_images, format_skipped, group_name, load_images
-from anomem.detector import AnoMem
+from anomem.config import AnoMemConfig, get_config, parse_override
+from anomem.data.folders import format_skipped
+from anomem.data.sources import Entry, by_label, check_disjoint, expand_source, load_entries
+from anomem.detector import AnoMem, holdout_count
+from anomem.presets import AUTO, PRESET_GUIDE, auto_preset, files_side
+from anomem.progress import auto_progress
 from anomem.reports.report import csv_text
 from anomem.serialization import atomic_write_text
+from anomem.threshold import ThresholdWarning, describe
 
 LOG_FIRST = ("stage", "step", "epoch", "lr", "loss", "images_per_s")
 
@@ -66,21 +82,32 @@ class CsvLog:
                                                        for r in self.rows]))
 
 
+def presets_help() -> str:
+    """The 'presets:' section of the help: every preset and what it is for."""
+    width = max(map(len, PRESET_GUIDE))
+    return "presets:\n" + "\n".join(f"  {name:<{width}}  {text}" for name, text in PRESET_GUIDE.items())
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("fit", help="train a detector on a folder of normal images",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("normal", metavar="NORMAL_DIR", help="folder of normal images (searched at any depth)")
-    p.add_argument("--anomalies", metavar="DIR",
-                   help="folder of labelled anomalies, one sub-folder per anomaly type (optional)")
+    p = sub.add_parser("fit", help="train a detector on a folder or list of normal images",
+                       description=f"{__doc__}\n{presets_help()}",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("normal", metavar="NORMAL",
+                   help="folder of normal images (searched at any depth), or a .csv/.txt list of "
+                        "image paths (a .csv 'label' column may mark anomalies)")
+    p.add_argument("--anomalies", metavar="SRC",
+                   help="folder of labelled anomalies, one sub-folder per anomaly type, or a list "
+                        "file (optional)")
     p.add_argument("-o", "--output", default="model.anomem", metavar="MODEL",
                    help="model file to write (default: model.anomem)")
-    p.add_argument("--config", default="cpu", metavar="PRESET|YAML",
-                   help=f"preset ({', '.join(PRESETS)}) or YAML config file (default: cpu)")
+    p.add_argument("--config", default=AUTO, metavar="PRESET|YAML",
+                   help=f"preset ({', '.join(PRESET_GUIDE)}; see 'presets' above) or YAML config "
+                        f"file (default: auto)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, repeatable, e.g. --set stage1_epochs=30")
     p.add_argument("--validation-fraction", type=float, default=0.2, metavar="F",
-                   help="share of normal images held out to set the threshold (default: 0.2; "
-                        "0 uses the training normals)")
+                   help="share of normal images held out to set the threshold (default: 0.2, as "
+                        "AnoMem.fit; 0 uses the training normals, without a bound)")
     p.add_argument("--threshold", type=float, metavar="T",
                    help="explicit decision threshold (score > T is an anomaly) instead of target_frr")
     p.add_argument("--log", metavar="CSV", help="training log (default: MODEL with .log.csv appended)")
@@ -88,44 +115,76 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bad-images", choices=("fail", "skip"), default="fail",
                    help="unreadable or truncated image files: stop with an error (default) or skip "
                         "them with a listed warning")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bars (by default they are shown only on a terminal)")
+
+
+def labelled_entries(normal: str, anomalies: str | None) -> tuple[list[Entry], list[Entry]]:
+    """Normal and anomalous images of the two sources, refusing an image in both."""
+    groups = [(expand_source(normal, "normal"), 0)]
+    if anomalies:
+        groups.append((expand_source(anomalies, "anomalies"), 1))
+    normal_e, anom_e = by_label(groups)
+    check_disjoint(normal_e, anom_e)
+    return normal_e, anom_e
+
+
+def resolve_config(name: str, overrides: list[str], entries: list[Entry]) -> tuple[AnoMemConfig, str]:
+    """The configuration, and how it was chosen (``auto`` reads the image files' sizes)."""
+    sets = dict(parse_override(o) for o in overrides)
+    if name != AUTO:
+        return get_config(name, sets), name
+    side = files_side(e.path for e in entries)
+    chosen = auto_preset(side)
+    return get_config(chosen, sets), f"auto -> {chosen} (images {side} px)"
+
+
+def threshold_origin(det: AnoMem, explicit: float | None) -> str:
+    if explicit is not None:
+        return "set explicitly with --threshold"
+    if det.threshold_normals_:
+        return describe(det.threshold_normals_, det.config.target_frr)
+    return (f"flags {100 * det.config.target_frr:g}% of the training normal images; no bound on new "
+            f"images: hold out normals with --validation-fraction")
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = get_config(args.config, dict(parse_override(o) for o in args.overrides))
-    progress = not args.quiet
-    normal = load_images(find_images(args.normal, "normal"), cfg.image_size, args.bad_images,
-                         progress, "normal images")
+    progress = not args.quiet and auto_progress()
+    normal_e, anom_e = labelled_entries(args.normal, args.anomalies)
+    cfg, preset = resolve_config(args.config, args.overrides, normal_e + anom_e)
+    normal, normal_e = load_entries(normal_e, cfg.image_size, args.bad_images, progress, "normal images")
     images, labels, skipped = normal.images, torch.zeros(len(normal.images)), list(normal.skipped)
     types: dict[str, int] = {}
-    if args.anomalies:
-        anom = load_images(find_images(args.anomalies, "anomalies"), cfg.image_size, args.bad_images,
-                           progress, "anomalies")
+    if anom_e:
+        anom, anom_e = load_entries(anom_e, cfg.image_size, args.bad_images, progress, "anomalies")
         images, labels = torch.cat([images, anom.images]), torch.cat([labels, torch.ones(len(anom.images))])
         skipped += anom.skipped
-        for p in anom.paths:
-            t = group_name(args.anomalies, p)
-            types[t] = types.get(t, 0) + 1
+        for e in anom_e:
+            types[e.group] = types.get(e.group, 0) + 1
+    n, held = len(normal_e), holdout_count(len(normal_e), args.validation_fraction)
+    kinds = ", ".join(f"{t}: {k}" for t, k in sorted(types.items())) or "none (one-class)"
+    print(f"anomem fit: {n} normal images: {n - held} train, {held} held out for the threshold; "
+          f"anomalies {kinds}; preset {preset}: {cfg.arch} width {cfg.width} at "
+          f"{cfg.image_size}x{cfg.image_size} px", file=sys.stderr)
     if skipped:
         print(f"anomem fit: warning: {format_skipped(skipped)}", file=sys.stderr)
     out = Path(args.output)
     log = CsvLog(Path(args.log) if args.log else out.with_name(out.name + ".log.csv"))
-    kinds = ", ".join(f"{t}: {n}" for t, n in sorted(types.items())) or "none (one-class)"
-    print(f"anomem fit: {len(normal.paths)} normal images, anomalies {kinds}; "
-          f"arch {cfg.arch} width {cfg.width} at {cfg.image_size}x{cfg.image_size} px", file=sys.stderr)
     t0 = time.perf_counter()
-    det = AnoMem(cfg).fit(images, labels.numpy().astype(int), validation_fraction=args.validation_fraction,
-                          checkpoint_dir=args.checkpoint_dir, progress=progress, log=log)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        det = AnoMem(cfg).fit(images, labels.numpy().astype(int),
+                              validation_fraction=args.validation_fraction,
+                              checkpoint_dir=args.checkpoint_dir, progress=progress, log=log)
     log.flush()
+    for w in caught:
+        if args.threshold is None or not issubclass(w.category, ThresholdWarning):
+            print(f"anomem fit: warning: {w.message}", file=sys.stderr)
     if args.threshold is not None:
-        det.threshold_ = float(args.threshold)
-        origin = "set explicitly with --threshold"
-    else:
-        held = int(int((labels == 0).sum()) * args.validation_fraction)
-        origin = (f"flags {100 * cfg.target_frr:g}% of " +
-                  (f"{held} held-out normal images" if held else "the training normal images"))
+        det.threshold_, det.threshold_frr_bound_, det.threshold_normals_ = float(args.threshold), None, 0
     det.save(out)
     mode = "semi-supervised" if det.semi_supervised else "one-class"
     print(f"anomem fit: {mode} model written to {out} in {time.perf_counter() - t0:.0f} s; "
-          f"threshold {det.threshold_:.6g} ({origin}); log {log.path}", file=sys.stderr)
+          f"threshold {det.threshold_:.6g} ({threshold_origin(det, args.threshold)}); "
+          f"log {log.path}", file=sys.stderr)
     return 0

@@ -4,13 +4,18 @@ Writes a CSV with one row per image: 'path,score,decision' where a higher
 score is more anomalous and decision is 'anomaly' when score > threshold
 (the threshold stored in MODEL unless '--threshold' is given), else
 'normal'.  Folders are searched at any depth for PNG, JPEG, BMP and TIFF
-files.  With '--heatmaps DIR' one PNG per image shows where it deviates from
-the memorised normal patterns (Eq. 8, fused over scales), on one colour scale
-for all images of the run.
+files; a '.txt' (one path per line) or '.csv' ('path' column) list file
+names images, relative to the list's folder.  With '--heatmaps DIR' one PNG
+per image shows where it deviates from the memorised normal patterns (Eq. 8,
+fused over scales), on one colour scale for all images of the run; the
+heatmaps mirror the input tree ('test/defects/crazing/crazing_100.jpg' given
+as 'test/defects' becomes 'DIR/defects/crazing/crazing_100.png'), and images
+that would share a name keep their extension ('crazing_100_png.png').
 
 examples:
   anomem score parts.anomem new_parts/ -o scores.csv
   anomem score parts.anomem a.png b.jpg --threshold 1.2 --heatmaps heatmaps/
+  anomem score parts.anomem new_parts.txt -o scores.csv
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from anomem.data.folders import collect_images, format_skipped, load_images
+from anomem.data.folders import format_skipped
+from anomem.data.sources import expand_sources, load_entries, mirror_names
 from anomem.detector import AnoMem
 from anomem.errors import InvalidInputError
-from anomem.reports.report import anomaly_heatmaps, csv_text, safe_name, write_overlays
+from anomem.progress import auto_progress
+from anomem.reports.report import anomaly_heatmaps, csv_text, write_overlays
 from anomem.serialization import atomic_write_text
 
 
@@ -30,7 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("score", help="score images with a fitted model: CSV of path, score, decision",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL", help="model file written by 'anomem fit'")
-    p.add_argument("paths", metavar="PATH", nargs="+", help="image files and/or folders")
+    p.add_argument("paths", metavar="PATH", nargs="+",
+                   help="image files, folders and/or .csv/.txt lists of image paths")
     p.add_argument("-o", "--output", default="-", metavar="CSV",
                    help="CSV file to write (default: - for standard output)")
     p.add_argument("--threshold", type=float, metavar="T",
@@ -40,7 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="unreadable or truncated image files: stop with an error (default) or skip "
                         "them with a listed warning")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar (by default it is shown only on a terminal)")
 
 
 def model_threshold(det: AnoMem, explicit: float | None, path: str) -> float:
@@ -54,8 +63,8 @@ def model_threshold(det: AnoMem, explicit: float | None, path: str) -> float:
 
 def run(args: argparse.Namespace) -> int:
     det = AnoMem.load(args.model)
-    loaded = load_images(collect_images(args.paths), det.config.image_size, args.bad_images,
-                         not args.quiet, "images")
+    loaded, entries = load_entries(expand_sources(args.paths), det.config.image_size, args.bad_images,
+                                   not args.quiet and auto_progress(), "images")
     if loaded.skipped:
         print(f"anomem score: warning: {format_skipped(loaded.skipped)}", file=sys.stderr)
     threshold = model_threshold(det, args.threshold, args.model)
@@ -69,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_text(args.output, text)
     if args.heatmaps:
         heat = anomaly_heatmaps(det, loaded.images)
-        write_overlays(Path(args.heatmaps), [safe_name(p) for p in loaded.paths], loaded.images, heat)
+        write_overlays(Path(args.heatmaps), mirror_names(entries), loaded.images, heat)
     n_anom = sum(r[2] == "anomaly" for r in rows)
     print(f"anomem score: {len(rows)} images, {n_anom} anomalies at threshold {threshold:.6g}"
           + (f"; scores in {args.output}" if args.output != "-" else "")

@@ -21,6 +21,8 @@ from anomem.errors import InvalidInputError
 #: Most pixels one image may have (PIL's decompression-bomb limit): converting a larger
 #: one to float would take gigabytes, so it is refused with a request to downscale it.
 MAX_IMAGE_PIXELS = 89_478_485
+#: Images converted at a time by :func:`to_image_tensor` (bounds its float temporaries).
+CONVERT_CHUNK = 256
 
 
 def _is_count(v: Any) -> bool:
@@ -95,13 +97,24 @@ def to_image_tensor(images: Any, size: int, name: str = "images") -> torch.Tenso
     if x.dtype == torch.bool or x.is_complex():
         raise InvalidInputError(f"{name}: dtype {x.dtype} is not an image type; use uint8 or float")
     if x.dtype != torch.uint8:
-        x = x.float()
-        if not torch.isfinite(x).all():
+        # min/max in float32, as the conversion sees them (NaN propagates, overflow becomes inf)
+        lo, hi = float(x.min().float()), float(x.max().float())
+        if not (np.isfinite(lo) and np.isfinite(hi)):
             raise InvalidInputError(f"{name} contain NaN or infinite values")
-        if x.min() < 0 or x.max() > 1:
+        if lo < 0 or hi > 1:
             raise InvalidInputError(f"{name}: float images must lie in [0, 1], got range "
-                                    f"[{x.min():.3g}, {x.max():.3g}]; divide uint8 pixels by 255")
-        x = (x * 255).round().to(torch.uint8)
+                                    f"[{lo:.3g}, {hi:.3g}]; divide uint8 pixels by 255")
+    elif x.shape[1] == 3 and tuple(x.shape[2:]) == (size, size):
+        return x.contiguous()
+    # converted and resized CONVERT_CHUNK images at a time: each image's result is the same,
+    # and no float copy of the whole set (4 bytes a pixel, at the output size) is ever held
+    return torch.cat([_uint8_rgb(x[sl], size) for sl in batches(len(x), CONVERT_CHUNK)])
+
+
+def _uint8_rgb(x: torch.Tensor, size: int) -> torch.Tensor:
+    """A validated chunk (n, C, H, W) to uint8 RGB (n, 3, size, size)."""
+    if x.dtype != torch.uint8:
+        x = (x.float() * 255).round().to(torch.uint8)
     x = x[:, :3].expand(-1, 3, -1, -1) if x.shape[1] == 1 else x[:, :3]
     if tuple(x.shape[2:]) != (size, size):
         x = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True,

@@ -52,7 +52,7 @@ from anomem.config import get_config, load_yaml, to_dict
 from anomem.data.dataset import LabelledSplit
 from anomem.detector import AnoMem
 from anomem.errors import ConfigError, InvalidInputError
-from anomem.protocols.one_vs_all import OneVsAllTask, run_one_vs_all
+from anomem.protocols.one_vs_all import OneVsAllTask, fit_estimator, run_one_vs_all
 from anomem.serialization import atomic_write_text
 
 KINDS: dict[str, Callable[..., Any]] = {"anomem": AnoMem, "deepsad": DeepSAD, "knn": KNNDetector,
@@ -290,7 +290,7 @@ def run_cell(grid: dict[str, Any], cell: Cell, split: LabelledSplit,
         torch.cuda.reset_peak_memory_stats()
 
     def fit_score(task: OneVsAllTask, _seed: int) -> np.ndarray:
-        det = KINDS[kind](cfg, **extra).fit(task.x_train, task.labels_train)
+        det = fit_estimator(KINDS[kind](cfg, **extra), task.x_train, task.labels_train)
         fitted[cell.method] = det
         return det.decision_function(task.x_test)
 
@@ -385,7 +385,7 @@ def run_protocol(grid: dict[str, Any] | str | Path, protocol: str, results: str 
         added.append(row)
 
     def probe(cfg: Any, split: LabelledSplit) -> dict[str, Any]:
-        return linear_eval(AnoMem(cfg).fit(split.x_train), split)
+        return linear_eval(fit_estimator(AnoMem(cfg), split.x_train), split)
 
     for m in g["methods"]:
         kind = m.get("kind", m["name"])
@@ -416,6 +416,6 @@ def run_protocol(grid: dict[str, Any] | str | Path, protocol: str, results: str 
 def _fit_score(estimator: Callable[..., Any], cfg: Any, extra: dict[str, Any]
                ) -> Callable[[OneVsAllTask, int], np.ndarray]:
     def fit_score(task: OneVsAllTask, _seed: int) -> np.ndarray:
-        det = estimator(cfg, **extra).fit(task.x_train, task.labels_train)
+        det = fit_estimator(estimator(cfg, **extra), task.x_train, task.labels_train)
         return det.decision_function(task.x_test)
     return fit_score

@@ -176,13 +176,17 @@ def _render(blocks: list[Block], fmt: str) -> str:
 def write_report(folder: str | Path, det: AnoMem, *, labels: np.ndarray, scores: np.ndarray,
                  threshold: float, names: Sequence[str], images: torch.Tensor,
                  metrics: dict[str, float], per_type: list[tuple[str, int, float, float]],
-                 summary: str, fmt: str = "html", top: int = 8) -> Path:
+                 summary: str, fmt: str = "html", top: int = 8, reference: str | None = None,
+                 notes: Sequence[str] = ()) -> Path:
     """Write ``report.html`` or ``report.md`` with ``roc.png``, ``histogram.png``, ``top_anomalies.png``.
 
     Args:
         per_type: rows (anomaly type, images, AUROC vs all normals, detection rate at threshold).
         summary: one paragraph placed under the title (model, data, threshold origin).
         fmt: ``"html"`` or ``"md"``.
+        reference: how ``metrics["reference_auroc"]`` was obtained (a training-free
+            detector on the same images), shown beside the model's AUROC.
+        notes: warnings placed under the summary (e.g. the model is below the reference).
         top: how many of the highest-scoring images to show with heatmaps.
 
     Returns the path of the report file.
@@ -195,7 +199,10 @@ def write_report(folder: str | Path, det: AnoMem, *, labels: np.ndarray, scores:
     atomic_write_bytes(folder / "top_anomalies.png", top_anomalies_png(
         images[sel], anomaly_heatmaps(det, images[sel]), scores[order], labels[order],
         [names[i] for i in order]))
-    rows = [("AUROC", f"{metrics['auroc']:.4f}"), ("AUPR (average precision)", f"{metrics['aupr']:.4f}"),
+    rows = [("AUROC", f"{metrics['auroc']:.4f}")]
+    if reference is not None:
+        rows.append((f"AUROC of the reference: {reference}", f"{metrics['reference_auroc']:.4f}"))
+    rows += [("AUPR (average precision)", f"{metrics['aupr']:.4f}"),
             ("FPR at 95% TPR", f"{metrics['fpr_at_95_tpr']:.4f}"),
             (f"F1 at threshold {threshold:.4g}", f"{metrics['f1']:.4f}"),
             ("precision / recall at threshold", f"{metrics['precision']:.4f} / {metrics['recall']:.4f}"),
@@ -204,6 +211,7 @@ def write_report(folder: str | Path, det: AnoMem, *, labels: np.ndarray, scores:
             ("anomalies missed", f"{int(metrics['fn'])} of {int(metrics['fn'] + metrics['tp'])}")]
     blocks: list[Block] = [
         ("h1", "AnoMem evaluation report"), ("p", summary),
+        *[("p", f"Warning: {note}.") for note in notes],
         ("h2", "Metrics"), ("table", (("metric", "value"), rows)),
         ("h2", "Per anomaly type"),
         ("table", (("type", "images", "AUROC vs normals", "detected at threshold"),

@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
-    det.fit(x_train, progress=True, log=rows.append)
+    det.fit(x_train, progress=True, log=rows.append, validation_fraction=0.0)
     fit_s = time.perf_counter() - t0
     train_peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
     if device.type == "cuda":

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     data = read_mtd(side=oc.config.image_size)
     oc_split = split_mtd(data, args.train_fraction, args.seed)
     t0 = time.perf_counter()
-    oc.fit(oc_split.train.images, progress=True)
+    oc.fit(oc_split.train.images, progress=True, validation_fraction=0.0)
     stage1_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     oc_scores, oc_raw = score_and_map(oc, data.images, 0.0)

@@ -90,7 +90,8 @@ def prepare(work: Path, epochs: int, n_test: int, n_bank: int) -> dict[str, Any]
     """Train the AnoMem detector briefly, embed the first ``n_bank`` training images once."""
     torch.set_num_threads(2)
     split = cached_cifar10_jpeg(shared_file(CIFAR10_JPEG))
-    det = AnoMem("cpu", stage1_epochs=epochs, device="cpu").fit(split.x_train[:1000])
+    det = AnoMem("cpu", stage1_epochs=epochs, device="cpu").fit(split.x_train[:1000],
+                                                                validation_fraction=0.0)
     det.save(work / "anomem.model")
     net = _PooledScales(det._require_model())
     bank = embed(net, split.x_train[:n_bank], det.config)

@@ -1,0 +1,104 @@
+"""Peak resident memory of ``AnoMem.fit`` per preset and training-set size.
+
+Each (preset, N) runs in a fresh process: N random uint8 32x32x3 images
+(seed 0) go through ``AnoMem(preset, stage1_epochs=1, stage2_epochs=1,
+device="cpu").fit(x)`` with the default hold-out (20 % of the images score
+the threshold), one-class.  One stage-1 epoch is enough: the peak is reached
+in the first steps and held from then on.  Reported: the peak resident set
+(``ru_maxrss``) of the whole process, the resident set after ``import anomem``
+(the floor every run pays), the number of stage-1 steps and the wall time.
+
+    python benchmarks/memory/peak_rss.py                      # digits, cpu, mtd x 200, 5000
+    python benchmarks/memory/peak_rss.py --presets cpu --sizes 5000 --malloc-mmap-threshold 4194304
+
+``--malloc-mmap-threshold BYTES`` runs the workers with glibc's
+``MALLOC_MMAP_THRESHOLD_`` set (tensors of at least BYTES get their own
+pages, returned on free), to measure what the allocator's retention costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).parent
+
+
+def worker(preset: str, n: int, threads: int) -> dict[str, Any]:
+    """One measurement in this (fresh) process."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    import anomem
+    from anomem import AnoMem
+
+    after_import = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    x = np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    steps: list[int] = []
+    t0 = time.perf_counter()
+    det = AnoMem(preset, stage1_epochs=1, stage2_epochs=1, device="cpu")
+    det.fit(x, log=lambda row: steps.append(row["step"]), progress=False)
+    return {"preset": preset, "n_images": n, "image_size": det.config.image_size,
+            "stage1_steps": len(steps), "peak_rss_mb": round(resource.getrusage(
+                resource.RUSAGE_SELF).ru_maxrss / 1024), "rss_after_import_mb": round(after_import),
+            "wall_s": round(time.perf_counter() - t0, 1), "torch_threads": threads,
+            "anomem": anomem.__version__, "torch": torch.__version__}
+
+
+def measure(preset: str, n: int, threads: int, mmap_threshold: int | None) -> dict[str, Any]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    if mmap_threshold is not None:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
+    out = subprocess.run([sys.executable, __file__, "--worker", preset, str(n), "--threads",
+                          str(threads)], env=env, capture_output=True, text=True, check=True)
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    row["malloc_mmap_threshold"] = mmap_threshold
+    return row
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| preset | images | input | stage-1 steps | peak RSS (MB) | RSS after import (MB) | "
+             "wall (s) |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| `{r['preset']}` | {r['n_images']:,} | {r['image_size']}x{r['image_size']} | "
+              f"{r['stage1_steps']} | {r['peak_rss_mb']:,} | {r['rss_after_import_mb']} | "
+              f"{r['wall_s']} |" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--presets", nargs="+", default=["digits", "cpu", "mtd"])
+    p.add_argument("--sizes", nargs="+", type=int, default=[200, 5000])
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    p.add_argument("--malloc-mmap-threshold", type=int, metavar="BYTES")
+    p.add_argument("--out", type=Path, help="JSON file for the rows (default: print only)")
+    p.add_argument("--worker", nargs=2, metavar=("PRESET", "N"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.threads)))
+        return 0
+    rows = []
+    for preset in args.presets:
+        for n in args.sizes:
+            rows.append(measure(preset, n, args.threads, args.malloc_mmap_threshold))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    print(table(rows))
+    print(f"\n{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, "
+          f"Python {platform.python_version()}")
+    if args.out:
+        args.out.write_text(json.dumps({"machine": platform.platform(), "cpus": os.cpu_count(),
+                                        "rows": rows}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
