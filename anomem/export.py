@@ -7,7 +7,9 @@ Eq. 13, higher = more anomalous; N is free.  It is the same computation as
 the Hopfield retrieval (Eq. 1) freezes converged queries with ``torch.where``
 and only skips the early exit under tracing, so the traced graph runs every
 step and gives identical scores.  :func:`verify_export` checks this on given
-images (tolerance 1e-4) after every export.
+images after every export, to ``TOLERANCE`` (1e-4) of the scores' scale: the
+exported runtime's kernels round differently from torch's, and float32
+rounding is relative to the magnitudes involved (see :func:`score_scale`).
 
 The model's metadata (side S, threshold, input layout, anomem version) travels
 inside the file: TorchScript extra file ``anomem.json``, ONNX ``metadata_props``.
@@ -37,6 +39,8 @@ Format = Literal["torchscript", "onnx"]
 FORMATS: tuple[str, ...] = ("torchscript", "onnx")
 SUFFIX = {"torchscript": ".pt", "onnx": ".onnx"}
 ONNX_OPSET = 17
+#: Exported and Python scores may differ by this fraction of :func:`score_scale` (float32
+#: rounding in two sets of kernels, measured at 1e-6 to 3e-5 of the scale).
 TOLERANCE = 1e-4
 
 
@@ -119,13 +123,26 @@ def exported_scores(path: str | Path, fmt: Format, images: np.ndarray) -> np.nda
         return module(torch.from_numpy(x)).numpy().astype(np.float64)
 
 
+def score_scale(det: AnoMem, images: torch.Tensor) -> float:
+    """The magnitude that float32 rounding of ``det``'s scores on ``images`` is relative to.
+
+    The largest |image score| or |per-scale score| (Eq. 13 sums the alpha-weighted
+    scale scores, so a small image score can come from large terms), at least 1.
+    """
+    terms = np.concatenate([det.decision_function(images).ravel(), det.scale_scores(images).ravel()])
+    return max(1.0, float(np.abs(terms).max()))
+
+
 def verify_export(det: AnoMem, path: str | Path, fmt: Format, images: torch.Tensor,
-                  atol: float = TOLERANCE) -> float:
-    """Largest |exported - Python| score on uint8 (N, 3, S, S) ``images``; raises beyond ``atol``."""
+                  rtol: float = TOLERANCE) -> float:
+    """Largest |exported - Python| score on uint8 (N, 3, S, S) ``images``; raises beyond ``rtol``
+    times :func:`score_scale`."""
     expected = det.decision_function(images)
     got = exported_scores(path, fmt, images.float().div(255).numpy())
     diff = float(np.abs(got - expected).max())
-    if not diff <= atol:
+    scale = score_scale(det, images)
+    if not diff <= rtol * scale:
         raise ExportError(f"exported {fmt} model {str(path)!r} scores differ from the Python model "
-                          f"by {diff:.3g} (> {atol:g}); do not deploy it, please report this")
+                          f"by {diff:.3g} (> {rtol:g} of the scores' scale {scale:.3g}); do not "
+                          f"deploy it, please report this")
     return diff

@@ -1,4 +1,4 @@
-"""TorchScript and ONNX exports score real digits exactly like the Python model (within 1e-4)."""
+"""TorchScript and ONNX exports score real digits like the Python model (to 1e-4 of the scores' scale)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from anomem.export import (
     ExportError,
     export_model,
     exported_scores,
+    score_scale,
     verify_export,
 )
 
@@ -46,10 +47,11 @@ def test_exported_scores_equal_python_scores(request, tmp_path, test_images, fmt
     expected = det.decision_function(test_images)
     got = exported_scores(path, fmt, test_images.float().div(255).numpy())
     assert got.shape == expected.shape == (37,)
-    # TOLERANCE = 1e-4 on standardised O(1) scores; onnxruntime's kernels round differently
-    # from torch's (measured <= 2e-6), TorchScript runs torch's own (measured 0)
-    np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE)
-    assert verify_export(det, path, fmt, test_images) <= TOLERANCE
+    # 1e-4 of the scores' scale (their largest magnitude, or their per-scale terms'): onnxruntime's
+    # kernels round differently from torch's (measured 1e-6 to 3e-5 of it), TorchScript's are torch's
+    bound = TOLERANCE * score_scale(det, test_images)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=bound)
+    assert verify_export(det, path, fmt, test_images) <= bound
     assert np.std(expected) > 0  # the images really are scored differently
 
 
@@ -62,7 +64,8 @@ def test_traced_graph_runs_every_hopfield_step_like_the_early_exit(one_class, tm
         for fmt in ("torchscript", "onnx"):
             path = export_model(one_class, tmp_path / f"early.{fmt}", fmt)
             got = exported_scores(path, fmt, test_images.float().div(255).numpy())
-            np.testing.assert_allclose(got, one_class.decision_function(test_images), rtol=0, atol=TOLERANCE)
+            np.testing.assert_allclose(got, one_class.decision_function(test_images), rtol=0,
+                                       atol=TOLERANCE * score_scale(one_class, test_images))
     finally:
         for mem in one_class.model.memories:
             mem.tol = one_class.config.hopfield_tol
@@ -89,13 +92,14 @@ def test_verify_export_catches_a_model_that_scores_differently(one_class, tmp_pa
             verify_export(one_class, path, "onnx", test_images)
     finally:
         one_class.model.score_mean -= 0.01
-    assert verify_export(one_class, path, "onnx", test_images) <= TOLERANCE
+    bound = TOLERANCE * score_scale(one_class, test_images)
+    assert verify_export(one_class, path, "onnx", test_images) <= bound
 
 
 def test_kmeans_prototypes_export(digits, tmp_path, test_images):
     det = AnoMem("digits", stage1_epochs=1, prototypes="kmeans").fit(digits.x_train[digits.y_train == 1][:60])
     path = export_model(det, tmp_path / "k.onnx", "onnx")
-    assert verify_export(det, path, "onnx", test_images) <= TOLERANCE
+    assert verify_export(det, path, "onnx", test_images) <= TOLERANCE * score_scale(det, test_images)
 
 
 def test_export_errors(tmp_path, one_class):
