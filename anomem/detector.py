@@ -34,9 +34,9 @@ from anomem.localisation import anomaly_map
 from anomem.presets import AUTO, auto_preset, input_side
 from anomem.progress import auto_progress
 from anomem.serialization import atomic_torch_save, require_checksum, safe_torch_load
-from anomem.stages.common import RunOptions
+from anomem.stages.common import RunOptions, map_batches
 from anomem.stages.stage1 import train_stage1
-from anomem.stages.stage2 import calibrate_scales, fit_kmeans_prototypes, map_batches, train_heads
+from anomem.stages.stage2 import calibrate_scales, fit_kmeans_prototypes, train_heads
 from anomem.threshold import (
     ThresholdWarning,
     frr_upper_bound,

@@ -19,8 +19,7 @@ from sklearn.preprocessing import StandardScaler
 from anomem.data.convert import to_image_tensor
 from anomem.data.dataset import LabelledSplit
 from anomem.detector import AnoMem
-from anomem.stages.common import RunOptions
-from anomem.stages.common import map_batches
+from anomem.stages.common import RunOptions, map_batches
 
 
 def encoder_features(detector: AnoMem, images: Any, batch_size: int = 256) -> np.ndarray:

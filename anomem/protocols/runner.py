@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 
 from anomem.baselines.deepsad import DeepSAD
 from anomem.baselines.knn import KNNDetector
+from anomem.baselines.pixel_knn import PixelKNN
 from anomem.baselines.supervised import SupervisedClassifier
 from anomem.config import get_config, load_yaml, to_dict
 from anomem.data.dataset import LabelledSplit
@@ -55,8 +56,10 @@ from anomem.errors import ConfigError, InvalidInputError
 from anomem.protocols.one_vs_all import OneVsAllTask, fit_estimator, run_one_vs_all
 from anomem.serialization import atomic_write_text
 
-KINDS: dict[str, Callable[..., Any]] = {"anomem": AnoMem, "deepsad": DeepSAD, "knn": KNNDetector,
-                                        "supervised": SupervisedClassifier}
+KINDS: dict[str, Callable[..., Any]] = {
+    "anomem": AnoMem, "deepsad": DeepSAD, "knn": KNNDetector, "supervised": SupervisedClassifier,
+    # the training-free reference: it takes no AnoMem configuration
+    "pixel_knn": lambda _cfg, **kw: PixelKNN(**kw)}
 #: Method keys read by the runner and the reports, not passed to the estimator.
 NON_ESTIMATOR_KEYS = {"name", "kind", "overrides", "encoder", "paper", "sweep", "x", "gammas"}
 GRID_KEYS = {"name", "preset", "overrides", "datasets", "classes", "gammas", "draws", "seed",

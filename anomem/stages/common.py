@@ -11,8 +11,8 @@ is saved, so the last checkpoint on disk is always the last good one.
 from __future__ import annotations
 
 import itertools
-import zlib
 import math
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -45,8 +45,7 @@ from anomem.data.mtd import MTDImages, read_mtd, split_mtd
 from anomem.localisation import fuse_maps
 from anomem.protocols.runner import append_result
 from anomem.reports.pixel_metrics import localisation_metrics
-from anomem.stages.common import RunOptions
-from anomem.stages.common import map_batches
+from anomem.stages.common import RunOptions, map_batches
 
 
 def feature_maps(det: AnoMem, images: np.ndarray) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

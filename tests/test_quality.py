@@ -1,0 +1,174 @@
+"""The choices that make AnoMem's own score use what its encoder learned (see docs/design.md):
+sharp enough retrieval at the paper preset, the image-level scale, dead-pattern reseeding,
+end-of-stage-1 consolidation, Eq. 6 across the batch, the heads plus the one-class score,
+and no score that is low by construction for an empty image."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from anomem import AnoMem
+from anomem.config import get_config
+from anomem.data.dataset import LabelledSplit
+from anomem.losses import variance_loss
+from anomem.memory import HopfieldMemory
+from anomem.stages.common import RunOptions
+from anomem.stages.stage1 import (
+    ContrastedMemoryObjective,
+    consolidate_prototypes,
+    reseed_dead_patterns,
+    track_wins,
+)
+from anomem.torch_model import AnoMemModel
+
+
+def test_paper_preset_memory_returns_a_stored_pattern():
+    # ResNet-50 at width 64: 1024 channels after stage 3, 2048 after stage 4 (and the pooled image).
+    cfg = get_config("paper")
+    torch.manual_seed(0)
+    for d, n in ((1024, 512), (2048, 256)):
+        mem = HopfieldMemory(d, n, cfg.beta, cfg.hopfield_steps, cfg.hopfield_tol, cfg.normalize)
+        with torch.no_grad():
+            stored = mem.stored()
+            err = (mem(stored) - stored).norm(dim=1).max().item()
+        assert err < 1e-2, f"beta={cfg.beta}: a stored pattern comes back {err:.3f} away"
+
+
+def test_the_literal_beta_on_normalised_patterns_returns_the_mean_pattern_instead():
+    torch.manual_seed(0)
+    mem = HopfieldMemory(1024, 512, beta=2.0)
+    with torch.no_grad():
+        out = mem(mem.stored()[:4])
+    assert out.norm(dim=1).max() < 0.2          # attention ~uniform over 512 random directions
+
+
+def test_variance_across_the_batch_naive():
+    torch.manual_seed(0)
+    mem = torch.randn(3, 5, 4, dtype=torch.float64)     # (P, B, d)
+    y = torch.tensor([1, 0, 1, 1, 0])
+    want = 0.0
+    for p in range(3):
+        rows = [mem[p, k] for k in range(5) if y[k] == 1]
+        for c in range(4):
+            vals = [float(r[c]) for r in rows]
+            mu = sum(vals) / len(vals)
+            want += (sum((v - mu) ** 2 for v in vals) / len(vals)) ** 0.5
+    want = -want / (3 * 4)
+    assert variance_loss(mem, y, "batch").item() == pytest.approx(want, rel=1e-12)
+    collapsed = mem[:, :1].expand(3, 5, 4)
+    assert variance_loss(collapsed, y, "batch").abs().item() < 1e-5     # a collapse scores 0
+    assert variance_loss(collapsed, y, "components").item() < -0.1      # the literal one does not see it
+
+
+def test_dead_patterns_restart_as_normal_queries():
+    model = AnoMemModel(get_config("digits", {"width": 4, "mem_sizes": [4, 4]}))
+    mem = model.memories[0]
+    with torch.no_grad():
+        mem.patterns.copy_(torch.eye(4, 16) * 3)
+    queries = torch.eye(4, 16)[:2] + 0.01                     # only patterns 0 and 1 answer
+    track_wins(mem, queries)
+    assert mem.wins.tolist() == [1, 1, 0, 0]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    mem.patterns.sum().backward()
+    opt.step()
+    with torch.no_grad():
+        mem.patterns.copy_(torch.eye(4, 16) * 3)
+    n = reseed_dead_patterns(model, opt, epoch=0, opts=RunOptions())
+    assert n >= 2
+    new = mem.patterns.detach()
+    assert torch.equal(new[:2], torch.eye(4, 16)[:2] * 3)                    # winners untouched
+    normed = torch.nn.functional.normalize(queries, dim=1)
+    for row in new[2:]:                                                      # dead ones: a query
+        assert min(float((row - q).abs().max()) for q in normed) == 0.0
+    assert opt.state[mem.patterns]["momentum_buffer"][2:].abs().max() == 0.0
+    assert mem.wins.tolist() == [0, 0, 0, 0]
+
+
+def test_consolidation_moves_patterns_to_the_means_of_their_vectors(monkeypatch):
+    # Two tight clusters of unit vectors around e0 and e1; patterns start between them and
+    # end on the normalised cluster means (one Lloyd step suffices, the next changes nothing).
+    model = AnoMemModel(get_config("digits", {"width": 4, "mem_sizes": [2, 2],
+                                              "global_memory": "none", "consolidate": 3}))
+    def cluster_map(c: int) -> tuple[torch.Tensor, torch.Tensor]:
+        a = torch.zeros(6, c)
+        a[:3, 0], a[3:, 1] = 1.0, 1.0
+        a[:3, 2] = torch.tensor([0.1, 0.0, -0.1])
+        return a, a.T.reshape(1, c, 2, 3)                                  # one image, 6 positions
+    (a, f0), (_, f1) = cluster_map(model.dims[0]), cluster_map(model.dims[1])
+    monkeypatch.setattr(model, "features", lambda x: [f0.expand(len(x), -1, -1, -1),
+                                                      f1.expand(len(x), -1, -1, -1)])
+    with torch.no_grad():
+        for mem in model.memories:
+            mem.patterns.zero_()
+            mem.patterns[0, 0], mem.patterns[0, 1] = 1.0, 0.4
+            mem.patterns[1, 0], mem.patterns[1, 1] = 0.4, 1.0
+    consolidate_prototypes(model, torch.zeros(1, 3, 16, 16, dtype=torch.uint8), torch.ones(1), RunOptions())
+    want = torch.nn.functional.normalize(torch.stack([a[:3].mean(0), a[3:].mean(0)]), dim=1)
+    torch.testing.assert_close(model.memories[0].patterns.detach(), want, rtol=0, atol=1e-6)
+
+
+def test_stage1_contrasts_the_image_level_scale():
+    # digits at width 4: 4x4 maps after stage 3 (r = 0.5: 8 positions), 2x2 after stage 4
+    # (r = 1: 4 positions), then the pooled image.  Loss = Eq. 7 over the maps (alpha 1, 2)
+    # plus the image-level COM + lambda_V V, added once.
+    torch.manual_seed(0)
+    model = AnoMemModel(get_config("digits", {"width": 4}))
+    v1, v2 = torch.rand(6, 3, 16, 16), torch.rand(6, 3, 16, 16)
+    loss, st = ContrastedMemoryObjective(model)(v1, v2, torch.ones(6, dtype=torch.long))
+    lam = model.config.lambda_v
+    maps = (1 * 8 * (st["com1"] + lam * st["var1"]) + 2 * 4 * (st["com2"] + lam * st["var2"])) / 12
+    # stats are float32 terms rounded to Python floats; the sum is O(1): 1e-5 absolute
+    assert loss.item() == pytest.approx(maps + st["com3"] + lam * st["var3"], abs=1e-5)
+
+
+def test_semi_supervised_score_is_the_heads_plus_the_standardised_one_class_score():
+    torch.manual_seed(0)
+    model = AnoMemModel(get_config("digits", {"width": 4})).eval()
+    model.score_mean.copy_(torch.tensor([0.5, 0.2, 0.1]))
+    model.score_std.copy_(torch.tensor([2.0, 0.5, 0.25]))
+    model.add_heads()
+    x = torch.rand(3, 3, 16, 16)
+    with torch.no_grad():
+        deltas = model.deviation_maps(x)
+        heads = torch.stack([h(d) for h, d in zip(model.heads, deltas)], 1)
+        oc = (model.oc_scores(deltas) - model.score_mean) / model.score_std
+        want = (heads + oc) @ model.alphas
+        torch.testing.assert_close(model(x), want)
+        model.config = model.config.replace(semi_score="heads")
+        torch.testing.assert_close(model(x), heads @ model.alphas)
+
+
+@pytest.mark.slow
+def test_empty_and_thin_images_score_above_the_normals(digits: LabelledSplit):
+    # Fitted on digit 0 (the digits preset, its full stage 1): an all-black image, an all-white
+    # image and the five test anomalies with the least ink must all score above the 95th
+    # percentile of held-out normals; ||Delta|| must not be small for a map of background.
+    x_normal = digits.x_train[digits.y_train == 0]
+    det = AnoMem("digits").fit(x_normal, validation_fraction=0.0)
+    held = det.decision_function(digits.x_test[digits.y_test == 0])
+    cut = np.quantile(held, 0.95)
+    anomalies = digits.x_test[digits.y_test != 0]
+    thinnest = anomalies[np.argsort(anomalies.reshape(len(anomalies), -1).sum(1))[:5]]
+    blank = np.stack([np.zeros((8, 8), np.uint8), np.full((8, 8), 255, np.uint8)])
+    scores = det.decision_function(np.concatenate([blank, thinnest]))
+    assert (scores > cut).all(), f"scores {np.round(scores, 3)} vs 95th percentile {cut:.3f}"
+
+
+def test_demo_prints_anomem_beside_both_nearest_neighbour_references(tmp_path, capsys):
+    from anomem.cli.main import main
+    out = tmp_path / "demo.json"
+    rc = main(["demo", "--classes", "1", "--seeds", "0", "--set", "stage1_epochs=1",
+               "--set", "stage2_epochs=2", "--out", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    header = next(line for line in text.splitlines() if line.startswith("class"))
+    assert header.split() == ["class", "gamma=0", "gamma=0.05", "knn_encoder", "knn_pixels"]
+    cells = json.loads(out.read_text())["cells"]
+    assert len(cells) == 1 and all(0.0 <= cells[0][k] <= 1.0 for k in header.split()[1:])
+    assert cells[0]["knn_pixels"] > 0.9            # 1-NN on 8x8 digit pixels is a strong reference
+    assert main(["demo", "--set", "seed=3"]) == 2
+    assert "--seeds" in capsys.readouterr().err
