@@ -29,7 +29,7 @@ NEGATIVES = ("all", "same_position")
 PROTOTYPES = ("hopfield", "kmeans")
 MEMORY_INITS = ("random", "data")
 VIEW_GEOMETRIES = ("independent", "shared")
-GLOBAL_MEMORIES = ("own", "shared", "none")
+GLOBAL_MEMORIES = ("own", "shared", "every", "none")
 VARIANCES = ("components", "batch")
 SCALE_NORMS = ("frobenius", "rms")
 SEMI_SCORES = ("heads", "heads+oc")
@@ -83,7 +83,8 @@ class AnoMemConfig:
     reseed_dead=False, consolidate=0, score_retrieval="hopfield",
     semi_score="heads"``): ``global_memory`` (``own``: the image-level scale,
     the pooled last map, with a memory of its own; ``shared``: retrieved from
-    the last map scale's memory; ``none``: maps only), ``reseed_dead``
+    the last map scale's memory; ``every``: the pooled map of every memory
+    stage, each with its own memory; ``none``: maps only), ``reseed_dead``
     (patterns that answer no normal query in an epoch restart as a query),
     ``consolidate`` (Lloyd steps of the patterns on the clean training normals
     at the end of stage 1), ``score_retrieval`` (``nearest``: Eq. 8 retrieves
@@ -134,12 +135,12 @@ class AnoMemConfig:
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     noise_std: float = 0.05
     view_geometry: str = "independent"
-    global_memory: str = "own"
+    global_memory: str = "every"
     reseed_dead: bool = True
     consolidate: int = 10
     score_retrieval: str = "nearest"
     variance: str = "components"
-    scale_norm: str = "frobenius"
+    scale_norm: str = "rms"
     semi_score: str = "heads+oc"
     margin: float = 2.0
     head_hidden: int = 128
@@ -163,8 +164,9 @@ class AnoMemConfig:
 
     @property
     def n_scales(self) -> int:
-        """Memory scales S: one per entry of ``memory_stages``, plus the image-level one."""
-        return len(self.memory_stages) + (self.global_memory != "none")
+        """Memory scales S: one per entry of ``memory_stages``, plus the image-level one(s)."""
+        pooled = {"none": 0, "every": len(self.memory_stages)}.get(self.global_memory, 1)
+        return len(self.memory_stages) + pooled
 
     @property
     def alphas(self) -> tuple[float, ...]:

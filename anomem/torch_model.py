@@ -13,7 +13,8 @@ paper contrasts "not only [...] but also" the intermediate maps (§3.1).  It is
 held as a 1 x 1 map, so every per-scale operation applies to it unchanged, and
 it comes last (largest alpha).  ``global_memory="own"`` gives it a Hopfield
 layer of its own (N_mem of the last map scale); ``"shared"`` retrieves it from
-the last map scale's memory.
+the last map scale's memory; ``"every"`` adds the pooled output of every memory
+stage as an image-level scale, each with a memory of its own (N_mem of its stage).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class AnoMemModel(nn.Module):
     (0 / 1, i.e. the plain Eq. 13, unless ``calibrate`` or a semi-supervised
     ``semi_score="heads+oc"`` model set them from the training normals); with
     ``"heads+oc"`` the semi-supervised score is the fused heads plus that fused,
-    standardised one-class score.
+    standardised one-class score, each head clipped to [0, M] (the range Eq. 11 trains).
 
     Example:
         >>> from anomem.config import get_config
@@ -85,15 +86,17 @@ class AnoMemModel(nn.Module):
         self.encoder = ResNet(config.arch, config.width, config.stem)
         self.stages = tuple(s - 1 for s in config.memory_stages)
         map_dims = tuple(self.encoder.channels[i] for i in self.stages)
-        self.pooled = config.global_memory != "none"
-        self.dims = map_dims + ((map_dims[-1],) if self.pooled else ())
-        sizes = tuple(config.mem_sizes) + ((config.mem_sizes[-1],) if config.global_memory == "own"
-                                           else ())
+        n_maps, g = len(self.stages), config.global_memory
+        self.pooled_of = tuple(range(n_maps)) if g == "every" else ((n_maps - 1,) if g != "none" else ())
+        self.dims = map_dims + tuple(map_dims[i] for i in self.pooled_of)
+        own = g in ("own", "every")
+        sizes = tuple(config.mem_sizes) + (tuple(config.mem_sizes[i] for i in self.pooled_of)
+                                           if own else ())
         self.memories = nn.ModuleList(
             HopfieldMemory(d, n, config.beta, config.hopfield_steps, config.hopfield_tol,
                            config.normalize, config.score_retrieval) for d, n in zip(self.dims, sizes))
-        n_maps = len(self.stages)
-        self.memory_of = tuple(range(n_maps)) + ((len(sizes) - 1,) if self.pooled else ())
+        self.memory_of = tuple(range(n_maps)) + (tuple(range(n_maps, len(sizes))) if own
+                                                 else self.pooled_of)
         self.heads: nn.ModuleList | None = None
         alphas = torch.tensor(config.alphas)
         self.register_buffer("alphas", alphas / alphas.sum())
@@ -111,7 +114,7 @@ class AnoMemModel(nn.Module):
     def add_heads(self) -> nn.ModuleList:
         """Create (and return) the per-scale MLPs of the semi-supervised detector (Eq. 10)."""
         c = self.config
-        pools = [c.head_pool] * len(self.stages) + [1] * self.pooled
+        pools = [c.head_pool] * len(self.stages) + [1] * len(self.pooled_of)
         self.heads = nn.ModuleList(ScaleHead(d, p, c.head_hidden) for d, p in zip(self.dims, pools))
         return self.heads
 
@@ -121,11 +124,10 @@ class AnoMemModel(nn.Module):
         self.memory_of = tuple(range(len(centroids)))
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Feature maps z(s) at the memory scales; the image-level z as a (B, C, 1, 1) map."""
+        """Feature maps z(s) at the memory scales; the image-level ones as (B, C, 1, 1) maps."""
         maps = self.encoder(x, upto=self.stages[-1] + 1)
         out = [maps[i] for i in self.stages]
-        if self.pooled:
-            out.append(out[-1].mean(dim=(2, 3), keepdim=True))
+        out += [out[i].mean(dim=(2, 3), keepdim=True) for i in self.pooled_of]
         return out
 
     def deviation_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -158,11 +160,16 @@ class AnoMemModel(nn.Module):
         oc_maps = [d.norm(dim=1) / sd for d, sd in zip(deltas, self.score_std)]
         if self.heads is None:
             return oc @ self.alphas, oc_maps
-        heads = torch.stack([h(d) for h, d in zip(self.heads, deltas)], dim=1) @ self.alphas
+        heads = torch.stack([h(d) for h, d in zip(self.heads, deltas)], dim=1)
         maps = [h.position_map(d) for h, d in zip(self.heads, deltas)]
         if self.config.semi_score == "heads+oc":
-            return heads + oc @ self.alphas, [m + o for m, o in zip(maps, oc_maps)]
-        return heads, maps
+            # Eq. 11 trains d <= 1/M on normals and d >= M on anomalies and nothing beyond:
+            # outside [0, M] a head extrapolates, so it is clipped there before the one-class
+            # score is added (measured in docs/design.md).
+            m = self.config.margin
+            return (heads.clamp(0.0, m) + oc) @ self.alphas, [
+                h.clamp(0.0, m) + o for h, o in zip(maps, oc_maps)]
+        return heads @ self.alphas, maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.score_and_maps(x)[0]

@@ -196,7 +196,8 @@ def test_sup_loss_eq12_mean_over_scales_and_batch():
 def test_alphas_and_fusion_eq13():
     cfg = get_config("digits", {"memory_stages": [2, 3, 4], "mem_sizes": [4, 4, 4],
                                 "ratios": [1.0, 1.0, 1.0]})
-    assert cfg.alphas == (1.0, 2.0, 4.0, 8.0)          # three map scales + the image-level one
+    assert cfg.alphas == (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)     # three maps + their pooled images
+    assert cfg.replace(global_memory="own").alphas == (1.0, 2.0, 4.0, 8.0)   # + the last one
     cfg = cfg.replace(global_memory="none")
     assert cfg.alphas == (1.0, 2.0, 4.0)
     m = AnoMemModel(cfg).eval()
@@ -222,16 +223,18 @@ def _naive_recollection(mem, v: torch.Tensor, retrieval: str) -> torch.Tensor:
     return best
 
 
-@pytest.mark.parametrize("retrieval", ["hopfield", "nearest"])
-def test_one_class_score_eq8_eq9_naive(retrieval):
+@pytest.mark.parametrize("retrieval,norm", [("hopfield", "frobenius"), ("nearest", "rms")])
+def test_one_class_score_eq8_eq9_naive(retrieval, norm):
     torch.manual_seed(0)
-    m = AnoMemModel(get_config("digits", {"score_retrieval": retrieval})).eval()
+    m = AnoMemModel(get_config("digits", {"score_retrieval": retrieval, "scale_norm": norm,
+                                          "global_memory": "every"})).eval()
     x = torch.rand(2, 3, 16, 16)
     with torch.no_grad():
         got = m.scale_scores(x)
         maps = m.features(x)
-        assert len(maps) == 3 and maps[2].shape[2:] == (1, 1)   # two maps + the pooled image
-        torch.testing.assert_close(maps[2][:, :, 0, 0], maps[1].mean(dim=(2, 3)))
+        assert len(maps) == 4 and maps[2].shape[2:] == maps[3].shape[2:] == (1, 1)   # + pooled
+        torch.testing.assert_close(maps[2][:, :, 0, 0], maps[0].mean(dim=(2, 3)))
+        torch.testing.assert_close(maps[3][:, :, 0, 0], maps[1].mean(dim=(2, 3)))
         for s, z in enumerate(maps):
             mem = m.memory(s)
             for k in range(2):
@@ -242,6 +245,8 @@ def test_one_class_score_eq8_eq9_naive(retrieval):
                         sq += float(((mem.prepare(v) - _naive_recollection(mem, v, retrieval)) ** 2).sum())
                 # float32 norm of the whole map vs a float64 sum of float32 per-position terms, and
                 # the memory on 1 vs all rows: ~1e-6 relative (measured 1e-7)
+                if norm == "rms":          # Eq. 9 per position: divided by sqrt(H W)
+                    sq /= z.shape[2] * z.shape[3]
                 assert got[k, s].item() == pytest.approx(math.sqrt(sq), rel=1e-4)
 
 

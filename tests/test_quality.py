@@ -113,30 +113,31 @@ def test_consolidation_moves_patterns_to_the_means_of_their_vectors(monkeypatch)
 
 def test_stage1_contrasts_the_image_level_scale():
     # digits at width 4: 4x4 maps after stage 3 (r = 0.5: 8 positions), 2x2 after stage 4
-    # (r = 1: 4 positions), then the pooled image.  Loss = Eq. 7 over the maps (alpha 1, 2)
-    # plus the image-level COM + lambda_V V, added once.
+    # (r = 1: 4 positions), then the two pooled maps (global_memory="every").  Loss = Eq. 7
+    # over the maps (alpha 1, 2) plus the mean over image-level scales of COM + lambda_V V.
     torch.manual_seed(0)
-    model = AnoMemModel(get_config("digits", {"width": 4}))
+    model = AnoMemModel(get_config("digits", {"width": 4, "global_memory": "every"}))
     v1, v2 = torch.rand(6, 3, 16, 16), torch.rand(6, 3, 16, 16)
     loss, st = ContrastedMemoryObjective(model)(v1, v2, torch.ones(6, dtype=torch.long))
     lam = model.config.lambda_v
     maps = (1 * 8 * (st["com1"] + lam * st["var1"]) + 2 * 4 * (st["com2"] + lam * st["var2"])) / 12
     # stats are float32 terms rounded to Python floats; the sum is O(1): 1e-5 absolute
-    assert loss.item() == pytest.approx(maps + st["com3"] + lam * st["var3"], abs=1e-5)
+    image = (st["com3"] + lam * st["var3"] + st["com4"] + lam * st["var4"]) / 2
+    assert loss.item() == pytest.approx(maps + image, abs=1e-5)
 
 
-def test_semi_supervised_score_is_the_heads_plus_the_standardised_one_class_score():
+def test_semi_supervised_score_is_the_clipped_heads_plus_the_standardised_one_class_score():
     torch.manual_seed(0)
     model = AnoMemModel(get_config("digits", {"width": 4})).eval()
-    model.score_mean.copy_(torch.tensor([0.5, 0.2, 0.1]))
-    model.score_std.copy_(torch.tensor([2.0, 0.5, 0.25]))
+    model.score_mean.copy_(torch.tensor([0.5, 0.2, 0.1, 0.3]))
+    model.score_std.copy_(torch.tensor([2.0, 0.5, 0.25, 0.125]))
     model.add_heads()
     x = torch.rand(3, 3, 16, 16)
     with torch.no_grad():
         deltas = model.deviation_maps(x)
         heads = torch.stack([h(d) for h, d in zip(model.heads, deltas)], 1)
         oc = (model.oc_scores(deltas) - model.score_mean) / model.score_std
-        want = (heads + oc) @ model.alphas
+        want = (heads.clamp(0, model.config.margin) + oc) @ model.alphas
         torch.testing.assert_close(model(x), want)
         model.config = model.config.replace(semi_score="heads")
         torch.testing.assert_close(model(x), heads @ model.alphas)

@@ -95,8 +95,8 @@ class ContrastedMemoryObjective(nn.Module):
             stats[f"com{s + 1}"], stats[f"var{s + 1}"] = float(com[-1].detach()), float(v.detach())
         lam = cfg.lambda_v if cfg.use_memory else 0.0
         loss = multiscale_loss(com[:n_maps], var[:n_maps], counts[:n_maps], cfg.alphas, lam)
-        if len(maps) > n_maps:      # the image-level scale: its own term beside Eq. 7's maps
-            loss = loss + com[-1] + lam * var[-1]
+        if len(maps) > n_maps:      # the image-level scale(s): one term beside Eq. 7's maps
+            loss = loss + torch.stack([c + lam * v for c, v in zip(com[n_maps:], var[n_maps:])]).mean()
         return loss, stats
 
 

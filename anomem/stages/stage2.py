@@ -48,8 +48,8 @@ def fit_kmeans_prototypes(model: AnoMemModel, normals: torch.Tensor, opts: RunOp
                                                            for z in m.features(x)])
     g = torch.Generator().manual_seed(cfg.seed)
     centroids = []
-    sizes = list(cfg.mem_sizes) + [cfg.mem_sizes[-1]] * (cfg.n_scales - len(cfg.mem_sizes))
-    for s, size in enumerate(sizes):
+    for s in range(cfg.n_scales):
+        size = model.memory(s).patterns.shape[0]
         vecs = torch.cat([b[s] for b in maps])
         if cfg.normalize:
             vecs = torch.nn.functional.normalize(vecs, dim=-1)
