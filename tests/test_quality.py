@@ -145,14 +145,16 @@ def test_semi_supervised_score_is_the_clipped_heads_plus_the_standardised_one_cl
 
 @pytest.mark.slow
 def test_empty_and_thin_images_score_above_the_normals(digits: LabelledSplit):
-    # Fitted on digit 0 (the digits preset, its full stage 1): an all-black image, an all-white
+    # Fitted on digit 5 (the digits preset, its full stage 1): an all-black image, an all-white
     # image and the five test anomalies with the least ink must all score above the 95th
     # percentile of held-out normals; ||Delta|| must not be small for a map of background.
-    x_normal = digits.x_train[digits.y_train == 0]
+    # Measured (seed 0): the literal reading puts 4 of the 5 thinnest at 0.93-0.99 of that
+    # percentile; the defaults put them at 1.22-1.67.
+    x_normal = digits.x_train[digits.y_train == 5]
     det = AnoMem("digits").fit(x_normal, validation_fraction=0.0)
-    held = det.decision_function(digits.x_test[digits.y_test == 0])
+    held = det.decision_function(digits.x_test[digits.y_test == 5])
     cut = np.quantile(held, 0.95)
-    anomalies = digits.x_test[digits.y_test != 0]
+    anomalies = digits.x_test[digits.y_test != 5]
     thinnest = anomalies[np.argsort(anomalies.reshape(len(anomalies), -1).sum(1))[:5]]
     blank = np.stack([np.zeros((8, 8), np.uint8), np.full((8, 8), 255, np.uint8)])
     scores = det.decision_function(np.concatenate([blank, thinnest]))
