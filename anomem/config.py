@@ -40,65 +40,46 @@ SCORE_RETRIEVALS = ("nearest", "hopfield")
 class AnoMemConfig:
     """Every hyper-parameter of AnoMem; defaults are the paper's where it gives one.
 
+    Where the paper is silent, each default and its measurement is in
+    ``docs/design.md``; the paper read literally is ``global_memory="none",
+    reseed_dead=False, consolidate=0, score_retrieval="hopfield",
+    scale_norm="frobenius", semi_score="heads"`` (and ``beta=2``).
+
     Backbone: ``arch``, ``width`` (channels of the first stage; 64 is the standard
     ResNet), ``stem`` (``cifar``: 3x3 conv, no max-pool; ``imagenet``: 7x7/2 conv +
     max-pool) and ``image_size`` (inputs are resized to it, square).
 
-    Memory (Eq. 1, 7): ``memory_stages`` are the ResNet stages (1-4) after which
-    a Hopfield layer sits, with ``mem_sizes`` patterns and first-stage sampling
-    ratios ``ratios`` each; ``beta`` is the inverse temperature, ``hopfield_steps``
-    and ``hopfield_tol`` bound the retrieval iteration, ``normalize`` L2-normalises
-    queries and patterns (see :class:`anomem.memory.HopfieldMemory`).
-    Default ``normalize=True, beta=10``, chosen by measurement (digits
-    one-vs-all, classes 0/1/3/8, 60 epochs, mean OC AUROC): raw features with
-    beta = 2 scored 0.31 (inverted: ||z|| dominates ||z - HF(z)||), normalised
-    with beta = 2 0.63, beta = 10 0.87, beta = 20 0.83.  The ``paper`` preset
-    keeps the paper's beta = 2.
-    ``use_memory=False`` trains plain multi-scale contrastive learning (Table 4's
-    baseline); ``prototypes="kmeans"`` replaces the memory output at scoring
-    time by the nearest k-means centroid of training features (Table 4).
-    ``memory_init`` (the paper is silent): ``random`` draws the patterns from
-    N(0, 1/d); ``data`` copies feature vectors of the first training batch
-    (see :func:`anomem.stages.stage1.seed_memories`).  ``random`` is the default
-    by measurement, one seed each: digits one-class mean AUROC over the ten
-    classes 87.6 (random) vs 80.7 (data) (``anomem demo --gammas 0 [--set
-    memory_init=data]``); CIFAR-10 one-class at the ``cpu`` grid's budget
-    (``benchmarks/configs/cpu.yaml``) class 9 32.9 vs 30.5, class 1 48.1 vs 32.1.
+    Memory (Eq. 1, 7, 8): ``memory_stages`` are the ResNet stages (1-4) after
+    which a Hopfield layer sits, with ``mem_sizes`` patterns and first-stage
+    sampling ratios ``ratios`` each; ``beta`` is the inverse temperature,
+    ``hopfield_steps`` and ``hopfield_tol`` bound the retrieval iteration,
+    ``normalize`` L2-normalises queries and patterns (see
+    :class:`anomem.memory.HopfieldMemory`).  ``global_memory``: the image-level
+    scale(s) (``every`` pooled memory stage, the ``own`` last one, the last one
+    ``shared`` with its map's memory, or ``none``); ``reseed_dead`` restarts
+    patterns that answer no normal query in an epoch; ``consolidate`` Lloyd
+    steps of the patterns on the clean training normals end stage 1;
+    ``score_retrieval`` is Eq. 1 at beta -> infinity (``nearest``) or at
+    ``beta`` (``hopfield``) in Eq. 8; ``memory_init`` (``random`` N(0, 1/d) or
+    first-batch features, ``data``).  ``use_memory=False`` trains plain
+    multi-scale contrastive learning and ``prototypes="kmeans"`` scores with
+    nearest k-means centroids (Table 4's ablations).
 
-    Stage 1 (Eq. 2-7): ``tau``, ``lambda_v``, ``negatives`` (``all``: the literal
-    form, every sampled vector of both views is a negative; ``same_position``:
-    only vectors at the same position across the batch), SGD with Nesterov
-    momentum and cosine annealing (``stage1_*``).  Augmentations: ``crop_scale``,
-    ``jitter``, ``blur_sigma``, ``noise_std`` and ``view_geometry`` (the paper is
-    silent): ``independent`` (default, SimCLR's recipe) crops and flips each
-    view on its own, so Eq. 7's positive pair at grid position (i, j) shows two
-    different parts of the image; ``shared`` draws one crop and flip for both
-    views (see :class:`anomem.augment.TwoViewAugment`).  Measured on MTD
-    (``benchmarks/localisation/README.md``, 300 steps): ``shared`` lets the
-    stage-1 loss fall far below chance where ``independent`` stays near it,
-    but AnoMem's heatmap is no better, so ``independent`` stays the default.
+    Stage 1 (Eq. 2-7): ``tau``, ``lambda_v``, ``variance`` (Eq. 6's Var over
+    the ``components`` of a vector or across the ``batch``), ``negatives``
+    (``all``: every sampled vector of both views; ``same_position``), SGD with
+    Nesterov momentum and cosine annealing (``stage1_*``).  Augmentations:
+    ``crop_scale``, ``jitter``, ``blur_sigma``, ``noise_std`` and
+    ``view_geometry`` (``independent`` or ``shared`` crops and flips, see
+    :class:`anomem.augment.TwoViewAugment`).
 
-    Memory choices where the paper is silent, each measured in
-    ``docs/design.md`` (the literal reading is ``global_memory="none",
-    reseed_dead=False, consolidate=0, score_retrieval="hopfield",
-    semi_score="heads"``): ``global_memory`` (``own``: the image-level scale,
-    the pooled last map, with a memory of its own; ``shared``: retrieved from
-    the last map scale's memory; ``every``: the pooled map of every memory
-    stage, each with its own memory; ``none``: maps only), ``reseed_dead``
-    (patterns that answer no normal query in an epoch restart as a query),
-    ``consolidate`` (Lloyd steps of the patterns on the clean training normals
-    at the end of stage 1), ``score_retrieval`` (``nearest``: Eq. 8 retrieves
-    with Eq. 1 at beta -> infinity; ``hopfield``: at ``beta``), ``variance``
-    (Eq. 6's Var over the ``components`` of a vector, literal, or across the
-    ``batch``), ``scale_norm`` (Eq. 9 as the ``frobenius`` norm of the whole
-    map, or its ``rms`` per position).
-
-    Stage 2 (Eq. 8-13): ``margin`` M of the double hinge, ``head_hidden`` and
-    ``head_pool`` (output side of the average pooling phi) of the per-scale MLPs,
-    ``calibrate`` standardises per-scale one-class scores on training normals
-    before the Eq. 13 fusion (off = the paper's plain fusion); ``semi_score``
-    ``heads+oc`` adds the standardised one-class score to the heads' (Eq. 10)
-    fused score, ``heads`` is the heads alone.
+    Stage 2 (Eq. 8-13): ``scale_norm`` (Eq. 9 as the ``frobenius`` norm of the
+    whole map or its ``rms`` per position), ``margin`` M of the double hinge,
+    ``head_hidden`` and ``head_pool`` (output side of the average pooling phi)
+    of the per-scale MLPs, ``calibrate`` standardises per-scale one-class scores
+    on training normals before the Eq. 13 fusion, ``semi_score`` (``heads+oc``:
+    the heads clipped to [0, M] plus the standardised one-class score;
+    ``heads``: the heads alone).
 
     Decision: ``target_frr`` is the false-rejection rate on normals that sets the
     threshold at fit time.

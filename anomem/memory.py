@@ -14,7 +14,7 @@ N_mem stored patterns X learnable.  Choices where the paper is silent:
   and Eq. 8 compares the normalised query with its recollection.  With
   ``normalize=False`` (the paper read literally) raw features meet raw
   patterns; then ||z|| dominates ||z - HF(z)|| and the one-class score was
-  measured to be inverted (see :class:`anomem.config.AnoMemConfig`).
+  measured to be inverted (see docs/design.md).
 * **Initialisation.** Patterns ~ N(0, 1/d), so that beta * x^T z is O(1) on
   BatchNorm-scaled features at the start.
 """
