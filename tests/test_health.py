@@ -46,14 +46,14 @@ def fit_with_fault(det: AnoMem, x: np.ndarray, labels: Any, ckpt: Path,
     """Fit with checkpoints every 2 steps; ``fault(metrics)`` runs after every step."""
     opts = RunOptions(device=torch.device("cpu"), checkpoint_every=2,
                       log=fault if fault is not None else None)
-    det.fit(x, labels, checkpoint_dir=ckpt, options=opts)
+    det.fit(x, labels, checkpoint_dir=ckpt, options=opts, validation_fraction=0.0)
 
 
 def test_huge_learning_rate_raises_and_keeps_a_finite_checkpoint(data, tmp_path):
     x, _, _ = data
     det = AnoMem("digits", stage1_lr=1e12, stage1_epochs=STAGE1_EPOCHS)
     with pytest.raises(TrainingDivergedError, match=r"stage 1: .* NaN|nan|inf") as err:
-        det.fit(x[:64], checkpoint_dir=tmp_path,
+        det.fit(x[:64], checkpoint_dir=tmp_path, validation_fraction=0.0,
                 options=RunOptions(device=torch.device("cpu"), checkpoint_every=1))
     assert "Lower the learning rate (stage1_lr=...)" in str(err.value)
     assert "\n" not in str(err.value)
@@ -79,7 +79,7 @@ def test_nan_weight_stops_stage1_and_the_checkpoint_resumes_cleanly(data, tmp_pa
     resumed = AnoMem("digits", stage1_epochs=STAGE1_EPOCHS, seed=1)
     fit_with_fault(resumed, x[:64], None, tmp_path, lambda m: steps.append(m["step"]))
     assert steps[0] == 3
-    clean = AnoMem("digits", stage1_epochs=STAGE1_EPOCHS, seed=1).fit(x[:64])
+    clean = AnoMem("digits", stage1_epochs=STAGE1_EPOCHS, seed=1).fit(x[:64], validation_fraction=0.0)
     np.testing.assert_array_equal(resumed.decision_function(test), clean.decision_function(test))
 
 

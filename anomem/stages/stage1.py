@@ -244,6 +244,42 @@ def seed_memories(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor, opt
             dist.broadcast(memory.patterns.data, src=0)
 
 
+def _start(ckpt: Any, modules: dict[str, Any], fingerprint: dict[str, Any], images: torch.Tensor,
+           y: torch.Tensor, opts: RunOptions) -> tuple[int, list[dict[str, float]], dict[str, float]]:
+    """(first step, history, running epoch statistics): from the checkpoint, or a fresh start."""
+    model = modules["model"]
+    if ckpt is not None and ckpt.is_file():
+        start, extra = load_checkpoint(ckpt, modules, fingerprint)
+        for memory, wins in zip(model.memories, extra.get("wins", [])):
+            memory.wins = torch.tensor(wins, dtype=torch.long, device=opts.device)
+        return start, extra.get("history", []), extra.get("epoch_stats", {})
+    if model.config.use_memory and model.config.memory_init == "data":
+        seed_memories(model, images, y, opts)
+    return 0, [], {}
+
+
+def _save(ckpt: Any, step: int, modules: dict[str, Any], fingerprint: dict[str, Any],
+          history: list[dict[str, float]], epoch_stats: dict[str, float], opts: RunOptions) -> None:
+    """Check the model's health, then (rank 0) write the checkpoint with the win counts."""
+    model = modules["model"]
+    check_finite_parameters(model, step, "stage 1", "stage1_lr")
+    check_collapse(model, f"at step {step}")
+    if opts.is_main:
+        wins = [m.wins.tolist() for m in model.memories if getattr(m, "wins", None) is not None]
+        save_checkpoint(ckpt, step, modules, fingerprint,
+                        {"history": history, "epoch_stats": epoch_stats, "wins": wins})
+
+
+def _end_epoch(model: AnoMemModel, opt: torch.optim.Optimizer, epoch: int, per_epoch: int,
+               ips: float, epoch_stats: dict[str, float], opts: RunOptions) -> dict[str, float]:
+    """Reseed dead patterns, check for a collapse; the epoch's row of the history."""
+    if model.config.use_memory and model.config.reseed_dead:
+        epoch_stats["reseeded"] = reseed_dead_patterns(model, opt, epoch, opts) * per_epoch
+    check_collapse(model, f"at epoch {epoch + 1}")
+    return {"epoch": epoch + 1, "images_per_s": ips,
+            **{k: v / per_epoch for k, v in epoch_stats.items()}}
+
+
 def train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
                  fingerprint: dict[str, Any], opts: RunOptions,
                  objective: nn.Module | None = None) -> list[dict[str, float]]:
@@ -268,14 +304,7 @@ def train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
                          shared_geometry=cfg.view_geometry == "shared")
     ckpt = opts.checkpoint_dir / "stage1.ckpt" if opts.checkpoint_dir else None
     modules = {"model": model, "opt": opt, "sched": sched}
-    start, history, epoch_stats = 0, [], {}
-    if ckpt is not None and ckpt.is_file():
-        start, extra = load_checkpoint(ckpt, modules, fingerprint)
-        history, epoch_stats = extra.get("history", []), extra.get("epoch_stats", {})
-        for memory, wins in zip(model.memories, extra.get("wins", [])):
-            memory.wins = torch.tensor(wins, dtype=torch.long, device=opts.device)
-    elif cfg.use_memory and cfg.memory_init == "data":
-        seed_memories(model, images, y, opts)
+    start, history, epoch_stats = _start(ckpt, modules, fingerprint, images, y, opts)
     model.train()
     bar = tqdm(total=total, initial=start, desc="stage 1", disable=not (opts.progress and opts.is_main),
                unit="step", dynamic_ncols=True)
@@ -303,19 +332,10 @@ def train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
             opts.log({"stage": 1, "step": step + 1, "epoch": epoch + 1, "lr": sched.get_last_lr()[0],
                       "images_per_s": ips, **stats})
         if i == per_epoch - 1:
-            if cfg.use_memory and cfg.reseed_dead:
-                epoch_stats["reseeded"] = reseed_dead_patterns(model, opt, epoch, opts) * per_epoch
-            history.append({"epoch": epoch + 1, "images_per_s": ips,
-                            **{k: v / per_epoch for k, v in epoch_stats.items()}})
+            history.append(_end_epoch(model, opt, epoch, per_epoch, ips, epoch_stats, opts))
             epoch_stats = {}
-            check_collapse(model, f"at epoch {epoch + 1}")
         if ckpt is not None and ((step + 1) % opts.checkpoint_every == 0 or step + 1 == total):
-            check_finite_parameters(model, step + 1, "stage 1", "stage1_lr")
-            check_collapse(model, f"at step {step + 1}")
-            if opts.is_main:
-                wins = [m.wins.tolist() for m in model.memories if getattr(m, "wins", None) is not None]
-                save_checkpoint(ckpt, step + 1, modules, fingerprint,
-                                {"history": history, "epoch_stats": epoch_stats, "wins": wins})
+            _save(ckpt, step + 1, modules, fingerprint, history, epoch_stats, opts)
     bar.close()
     if cfg.use_memory and cfg.consolidate > 0:
         consolidate_prototypes(model, images, y, opts)
