@@ -117,6 +117,17 @@ def _threshold_fields(blob: dict[str, Any]) -> tuple[float | None, float | None,
             normals)
 
 
+#: Keys that say where and how fast a run goes, never what it computes: a checkpoint
+#: resumes across them (a run started on one device finishes on another).
+RUNTIME_KEYS = ("device", "amp", "channels_last")
+
+
+def run_fingerprint(cfg: AnoMemConfig, images: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the computing configuration and the data."""
+    config = {k: v for k, v in to_dict(cfg).items() if k not in RUNTIME_KEYS}
+    return {"config": config, "data": data_digest(images, y)}
+
+
 class AnoMem:
     """Multi-scale contrasted-memory anomaly detector (one-class or semi-supervised).
 
@@ -200,7 +211,7 @@ class AnoMem:
                                      progress=auto_progress(progress), log=log)
         if checkpoint_dir is not None:
             opts.checkpoint_dir = Path(checkpoint_dir)
-        fingerprint = {"config": to_dict(cfg), "data": data_digest(x_train, y_train)}
+        fingerprint = run_fingerprint(cfg, x_train, y_train)
         self.model = AnoMemModel(cfg).to(opts.device)
         self.history_ = {"stage1": self._stage1(x_train, y_train, fingerprint, opts)}
         normals = x_train[y_train == 1]

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from anomem import AnoMem, ModelFileError
 from anomem.serialization import safe_torch_load
 
 JOB = Path(__file__).with_name("resume_job.py")
@@ -90,3 +91,17 @@ def test_sigkill_in_both_stages_then_resume_gives_identical_scores(tmp_path):
     np.testing.assert_array_equal(resumed, uninterrupted)
     assert json.loads((out / "c" / "history.json").read_text()) == \
         json.loads((ref_out / "history.json").read_text())
+
+
+def test_a_checkpoint_resumes_on_another_device_setting(digits, tmp_path):
+    # device, amp and channels_last say where a run goes, not what it computes: a run
+    # checkpointed with device="cpu" resumes under "auto" (and amp on a CPU is ignored).
+    x = digits.x_train[digits.y_train == 3][:40]
+    first = AnoMem("digits", stage1_epochs=1, device="cpu").fit(
+        x, checkpoint_dir=tmp_path, validation_fraction=0.0)
+    again = AnoMem("digits", stage1_epochs=1, device="auto", amp=True).fit(
+        x, checkpoint_dir=tmp_path, validation_fraction=0.0)
+    np.testing.assert_array_equal(first.decision_function(x), again.decision_function(x))
+    with pytest.raises(ModelFileError, match="belongs to another run"):
+        AnoMem("digits", stage1_epochs=1, beta=3.0).fit(x, checkpoint_dir=tmp_path,
+                                                         validation_fraction=0.0)
