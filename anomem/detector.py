@@ -359,13 +359,10 @@ class AnoMem:
                                                         or bool(torch.isfinite(t).all()))
                        for t in state.values()):
                 raise ValueError("the weights are not all finite tensors")
+            if blob["kmeans"] != (cfg.prototypes == "kmeans"):
+                raise ValueError("the kmeans flag contradicts the configuration's prototypes")
             with torch.device("meta"):   # nothing is allocated until the weights fit the config
-                model = AnoMemModel(cfg)
-                if blob["kmeans"]:
-                    model.use_kmeans([state[f"memories.{s}.centroids"]
-                                      for s in range(cfg.n_scales)])
-                if blob["semi_supervised"]:
-                    model.add_heads()
+                model = AnoMemModel.build(cfg, semi_supervised=blob["semi_supervised"])
             wanted = {k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
             if wanted != {k: (v.shape, v.dtype) for k, v in state.items()}:
                 raise ValueError("the weights do not fit the network its configuration describes")

@@ -103,6 +103,21 @@ class AnoMemModel(nn.Module):
         self.register_buffer("score_mean", torch.zeros(len(self.dims)))
         self.register_buffer("score_std", torch.ones(len(self.dims)))
 
+    @classmethod
+    def build(cls, config: AnoMemConfig, semi_supervised: bool = False) -> AnoMemModel:
+        """The network a fit leaves: ``AnoMem.load`` is ``build`` + ``load_state_dict``.
+
+        K-means memories (zero centroids, N_mem x d per scale) when ``prototypes="kmeans"``,
+        the heads of Eq. 10 when ``semi_supervised``.
+        """
+        model = cls(config)
+        if config.prototypes == "kmeans":
+            model.use_kmeans([torch.zeros(model.memory(s).patterns.shape)
+                              for s in range(len(model.dims))])
+        if semi_supervised:
+            model.add_heads()
+        return model
+
     @property
     def semi_supervised(self) -> bool:
         return self.heads is not None

@@ -13,7 +13,8 @@ from anomem.cli.main import main
 from anomem.data.dataset import LabelledSplit
 from anomem.errors import ConfigError
 from anomem.protocols import runner
-from anomem.protocols.runner import append_result, load_grid, read_results, run_grid
+from anomem.protocols.results import append_result, read_results
+from anomem.protocols.runner import load_grid, run_grid
 from anomem.reports.tables import render
 
 

@@ -29,13 +29,10 @@ Config keys (see ``benchmarks/configs/``)::
 
 from __future__ import annotations
 
-import fcntl
-import json
 import resource
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -54,7 +51,7 @@ from anomem.data.dataset import LabelledSplit
 from anomem.detector import AnoMem
 from anomem.errors import ConfigError, InvalidInputError
 from anomem.protocols.one_vs_all import OneVsAllTask, fit_estimator, run_one_vs_all
-from anomem.serialization import atomic_write_text
+from anomem.protocols.results import append_result, read_results
 
 KINDS: dict[str, Callable[..., Any]] = {
     "anomem": AnoMem, "deepsad": DeepSAD, "knn": KNNDetector, "supervised": SupervisedClassifier,
@@ -128,47 +125,6 @@ def subsample(split: LabelledSplit, train_per_class: int | None, test_per_class:
     a, b = pick(split.y_train, train_per_class), pick(split.y_test, test_per_class)
     return LabelledSplit(split.x_train[a], split.y_train[a], split.x_test[b], split.y_test[b],
                          split.classes)
-
-
-# ---------------------------------------------------------------- results file
-@contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``path``.lock, so shards do not overwrite each other's rows."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def read_results(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a results file (missing file: none).
-
-    A row is a JSON object; any other line (not UTF-8, not JSON, another JSON
-    value) is skipped.
-    """
-    p = Path(path)
-    if not p.is_file():
-        return []
-    rows = []
-    for line in p.read_bytes().splitlines():
-        try:
-            row = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
-
-
-def append_result(path: str | Path, row: dict[str, Any]) -> None:
-    """Add ``row`` (replacing a row with the same ``cell``) and rewrite the file atomically."""
-    p = Path(path)
-    with locked(p):
-        rows = [r for r in read_results(p) if r.get("cell") != row["cell"]] + [row]
-        atomic_write_text(p, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
 # ---------------------------------------------------------------- the grid
@@ -365,7 +321,6 @@ def run_protocol(grid: dict[str, Any] | str | Path, protocol: str, results: str 
     finish and finished cells are skipped, as for one-vs-all.
     """
     from anomem.protocols.cross_type import run_cross_type
-    from anomem.protocols.linear_eval import linear_eval
     from anomem.protocols.ood import run_ood
 
     if protocol not in ("ood", "cross_type", "linear_eval"):
@@ -387,9 +342,6 @@ def run_protocol(grid: dict[str, Any] | str | Path, protocol: str, results: str 
         append_result(results, row)
         added.append(row)
 
-    def probe(cfg: Any, split: LabelledSplit) -> dict[str, Any]:
-        return linear_eval(fit_estimator(AnoMem(cfg), split.x_train), split)
-
     for m in g["methods"]:
         kind = m.get("kind", m["name"])
         extra = {k: v for k, v in m.items() if k not in NON_ESTIMATOR_KEYS}
@@ -403,7 +355,7 @@ def run_protocol(grid: dict[str, Any] | str | Path, protocol: str, results: str 
                           data[labels[0]], data[out].x_test, out, seed, fit_score)
             elif protocol == "linear_eval" and kind == "anomem":
                 for ds, split in data.items():
-                    store(f"linear_eval|{m['name']}|{ds}|{d}", m, seed, ds, probe, cfg, split)
+                    store(f"linear_eval|{m['name']}|{ds}|{d}", m, seed, ds, _linear_probe, cfg, split)
             elif protocol == "cross_type":
                 for ds, split in data.items():
                     classes = range(len(split.classes)) if g["classes"] == "all" else g["classes"]
@@ -414,6 +366,12 @@ def run_protocol(grid: dict[str, Any] | str | Path, protocol: str, results: str 
                                       seed, ds, lambda *a: run_cross_type(*a)[0], split, int(c),
                                       float(gm), seed, fit_score, [t])
     return added
+
+
+def _linear_probe(cfg: Any, split: LabelledSplit) -> dict[str, Any]:
+    """Linear evaluation of a one-class AnoMem encoder fitted on every training image."""
+    from anomem.protocols.linear_eval import linear_eval
+    return linear_eval(fit_estimator(AnoMem(cfg), split.x_train), split)
 
 
 def _fit_score(estimator: Callable[..., Any], cfg: Any, extra: dict[str, Any]

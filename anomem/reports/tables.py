@@ -20,7 +20,8 @@ import numpy as np
 
 from anomem.errors import InvalidInputError
 from anomem.protocols.relative import compare
-from anomem.protocols.runner import cells_of, read_results
+from anomem.protocols.results import read_results
+from anomem.protocols.runner import cells_of
 from anomem.serialization import atomic_write_text
 
 #: One-vs-all AUROC (%) of the paper, by dataset, method and gamma (Table 1-2).

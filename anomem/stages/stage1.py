@@ -297,8 +297,7 @@ def train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
     bsz = min(cfg.batch_size // opts.world_size, n)
     per_epoch = max(1, n // bsz)
     total = cfg.stage1_epochs * per_epoch
-    params = list(model.encoder.parameters()) + (list(model.memories.parameters())
-                                                 if cfg.use_memory else [])
+    params = [*model.encoder.parameters(), *(model.memories.parameters() if cfg.use_memory else [])]
     opt, sched = sgd_cosine(params, cfg.stage1_lr, cfg.stage1_momentum, cfg.stage1_weight_decay, total)
     aug = TwoViewAugment(cfg.image_size, cfg.crop_scale, cfg.jitter, cfg.blur_sigma, cfg.noise_std,
                          shared_geometry=cfg.view_geometry == "shared")

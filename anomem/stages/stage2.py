@@ -41,7 +41,9 @@ def fit_kmeans_prototypes(model: AnoMemModel, normals: torch.Tensor, opts: RunOp
     """Replace the memories by k-means centroids of training-normal vectors (Table 4 ablation).
 
     At each memory scale, up to ``KMEANS_MAX_VECTORS`` spatial feature vectors of
-    the normal training images are clustered into N_mem centroids.
+    the normal training images are clustered into N_mem centroids (repeated
+    when there are fewer vectors than N_mem, so the memory's shape is the
+    configuration's).
     """
     cfg = model.config
     maps = map_batches(model, normals, opts, lambda m, x: [z.permute(0, 2, 3, 1).flatten(0, 2).cpu()
@@ -56,7 +58,9 @@ def fit_kmeans_prototypes(model: AnoMemModel, normals: torch.Tensor, opts: RunOp
         vecs = vecs[torch.randperm(len(vecs), generator=g)[:KMEANS_MAX_VECTORS]]
         km = KMeans(n_clusters=min(size, len(vecs)), n_init=1, random_state=cfg.seed)
         km.fit(vecs.double().numpy())
-        centroids.append(torch.as_tensor(km.cluster_centers_, dtype=torch.float32))
+        c = torch.as_tensor(km.cluster_centers_, dtype=torch.float32)
+        # fewer vectors than N_mem: repeated centroids keep the memory at N_mem (same retrieval)
+        centroids.append(c[torch.arange(size) % len(c)])
     model.use_kmeans(centroids)
     model.to(opts.device)
 

@@ -57,7 +57,8 @@ from anomem import AnoMem, AnoMemError, __version__  # noqa: E402
 from anomem.cli.main import main as cli_main  # noqa: E402
 from anomem.config import get_config  # noqa: E402
 from anomem.data.cifar import read_cifar10_python, read_cifar100_python  # noqa: E402
-from anomem.protocols.runner import GRID_KEYS, load_grid, read_results  # noqa: E402
+from anomem.protocols.results import read_results  # noqa: E402
+from anomem.protocols.runner import GRID_KEYS, load_grid  # noqa: E402
 
 
 class ExampleTimeout(BaseException):

@@ -43,7 +43,7 @@ from anomem.config import parse_override, to_dict
 from anomem.data.convert import to_image_tensor
 from anomem.data.mtd import MTDImages, read_mtd, split_mtd
 from anomem.localisation import fuse_maps
-from anomem.protocols.runner import append_result
+from anomem.protocols.results import append_result
 from anomem.reports.pixel_metrics import localisation_metrics
 from anomem.stages.common import RunOptions, map_batches
 
@@ -55,7 +55,7 @@ def feature_maps(det: AnoMem, images: np.ndarray) -> tuple[list[torch.Tensor], l
 
     def both(m: torch.nn.Module, b: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         zs = m.features(b)
-        return zs, [mem.deviation(z) for mem, z in zip(m.memories, zs)]
+        return zs, [m.memory(s).deviation(z) for s, z in enumerate(zs)]
 
     out = map_batches(model, x, RunOptions(), both, batch_size=64)
     scales = range(len(out[0][0]))
@@ -126,15 +126,17 @@ def main(argv: list[str] | None = None) -> int:
     split = split_mtd(read_mtd(side=128), 0.7, args.seed)
     overrides = dict(parse_override(o) for o in args.overrides)
     t0 = time.perf_counter()
-    det = AnoMem("mtd", seed=args.seed, stage1_epochs=args.epochs, **overrides).fit(split.train.images)
+    det = AnoMem("mtd", seed=args.seed, stage1_epochs=args.epochs, **overrides).fit(
+        split.train.images, validation_fraction=0.0)
     fit_s = time.perf_counter() - t0
     if args.recalibrate_bn:
         recalibrate_batchnorm(det, split.train.images)
     print("stage-1 loss per epoch:", [round(h["loss"], 3) for h in det.history_["stage1"]], flush=True)
-    weights = det.model.alphas / det.model.score_std
+    n_maps = len(det.model.stages)              # image-level scales have no position (as in anomaly_map)
+    weights = (det.model.alphas / det.model.score_std)[:n_maps]
     out = {}
     for name, maps in rules(det, split.train, split.test, args.bank, args.seed).items():
-        heat = fuse_maps(maps, weights, (128, 128), 4.0).numpy()
+        heat = fuse_maps(maps[:n_maps], weights / weights.sum(), (128, 128), 4.0).numpy()
         res = localisation_metrics(split.test.labels, heat.reshape(len(heat), -1).max(1),
                                    split.test.masks, heat, split.test.pixel_valid)
         out[name] = res
