@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from sklearn.cluster import KMeans
 from tqdm.auto import tqdm
 
 from anomem.losses import sup_loss
@@ -45,6 +44,8 @@ def fit_kmeans_prototypes(model: AnoMemModel, normals: torch.Tensor, opts: RunOp
     when there are fewer vectors than N_mem, so the memory's shape is the
     configuration's).
     """
+    from sklearn.cluster import KMeans  # here, not at import: ~90 MB of SciPy that most fits never use
+
     cfg = model.config
     maps = map_batches(model, normals, opts, lambda m, x: [z.permute(0, 2, 3, 1).flatten(0, 2).cpu()
                                                            for z in m.features(x)])
