@@ -97,8 +97,10 @@ def to_image_tensor(images: Any, size: int, name: str = "images") -> torch.Tenso
     if x.dtype == torch.bool or x.is_complex():
         raise InvalidInputError(f"{name}: dtype {x.dtype} is not an image type; use uint8 or float")
     if x.dtype != torch.uint8:
-        # min/max in float32, as the conversion sees them (NaN propagates, overflow becomes inf)
-        lo, hi = float(x.min().float()), float(x.max().float())
+        # min/max in float32, as the conversion sees them (NaN propagates, overflow becomes inf);
+        # cast first: torch has no min/max for uint16/32/64
+        xf = x if x.is_floating_point() else x.to(torch.float32)
+        lo, hi = float(xf.min().float()), float(xf.max().float())
         if not (np.isfinite(lo) and np.isfinite(hi)):
             raise InvalidInputError(f"{name} contain NaN or infinite values")
         if lo < 0 or hi > 1:
