@@ -256,3 +256,16 @@ def test_fit_with_yaml_config_overrides_explicit_threshold_and_checkpoints(tmp_p
     assert (tmp_path / "ckpt" / "stage1.ckpt").is_file()
     rows = list(csv.DictReader((tmp_path / "m.anomem.log.csv").open()))
     assert len(rows) == 1 and rows[0]["stage"] == "1"  # 20 training images, batch 32: one step
+
+
+def test_os_errors_and_bad_thread_counts_are_clean_cli_errors(tmp_path, capsys):
+    # found by fuzzing: an output path that is a folder, and --threads below 1
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: g\ndatasets: [digits]\nmethods: [{name: anomem}]\n")
+    assert main(["benchmark", str(grid), "--threads", "-2"]) == 2
+    assert "--threads must be a positive" in capsys.readouterr().err
+    folder = tmp_path / "normal"
+    write_digits(folder, np.zeros((4, 8, 8), np.uint8))
+    assert main(["fit", str(folder), "-o", str(tmp_path), "--set", "stage1_epochs=0"]) == 2
+    err = capsys.readouterr().err
+    assert "error" in err and "Traceback" not in err

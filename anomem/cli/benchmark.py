@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from anomem.errors import InvalidInputError
+from anomem.errors import ConfigError, InvalidInputError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -59,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
     grid = load_grid(args.config)
     results = Path(args.results or grid.get("results") or f"benchmarks/results/{grid['name']}.jsonl")
     shard = _shard(args.shard)
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be a positive number of CPU threads, got {args.threads}")
         torch.set_num_threads(args.threads)
     if args.protocol != "one_vs_all":
         from anomem.protocols.runner import run_protocol

@@ -39,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     except AnoMemError as e:
         print(f"anomem {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:        # an output path that is a folder, a full disk, no permission
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"anomem {args.command}: error: {e.strerror or e}{where}; choose another path or "
+              f"free the space and run it again", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"anomem {args.command}: interrupted", file=sys.stderr)
         return 130

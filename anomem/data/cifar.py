@@ -11,6 +11,7 @@ import io
 import os
 import pickle
 import tarfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,7 @@ def read_cifar10_jpeg_tar(path: str | Path) -> LabelledSplit:
                 xs, ys = parts[bits[0]]
                 xs.append(_decode(f.read(), m.name))
                 ys.append(CIFAR10_CLASSES.index(bits[1]))
-    except (tarfile.TarError, EOFError, OSError) as e:
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
         raise InvalidInputError(f"CIFAR-10 archive {str(p)!r} is not a readable tar file ({e})") from None
     if not parts["train"][0] or not parts["test"][0]:
         raise InvalidInputError(f"CIFAR-10 archive {str(p)!r} has no train/<class>/ or "
@@ -178,7 +179,7 @@ class _Members:
                         fh = tf.extractfile(m)
                         if fh is not None:
                             return fh.read()
-        except (tarfile.TarError, EOFError, OSError) as e:
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as e:   # zlib: corrupt gzip
             raise InvalidInputError(f"CIFAR archive {str(self.path)!r} is not a readable tar "
                                     f"file ({e})") from None
         raise InvalidInputError(f"CIFAR archive {str(self.path)!r} lacks {name!r}")
