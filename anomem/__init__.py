@@ -6,6 +6,7 @@ anomalies) and scores new images; higher scores are more anomalous.
 
 __version__ = "0.1.0"
 
+from anomem.base import Detector  # noqa: E402
 from anomem.config import AnoMemConfig, get_config  # noqa: E402
 from anomem.detector import AnoMem  # noqa: E402
 from anomem.errors import (  # noqa: E402
@@ -17,6 +18,6 @@ from anomem.errors import (  # noqa: E402
                            TrainingDivergedError,
 )
 
-__all__ = ["AnoMem", "AnoMemConfig", "AnoMemError", "ConfigError", "InvalidInputError",
+__all__ = ["AnoMem", "AnoMemConfig", "AnoMemError", "ConfigError", "Detector", "InvalidInputError",
            "ModelFileError", "RequiresFitting", "TrainingDivergedError", "__version__",
            "get_config"]

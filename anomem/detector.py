@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from anomem import __version__
+from anomem.base import Detector, is_real
 from anomem.config import AnoMemConfig, from_dict, get_config, to_dict
 from anomem.data.convert import to_image_tensor, to_normal_flags
 from anomem.errors import InvalidInputError, ModelFileError, RequiresFitting
@@ -70,11 +71,6 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def _is_real(v: Any) -> bool:
-    """An int or float (Python or numpy), not a bool."""
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
-
-
 def _check_fit_options(checkpoint_dir: Any, log: Any, options: Any) -> None:
     """The types of :meth:`AnoMem.fit`'s ``checkpoint_dir``, ``log`` and ``options``."""
     if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
@@ -107,9 +103,9 @@ def _threshold_fields(blob: dict[str, Any]) -> tuple[float | None, float | None,
     """
     threshold, bound = blob["threshold"], blob.get("threshold_frr_bound")
     normals = blob.get("threshold_normals", 0)
-    if not (threshold is None or (_is_real(threshold) and not np.isnan(threshold))):
+    if not (threshold is None or (is_real(threshold) and not np.isnan(threshold))):
         raise TypeError(f"threshold {threshold!r} is not a number")
-    if not (bound is None or (_is_real(bound) and 0 <= bound <= 1)):
+    if not (bound is None or (is_real(bound) and 0 <= bound <= 1)):
         raise TypeError(f"threshold_frr_bound {bound!r} is not a rate in [0, 1]")
     if not (isinstance(normals, int) and not isinstance(normals, bool) and normals >= 0):
         raise TypeError(f"threshold_normals {normals!r} is not a count")
@@ -128,7 +124,7 @@ def run_fingerprint(cfg: AnoMemConfig, images: torch.Tensor, y: torch.Tensor) ->
     return {"config": config, "data": data_digest(images, y)}
 
 
-class AnoMem:
+class AnoMem(Detector):
     """Multi-scale contrasted-memory anomaly detector (one-class or semi-supervised).
 
     Args:
@@ -193,7 +189,7 @@ class AnoMem:
         cfg = self.config
         x = to_image_tensor(images, cfg.image_size, "images")
         y = to_normal_flags(labels, len(x), "labels")
-        if not _is_real(validation_fraction) or not 0.0 <= validation_fraction < 1.0:
+        if not is_real(validation_fraction) or not 0.0 <= validation_fraction < 1.0:
             raise InvalidInputError(f"validation_fraction must be a number in [0, 1), got "
                                     f"{validation_fraction!r}")
         _check_fit_options(checkpoint_dir, log, options)
@@ -302,14 +298,10 @@ class AnoMem:
                           lambda m, b: anomaly_map(m, b, sigma).cpu(), batch_size)
         return torch.cat(out).numpy().astype(np.float32)
 
-    def predict(self, images: Any, threshold: float | None = None) -> np.ndarray:
-        """1 for an anomaly, 0 for a normal image, at ``threshold`` (default :attr:`threshold_`)."""
-        t = self.threshold_ if threshold is None else threshold
-        if t is None:
-            raise RequiresFitting("no threshold: fit the detector or pass threshold=...")
-        if not _is_real(t) or np.isnan(t):
-            raise InvalidInputError(f"threshold must be a number (a score), got {t!r}")
-        return (self.decision_function(images) > t).astype(np.int64)
+    @property
+    def network(self) -> AnoMemModel:
+        """The fitted network (:class:`~anomem.torch_model.AnoMemModel`); RequiresFitting before fit."""
+        return self._require_model()
 
     @property
     def semi_supervised(self) -> bool:

@@ -74,3 +74,22 @@ def test_knn_rejects_bad_k_and_scoring_before_fit() -> None:
         KNNDetector("digits").decision_function(np.zeros((2, 8, 8)))
     with pytest.raises(RequiresFitting):
         DeepSAD("digits").decision_function(np.zeros((2, 8, 8)))
+
+
+def test_every_detector_follows_one_contract(digits):
+    # fit / decision_function / predict at threshold_ or a given threshold, from one base
+    from anomem import Detector
+    from anomem.baselines import PixelKNN
+    from anomem.baselines.deepsad import DeepSAD
+    from anomem.baselines.knn import KNNDetector
+    from anomem.baselines.supervised import SupervisedClassifier
+    from anomem.errors import RequiresFitting
+    for cls in (AnoMem, DeepSAD, KNNDetector, SupervisedClassifier, PixelKNN):
+        assert issubclass(cls, Detector)
+    x = digits.x_train[digits.y_train == 0][:20]
+    det = PixelKNN(size=8).fit(x)
+    with pytest.raises(RequiresFitting, match="threshold"):
+        det.predict(x)
+    far = np.full((3, 8, 8), 255, np.uint8)
+    s = det.decision_function(far)
+    assert det.predict(far, threshold=float(s.min()) - 1e-9).tolist() == [1, 1, 1]

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from anomem.base import Detector
 from anomem.baselines.common import PooledEncoder, as_scores, embed, prepare, resolve_config, train_loop
 from anomem.config import AnoMemConfig
 
@@ -50,7 +51,7 @@ class _DeepSADNet(nn.Module):
         return ((self.proj(self.encoder(x)) - self.c) ** 2).sum(dim=1)
 
 
-class DeepSAD:
+class DeepSAD(Detector):
     """Deep SAD / Deep SVDD on AnoMem's backbone, augmentation and budget.
 
     Args:

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anomem.base import Detector
 from anomem.baselines.common import as_scores, embed, prepare, resolve_config
 from anomem.config import AnoMemConfig
 from anomem.data.convert import batches
@@ -44,11 +45,11 @@ class _PooledScales(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([F.normalize(z.mean(dim=(2, 3)), dim=1) for z in self.model.features(x)],
-                         dim=1)
+        maps = self.model.features(x)[:len(self.model.stages)]      # the memory stages' maps
+        return torch.cat([F.normalize(z.mean(dim=(2, 3)), dim=1) for z in maps], dim=1)
 
 
-class KNNDetector:
+class KNNDetector(Detector):
     """Mean distance to the ``k`` nearest normal training images in feature space.
 
     Args:
@@ -74,7 +75,7 @@ class KNNDetector:
         if self.encoder is None:
             self.encoder = AnoMem(self.config).fit(x, 1 - y.numpy().astype(np.int64),
                                                    validation_fraction=0.0)
-        model = self.encoder._require_model()
+        model = self.encoder.network
         self._net = _PooledScales(model)
         self.bank_ = embed(self._net, x[y == 1], model.config)
         return self
@@ -84,6 +85,6 @@ class KNNDetector:
         q = embed(self._net, images, self.config, batch_size)
         assert self.bank_ is not None
         k = min(self.k, len(self.bank_))
-        out = [(1 - (q[sl] @ self.bank_.T / len(self.encoder._require_model().memories)))
+        out = [(1 - (q[sl] @ self.bank_.T / len(self.encoder.network.stages)))
                .topk(k, dim=1, largest=False).values.mean(1) for sl in batches(len(q), 1024)]
         return as_scores(torch.cat(out))

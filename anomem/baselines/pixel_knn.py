@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from anomem.base import Detector
 from anomem.data.convert import _is_count, batches, to_image_tensor, to_normal_flags
 from anomem.errors import InvalidInputError, RequiresFitting
 
@@ -56,7 +57,7 @@ def _kth_distance(q: torch.Tensor, bank: torch.Tensor, k: int, exclude: torch.Te
     return torch.cat(out)
 
 
-class PixelKNN:
+class PixelKNN(Detector):
     """Distance to the ``k``-th nearest normal training image, on ``size`` x ``size`` pixels.
 
     Args:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anomem.base import Detector
 from anomem.baselines.common import (
     PooledEncoder,
     Sampler,
@@ -51,7 +52,7 @@ def balanced_sampler(y: torch.Tensor, bsz: int) -> Sampler:
     return draw
 
 
-class SupervisedClassifier:
+class SupervisedClassifier(Detector):
     """Normal-vs-anomaly classifier trained on balanced batches.
 
     Args:

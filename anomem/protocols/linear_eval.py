@@ -24,11 +24,11 @@ from anomem.stages.common import RunOptions, map_batches
 
 def encoder_features(detector: AnoMem, images: Any, batch_size: int = 256) -> np.ndarray:
     """Pooled feature maps of the detector's frozen encoder at its memory scales, (N, D)."""
-    model = detector._require_model()
+    model = detector.network
     x = to_image_tensor(images, model.config.image_size, "images")
     opts = RunOptions(device=next(model.parameters()).device)
     out = map_batches(model, x, opts, lambda m, b: torch.cat(
-        [z.mean(dim=(2, 3)) for z in m.features(b)], dim=1).cpu(), batch_size)
+        [z.mean(dim=(2, 3)) for z in m.features(b)[:len(m.stages)]], dim=1).cpu(), batch_size)
     return torch.cat(out).numpy()
 
 

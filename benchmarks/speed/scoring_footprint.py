@@ -64,7 +64,7 @@ def worker(work: Path, n: int, method: str, reps: int) -> dict[str, Any]:
     det = AnoMem.load(work / "anomem.model", device="cpu")
     x_test = safe_torch_load(work / "test.pt", "test images")["x"]
     knn = KNNDetector(det.config, k=2, encoder=det)
-    knn._net = _PooledScales(det._require_model())
+    knn._net = _PooledScales(det.network)
     det.decision_function(x_test)           # the encoder's working memory is in place for both
     before = _rss_kb("VmRSS")
     _reset_peak()
@@ -74,7 +74,7 @@ def worker(work: Path, n: int, method: str, reps: int) -> dict[str, Any]:
         state = knn.bank_.numel() * knn.bank_.element_size()
     else:
         det.decision_function(x_test)
-        state = sum(p.numel() * p.element_size() for p in det._require_model().memories.parameters())
+        state = sum(p.numel() * p.element_size() for p in det.network.memories.parameters())
     out: dict[str, Any] = {"n_train": n, "method": method, "state_bytes": state,
                            "peak_rss_mb": _rss_kb("VmHWM") / 1024,
                            "peak_growth_mb": (_rss_kb("VmHWM") - before) / 1024}
@@ -93,7 +93,7 @@ def prepare(work: Path, epochs: int, n_test: int, n_bank: int) -> dict[str, Any]
     det = AnoMem("cpu", stage1_epochs=epochs, device="cpu").fit(split.x_train[:1000],
                                                                 validation_fraction=0.0)
     det.save(work / "anomem.model")
-    net = _PooledScales(det._require_model())
+    net = _PooledScales(det.network)
     bank = embed(net, split.x_train[:n_bank], det.config)
     check = KNNDetector(det.config, k=2, encoder=det).fit(split.x_train[:1000])
     assert torch.allclose(check.bank_, bank[:1000], atol=1e-5), "bank slices differ from fit()"
