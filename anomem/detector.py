@@ -232,8 +232,10 @@ class AnoMem(Detector):
         if n_held and too_few(n_held, target):
             warnings.warn(held_out_warning(n_held, target), ThresholdWarning, stacklevel=3)
         elif not n_held and fraction > 0:
+            need = 1 / fraction            # inf for a subnormal fraction
+            need_text = f"{math.ceil(need)}" if math.isfinite(need) else "more"
             warnings.warn(f"validation_fraction={fraction:g} holds out no normal image (it needs at "
-                          f"least {math.ceil(1 / fraction)} normal images): the threshold comes "
+                          f"least {need_text} normal images): the threshold comes "
                           f"from the training normals, whose scores are optimistic, so it flags "
                           f"more than target_frr of new normal images; add normal images",
                           ThresholdWarning, stacklevel=3)

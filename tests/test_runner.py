@@ -194,3 +194,11 @@ def test_sweep_points_and_png(tmp_path: Path) -> None:
     assert sweep_points(grid, rows) == {"memory_size": {0.0: [(16.0, 60.0, 1), (64.0, 80.0, 1)]}}
     (png,) = sweep_plots(grid, rows, tmp_path)
     assert png.name == "s_memory_size.png" and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_unknown_key_with_control_characters_is_a_one_line_error():
+    # found by fuzzing: a key holding a line break split the CLI's one-line error
+    with pytest.raises(ConfigError) as err:
+        load_grid({"name": "g", "datasets": ["digits"], "methods": [{"name": "anomem"}],
+                   "bad\u0085key\n": 1})
+    assert "\n" not in str(err.value) and "\u0085" not in str(err.value)

@@ -112,3 +112,15 @@ def test_cli_states_the_split_first_and_the_bound_last(tmp_path, capsys, normals
                  "--set", "width=4", "--set", "target_frr=0.01", "-o", str(model), "-q"]) == 0
     err = capsys.readouterr().err
     assert "anomem fit: warning: only 20 held-out normal image(s)" in err and "at least 99" in err
+
+
+def test_a_subnormal_validation_fraction_warns_instead_of_overflowing():
+    # found by fuzzing: 1 / 2.2e-309 is infinite; the warning must still be written
+    import warnings as w
+
+    from anomem import AnoMem
+    with w.catch_warnings(record=True) as seen:
+        w.simplefilter("always")
+        AnoMem("digits", stage1_epochs=0, width=4).fit(np.zeros((6, 8, 8), np.uint8),
+                                                        validation_fraction=2.2e-309)
+    assert any("holds out no normal image" in str(x.message) for x in seen)

@@ -136,7 +136,7 @@ def load_grid(path_or_dict: str | Path | dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"benchmark keys must be names, got {not_names[0]!r}")
     unknown = sorted(set(g) - GRID_KEYS)
     if unknown:
-        raise ConfigError(f"unknown benchmark key(s) {', '.join(unknown)}; known: "
+        raise ConfigError(f"unknown benchmark key(s) {', '.join(map(repr, unknown))}; known: "
                           f"{', '.join(sorted(GRID_KEYS))}")
     g.setdefault("name", "benchmark")
     g.setdefault("preset", "cpu")
