@@ -61,9 +61,14 @@ class HopfieldMemory(nn.Module):
         """The query as the memory sees it (normalised when ``normalize``)."""
         return F.normalize(query, dim=-1) if self.normalize else query
 
-    def attention(self, query: torch.Tensor) -> torch.Tensor:
-        """softmax(beta X^T xi) of the first retrieval update, (..., N_mem): who answers a query."""
-        return torch.softmax(self.beta * self.prepare(query) @ self.stored().t(), dim=-1)
+    def winner(self, query: torch.Tensor) -> torch.Tensor:
+        """Index of the stored pattern of highest attention x^T xi for each query (...,).
+
+        The one rule for "which pattern answers a query": nearest-pattern
+        retrieval (:meth:`nearest`), the win counts of dead-pattern reseeding
+        and the assignment step of consolidation all use it.
+        """
+        return (self.prepare(query) @ self.stored().t()).argmax(dim=-1)
 
     @torch.no_grad()
     def reseed(self, dead: torch.Tensor, queries: torch.Tensor, generator: torch.Generator) -> int:
@@ -98,11 +103,7 @@ class HopfieldMemory(nn.Module):
 
     def nearest(self, query: torch.Tensor) -> torch.Tensor:
         """The limit beta -> infinity of Eq. 1: the stored pattern of highest attention."""
-        x = self.stored()
-        q = self.prepare(query)
-        sim = q @ x.t() if self.normalize else -torch.cdist(q.reshape(-1, q.shape[-1]), x).reshape(
-            *q.shape[:-1], len(x))
-        return x[sim.argmax(dim=-1)]
+        return self.stored()[self.winner(query)]
 
     def deviation(self, fmap: torch.Tensor) -> torch.Tensor:
         """Eq. 8: Delta = z - HF(z) at every spatial position of a (B, C, H, W) map.

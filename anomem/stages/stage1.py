@@ -112,7 +112,7 @@ def track_wins(memory: nn.Module, queries: torch.Tensor) -> None:
     if getattr(memory, "wins", None) is None or memory.wins.device != flat.device:
         memory.wins = torch.zeros(n, dtype=torch.long, device=flat.device)
     if len(flat):
-        memory.wins += torch.bincount(memory.attention(flat).argmax(-1), minlength=n)
+        memory.wins += torch.bincount(memory.winner(flat), minlength=n)
         memory.recent = flat
 
 
@@ -179,7 +179,7 @@ def consolidate_prototypes(model: AnoMemModel, images: torch.Tensor, y: torch.Te
                                    .to(vecs.device)])
         x = memory.stored().clone()
         for _ in range(cfg.consolidate):
-            assign = (vecs @ x.t()).argmax(-1) if memory.normalize else torch.cdist(vecs, x).argmin(-1)
+            assign = (vecs @ x.t()).argmax(-1)      # memory.winner, on the patterns being moved
             sums = torch.zeros_like(x).index_add_(0, assign, vecs)
             count = torch.bincount(assign, minlength=len(x)).unsqueeze(1)
             mean = torch.where(count > 0, sums / count.clamp_min(1), x)
