@@ -56,7 +56,8 @@ class AnoMemConfig:
     ``normalize`` L2-normalises queries and patterns (see
     :class:`anomem.memory.HopfieldMemory`).  ``global_memory``: the image-level
     scale(s) (``every`` pooled memory stage, the ``own`` last one, the last one
-    ``shared`` with its map's memory, or ``none``); ``reseed_dead`` restarts
+    ``shared`` with its map's memory, or ``none``); an image-level memory of
+    its own holds ``global_mem_factor`` x N_mem of its stage; ``reseed_dead`` restarts
     patterns that answer no normal query in an epoch; ``consolidate`` Lloyd
     steps of the patterns on the clean training normals end stage 1;
     ``score_retrieval`` is Eq. 1 at beta -> infinity (``nearest``) or at
@@ -117,6 +118,7 @@ class AnoMemConfig:
     noise_std: float = 0.05
     view_geometry: str = "independent"
     global_memory: str = "every"
+    global_mem_factor: int = 1
     reseed_dead: bool = True
     consolidate: int = 10
     score_retrieval: str = "nearest"
@@ -182,7 +184,8 @@ def _validate(c: AnoMemConfig) -> None:
                          ("semi_score", SEMI_SCORES), ("score_retrieval", SCORE_RETRIEVALS)):
         if getattr(c, key) not in allowed:
             _fail(key, f"got {getattr(c, key)!r}, expected one of {', '.join(allowed)}")
-    for key in ("width", "image_size", "batch_size", "hopfield_steps", "head_hidden", "head_pool"):
+    for key in ("width", "image_size", "batch_size", "hopfield_steps", "head_hidden", "head_pool",
+                "global_mem_factor"):
         v = getattr(c, key)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             _fail(key, f"must be a positive integer, got {v!r}")

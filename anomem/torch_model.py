@@ -12,9 +12,10 @@ z of the encoder (the last memory stage's map, average-pooled), which the
 paper contrasts "not only [...] but also" the intermediate maps (§3.1).  It is
 held as a 1 x 1 map, so every per-scale operation applies to it unchanged, and
 it comes last (largest alpha).  ``global_memory="own"`` gives it a Hopfield
-layer of its own (N_mem of the last map scale); ``"shared"`` retrieves it from
+layer of its own (``global_mem_factor`` x N_mem of the last map scale); ``"shared"`` retrieves it from
 the last map scale's memory; ``"every"`` adds the pooled output of every memory
-stage as an image-level scale, each with a memory of its own (N_mem of its stage).
+stage as an image-level scale, each with a memory of its own (``global_mem_factor``
+x N_mem of its stage).
 """
 
 from __future__ import annotations
@@ -90,8 +91,8 @@ class AnoMemModel(nn.Module):
         self.pooled_of = tuple(range(n_maps)) if g == "every" else ((n_maps - 1,) if g != "none" else ())
         self.dims = map_dims + tuple(map_dims[i] for i in self.pooled_of)
         own = g in ("own", "every")
-        sizes = tuple(config.mem_sizes) + (tuple(config.mem_sizes[i] for i in self.pooled_of)
-                                           if own else ())
+        sizes = tuple(config.mem_sizes) + (tuple(config.global_mem_factor * config.mem_sizes[i]
+                                                 for i in self.pooled_of) if own else ())
         self.memories = nn.ModuleList(
             HopfieldMemory(d, n, config.beta, config.hopfield_steps, config.hopfield_tol,
                            config.normalize, config.score_retrieval) for d, n in zip(self.dims, sizes))

@@ -13,6 +13,7 @@ import torch
 
 from anomem import AnoMem
 from anomem.config import get_config
+from anomem.errors import ConfigError
 from anomem.data.dataset import LabelledSplit
 from anomem.losses import variance_loss
 from anomem.memory import HopfieldMemory
@@ -20,6 +21,7 @@ from anomem.stages.common import RunOptions
 from anomem.stages.stage1 import (
     ContrastedMemoryObjective,
     consolidate_prototypes,
+    restart_empty,
     reseed_dead_patterns,
     track_wins,
 )
@@ -109,6 +111,31 @@ def test_consolidation_moves_patterns_to_the_means_of_their_vectors(monkeypatch)
     consolidate_prototypes(model, torch.zeros(1, 3, 16, 16, dtype=torch.uint8), torch.ones(1), RunOptions())
     want = torch.nn.functional.normalize(torch.stack([a[:3].mean(0), a[3:].mean(0)]), dim=1)
     torch.testing.assert_close(model.memories[0].patterns.detach(), want, rtol=0, atol=1e-6)
+
+
+def test_empty_patterns_restart_at_the_worst_answered_vectors():
+    # Hand-worked: vectors e0, e1, (e0+e2)/sqrt2, e2-ish; patterns e0 (wins all), two far ones.
+    vecs = torch.nn.functional.normalize(torch.tensor(
+        [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.9, 0.0, 0.1]]), dim=1)
+    patterns = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
+    out = restart_empty(vecs, patterns)
+    # attention of each vector's winner (pattern 0): 1, 0, 0.707, 0.994 -> worst two: rows 1, 2
+    assert torch.equal(out[0], patterns[0])
+    assert torch.equal(out[1], vecs[1]) and torch.equal(out[2], vecs[2])
+    assert torch.equal(restart_empty(vecs, out), out)                     # nothing empty: unchanged
+    # more empty patterns than vectors: only as many restart as there are vectors
+    many = torch.cat([patterns[:1], -torch.ones(5, 3)])
+    assert int((restart_empty(vecs[:2], many) != many).any(1).sum()) == 2
+
+
+def test_image_level_memories_hold_global_mem_factor_times_n_mem():
+    cfg = get_config("digits", {"width": 4, "global_mem_factor": 3})      # mem_sizes (32, 16)
+    sizes = [m.patterns.shape[0] for m in AnoMemModel(cfg).memories]
+    assert sizes == [32, 16, 96, 48]
+    own = AnoMemModel(cfg.replace(global_memory="own"))
+    assert [m.patterns.shape[0] for m in own.memories] == [32, 16, 48]
+    with pytest.raises(ConfigError, match="global_mem_factor"):
+        cfg.replace(global_mem_factor=0)
 
 
 def test_stage1_contrasts_the_image_level_scale():
