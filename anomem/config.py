@@ -33,6 +33,7 @@ GLOBAL_MEMORIES = ("own", "shared", "every", "none")
 VARIANCES = ("components", "batch")
 SCALE_NORMS = ("frobenius", "rms")
 SEMI_SCORES = ("heads", "heads+oc")
+PROJECTORS = ("none", "mlp")
 SCORE_RETRIEVALS = ("nearest", "hopfield")
 
 
@@ -68,7 +69,9 @@ class AnoMemConfig:
 
     Stage 1 (Eq. 2-7): ``tau``, ``lambda_v``, ``variance`` (Eq. 6's Var over
     the ``components`` of a vector or across the ``batch``), ``negatives``
-    (``all``: every sampled vector of both views; ``same_position``), SGD with
+    (``all``: every sampled vector of both views; ``same_position``),
+    ``projector`` (``mlp``: Eq. 4 compares the two branches after a per-scale
+    two-layer MLP, used in stage 1 only, as SimCLR's projection head), SGD with
     Nesterov momentum and cosine annealing (``stage1_*``).  Augmentations:
     ``crop_scale``, ``jitter``, ``blur_sigma``, ``noise_std`` and
     ``view_geometry`` (``independent`` or ``shared`` crops and flips, see
@@ -119,6 +122,7 @@ class AnoMemConfig:
     view_geometry: str = "independent"
     global_memory: str = "every"
     global_mem_factor: int = 1
+    projector: str = "none"
     reseed_dead: bool = True
     consolidate: int = 10
     score_retrieval: str = "nearest"
@@ -181,7 +185,8 @@ def _validate(c: AnoMemConfig) -> None:
                          ("prototypes", PROTOTYPES), ("memory_init", MEMORY_INITS),
                          ("view_geometry", VIEW_GEOMETRIES), ("global_memory", GLOBAL_MEMORIES),
                          ("variance", VARIANCES), ("scale_norm", SCALE_NORMS),
-                         ("semi_score", SEMI_SCORES), ("score_retrieval", SCORE_RETRIEVALS)):
+                         ("semi_score", SEMI_SCORES), ("score_retrieval", SCORE_RETRIEVALS),
+                         ("projector", PROJECTORS)):
         if getattr(c, key) not in allowed:
             _fail(key, f"got {getattr(c, key)!r}, expected one of {', '.join(allowed)}")
     for key in ("width", "image_size", "batch_size", "hopfield_steps", "head_hidden", "head_pool",

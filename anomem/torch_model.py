@@ -99,6 +99,9 @@ class AnoMemModel(nn.Module):
         self.memory_of = tuple(range(n_maps)) + (tuple(range(n_maps, len(sizes))) if own
                                                  else self.pooled_of)
         self.heads: nn.ModuleList | None = None
+        # projector="mlp": stage 1's projection head per scale (Eq. 4 after it); scoring never uses it
+        self.projectors = (nn.ModuleList(nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d))
+                                         for d in self.dims) if config.projector == "mlp" else None)
         alphas = torch.tensor(config.alphas)
         self.register_buffer("alphas", alphas / alphas.sum())
         self.register_buffer("score_mean", torch.zeros(len(self.dims)))

@@ -153,6 +153,27 @@ def test_stage1_contrasts_the_image_level_scale():
     assert loss.item() == pytest.approx(maps + image, abs=1e-5)
 
 
+def test_projector_sits_at_eq4_inputs_in_stage1_and_never_in_scoring():
+    cfg = get_config("digits", {"width": 4})
+    torch.manual_seed(0)
+    plain = AnoMemModel(cfg)
+    proj = AnoMemModel(cfg.replace(projector="mlp"))
+    proj.load_state_dict(plain.state_dict(), strict=False)       # same encoder and memories
+    x = torch.rand(4, 3, 16, 16)
+    assert torch.equal(plain.eval()(x), proj.eval()(x))          # scoring never uses the head
+    v1, v2, y = torch.rand(6, 3, 16, 16), torch.rand(6, 3, 16, 16), torch.ones(6, dtype=torch.long)
+
+    def loss_of(model: AnoMemModel) -> torch.Tensor:
+        torch.manual_seed(1)                                      # the same sampled positions
+        return ContrastedMemoryObjective(model)(v1, v2, y)[0]
+
+    loss_of(proj).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in proj.projectors.parameters())
+    assert loss_of(proj).item() != pytest.approx(loss_of(plain).item(), abs=1e-4)
+    proj.projectors = torch.nn.ModuleList(torch.nn.Identity() for _ in proj.dims)
+    assert loss_of(proj).item() == loss_of(plain).item()          # the head is all that differs
+
+
 def test_semi_supervised_score_is_the_clipped_heads_plus_the_standardised_one_class_score():
     torch.manual_seed(0)
     model = AnoMemModel(get_config("digits", {"width": 4})).eval()

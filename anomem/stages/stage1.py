@@ -89,6 +89,8 @@ class ContrastedMemoryObjective(nn.Module):
                     track_wins(memory, z1[:, y == 1].detach())
             else:
                 mem, v = z1, z1.sum() * 0.0
+            if self.model.projectors is not None:        # projector="mlp": Eq. 4 after the head
+                mem, z2 = self.model.projectors[s](mem), self.model.projectors[s](z2)
             com.append(contrasted_memory_loss(mem, z2, cfg.tau, cfg.negatives, gather, offset))
             var.append(v)
             counts.append(len(pos))
@@ -321,7 +323,8 @@ def train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
     bsz = min(cfg.batch_size // opts.world_size, n)
     per_epoch = max(1, n // bsz)
     total = cfg.stage1_epochs * per_epoch
-    params = [*model.encoder.parameters(), *(model.memories.parameters() if cfg.use_memory else [])]
+    params = [*model.encoder.parameters(), *(model.memories.parameters() if cfg.use_memory else []),
+              *(model.projectors.parameters() if model.projectors is not None else [])]
     opt, sched = sgd_cosine(params, cfg.stage1_lr, cfg.stage1_momentum, cfg.stage1_weight_decay, total)
     aug = TwoViewAugment(cfg.image_size, cfg.crop_scale, cfg.jitter, cfg.blur_sigma, cfg.noise_std,
                          shared_geometry=cfg.view_geometry == "shared")
