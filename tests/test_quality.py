@@ -13,16 +13,16 @@ import torch
 
 from anomem import AnoMem
 from anomem.config import get_config
-from anomem.errors import ConfigError
 from anomem.data.dataset import LabelledSplit
+from anomem.errors import ConfigError
 from anomem.losses import variance_loss
 from anomem.memory import HopfieldMemory
 from anomem.stages.common import RunOptions
 from anomem.stages.stage1 import (
     ContrastedMemoryObjective,
     consolidate_prototypes,
-    restart_empty,
     reseed_dead_patterns,
+    restart_empty,
     track_wins,
 )
 from anomem.torch_model import AnoMemModel

@@ -1,0 +1,123 @@
+"""One-class AUROC of an AnoMem variant beside kNN on its own encoder, on three image sets.
+
+Each run fits ``AnoMem`` (one-class, no hold-out) with ``--set`` overrides and
+prints one JSON line per class: the fused score (Eq. 13), every scale alone,
+the image-level scales alone (alpha-fused), and a 1-nearest-neighbour on the
+same encoder (``KNNDetector(k=1, encoder=det)``).  The image sets and budgets:
+
+* ``digits``: scikit-learn's digits, the ``digits`` preset, one-vs-all split of ``--seed``;
+* ``cifar``: CIFAR-10 (shared JPEG archive), the ``cpu`` preset at the ``cpu``
+  grid's budget (3 stage-1 epochs, 1,000 training images per class, 200 test
+  images per class), one-vs-all of ``--seed``;
+* ``mtd``: Magnetic Tile Defects at 64 x 64, the ``mtd`` preset with 6
+  stage-1 epochs, defect-free tiles vs every defect (``split_mtd(seed)``).
+
+``--no-restart-empty`` runs consolidation without
+:func:`anomem.stages.stage1.restart_empty` (empty patterns stay where they
+are), the behaviour before it existed.
+
+    python benchmarks/quality/variant_probe.py --name r1 --dataset digits --seed 0
+    python benchmarks/quality/variant_probe.py --name r4 --dataset cifar --seed 0 --classes 0 1 \\
+        --set global_mem_factor=4
+    python benchmarks/quality/variant_probe.py --summary benchmarks/quality/variant_probe.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+
+def task_source(dataset: str, seed: int) -> tuple[Any, str, dict[str, Any]]:
+    """(a function class -> task, preset, preset overrides) for one image set and seed."""
+    from anomem.protocols.one_vs_all import make_one_vs_all
+    if dataset == "mtd":
+        from anomem.data.mtd import read_mtd, split_mtd
+        sp = split_mtd(read_mtd(side=64), seed=seed)
+        task = SimpleNamespace(x_train=sp.train.images, labels_train=sp.train.labels,
+                               x_test=sp.test.images, labels_test=sp.test.labels)
+        return (lambda c: task), "mtd", {"stage1_epochs": 6, "image_size": 64}
+    if dataset == "digits":
+        from anomem.data.digits import load_digits_split
+        split = load_digits_split(seed=seed)
+        return (lambda c: make_one_vs_all(split, c, 0.0, seed)), "digits", {}
+    from anomem.protocols.runner import load_dataset, subsample
+    _, split = load_dataset("cifar10_jpeg")
+    split = subsample(split, 1000, 200, 0)
+    return (lambda c: make_one_vs_all(split, c, 0.0, seed)), "cpu", {"stage1_epochs": 3}
+
+
+def run(args: argparse.Namespace) -> None:
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    import anomem.stages.stage1 as stage1
+    from anomem import AnoMem
+    from anomem.baselines.knn import KNNDetector
+    from anomem.config import parse_override
+
+    torch.set_num_threads(1)
+    if args.no_restart_empty:
+        stage1.restart_empty = lambda vecs, patterns: patterns
+    overrides = dict(parse_override(o) for o in args.set)
+    task_of, preset, budget = task_source(args.dataset, args.seed)
+    for c in args.classes:
+        t0 = time.time()
+        t = task_of(c)
+        det = AnoMem(preset, seed=args.seed, **budget, **overrides).fit(
+            t.x_train, t.labels_train, validation_fraction=0.0, progress=False)
+
+        def auroc(v: Any, y: np.ndarray = t.labels_test) -> float:
+            return round(100 * roc_auc_score(y, np.asarray(v)), 2)
+
+        per = det.scale_scores(t.x_test)
+        alphas, n_maps = det.network.alphas.cpu().numpy(), len(det.network.stages)
+        knn = KNNDetector(preset, k=1, encoder=det).fit(t.x_train, t.labels_train)
+        print(json.dumps({
+            "name": args.name, "ds": args.dataset, "seed": args.seed, "c": c,
+            "fused": auroc(det.decision_function(t.x_test)),
+            "scales": [auroc(per[:, i]) for i in range(per.shape[1])],
+            "img_alpha": auroc(per[:, n_maps:] @ alphas[n_maps:]),
+            "knn": auroc(knn.decision_function(t.x_test)), "t": round(time.time() - t0)}), flush=True)
+
+
+def summary(path: Path) -> None:
+    """Mean over seeds of the per-seed class means, ± their std, per (image set, variant)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for ds in dict.fromkeys(r["ds"] for r in rows):
+        for name in dict.fromkeys(r["name"] for r in rows if r["ds"] == ds):
+            rr = [r for r in rows if r["ds"] == ds and r["name"] == name]
+            seeds = sorted({r["seed"] for r in rr})
+            cells = []
+            for key in ("fused", "img_alpha", "knn"):
+                means = [np.mean([r[key] for r in rr if r["seed"] == s]) for s in seeds]
+                cells.append(f"{key} {np.mean(means):.2f} ± {np.std(means):.2f}")
+            print(f"{ds:6s} {name:8s} seeds {seeds} rows {len(rr):3d} | " + " | ".join(cells))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--name", default="defaults")
+    p.add_argument("--dataset", choices=("digits", "cifar", "mtd"), default="digits")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--classes", type=int, nargs="+", default=list(range(10)))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--no-restart-empty", action="store_true")
+    p.add_argument("--summary", type=Path, help="print the summary of a results file and exit")
+    args = p.parse_args(argv)
+    if args.summary is not None:
+        summary(args.summary)
+    else:
+        run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
