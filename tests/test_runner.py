@@ -151,6 +151,19 @@ def test_tables_show_paper_numbers_and_missing_cells() -> None:
     assert "4/40 cells finished" in md and "deepsad|cifar10_jpeg|1|0|0" in md
 
 
+def test_a_method_left_out_of_a_gamma_is_na_there_and_blocks_no_mean() -> None:
+    grid = load_grid({"name": "c", "datasets": ["cifar10_jpeg"], "gammas": [0.0, 0.05],
+                      "methods": [{"name": "anomem"},
+                                  {"name": "knn", "kind": "knn", "gammas": [0.0]}]})
+    classes = [f"c{i}" for i in range(10)]
+    rows = [{"cell": f"{m}|cifar10_jpeg|0|{g:g}|0", "method": m, "dataset": "cifar10_jpeg",
+             "normal_class": 0, "gamma": g, "draw": 0, "auroc": a, "classes": classes}
+            for m, g, a in [("anomem", 0.0, 0.9), ("knn", 0.0, 0.7), ("anomem", 0.05, 0.95)]]
+    md = render(grid, rows)
+    assert "| anomem | 90.0 (1/10 cl.) | — | 95.0 (1/10 cl.) | — |" in md
+    assert "| knn | 70.0 (1/10 cl.) | — | n/a | — |" in md
+
+
 def test_cli_runs_a_tiny_real_grid_and_writes_tables(tmp_path: Path) -> None:
     cfg = tmp_path / "g.yaml"
     cfg.write_text("name: tiny\npreset: digits\noverrides: {stage1_epochs: 1}\n"

@@ -67,7 +67,8 @@ def complete_classes(table: dict[tuple[str, str, float, int], list[float]], meth
 
 def one_vs_all_table(grid: dict[str, Any], rows: list[dict[str, Any]], dataset: str,
                      classes: list[int], names: tuple[str, ...]) -> str:
-    """Table 1/2 layout: methods x gamma, mean AUROC over the classes all methods finished."""
+    """Table 1/2 layout: methods x gamma, mean AUROC over the classes finished by every
+    method that runs at that gamma (a method's own ``gammas`` may leave some out: n/a)."""
     table = per_class(rows)
     methods = [m["name"] for m in grid["methods"]]
     gammas = [float(g) for g in grid["gammas"]]
@@ -75,10 +76,15 @@ def one_vs_all_table(grid: dict[str, Any], rows: list[dict[str, Any]], dataset: 
     head = "| method | " + " | ".join(f"γ={g:g} | paper" for g in gammas) + " |"
     lines = [f"### One-vs-all AUROC (%), {dataset}: mean over classes (± std over draws)", "",
              head, "|---|" + "---:|---:|" * len(gammas)]
+    runs_at = {g: [m["name"] for m in grid["methods"]
+                   if g in [float(x) for x in m.get("gammas", gammas)]] for g in gammas}
     for m in grid["methods"]:
         cells = []
         for g in gammas:
-            done = complete_classes(table, methods, dataset, g, classes)
+            if m["name"] not in runs_at[g]:         # the method's own gammas leave this one out
+                cells += ["n/a", _fmt(None)]
+                continue
+            done = complete_classes(table, runs_at[g], dataset, g, classes)
             vals = np.array([table[(m["name"], dataset, g, c)] for c in done], dtype=object)
             if len(done):
                 draws = min(len(v) for v in vals)
