@@ -36,8 +36,10 @@ class BasicBlock(nn.Module):
         self.shortcut = _shortcut(c_in, c_out, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+        # In place on the BatchNorm outputs, which no backward needs: the same values
+        # without a second full-size map per operation.
+        out = self.bn1(self.conv1(x)).relu_()
+        return self.bn2(self.conv2(out)).add_(self.shortcut(x)).relu_()
 
 
 class Bottleneck(nn.Module):
@@ -57,9 +59,9 @@ class Bottleneck(nn.Module):
         self.shortcut = _shortcut(c_in, c_out, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        out = torch.relu(self.bn2(self.conv2(out)))
-        return torch.relu(self.bn3(self.conv3(out)) + self.shortcut(x))
+        out = self.bn1(self.conv1(x)).relu_()
+        out = self.bn2(self.conv2(out)).relu_()
+        return self.bn3(self.conv3(out)).add_(self.shortcut(x)).relu_()
 
 
 def _shortcut(c_in: int, c_out: int, stride: int) -> nn.Module:

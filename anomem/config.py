@@ -91,6 +91,12 @@ class AnoMemConfig:
     Speed (CUDA only; ignored on the CPU, off by default): ``amp`` runs the
     stage-1 encoder forward under bf16 autocast (memories and losses stay in
     float32); ``channels_last`` stores the encoder's weights and inputs in NHWC.
+
+    Memory (CPU with glibc only; computes the same): during stage 1, tensors of
+    at least ``malloc_mmap_threshold`` bytes get pages of their own, returned
+    when freed, instead of heap holes that a tensor of the same size cannot
+    reuse (0: glibc's default; see :mod:`anomem.heap`).  Less resident memory,
+    more page faults (``benchmarks/memory``).
     """
 
     arch: str = "resnet50"
@@ -140,6 +146,7 @@ class AnoMemConfig:
     device: str = "auto"
     amp: bool = False
     channels_last: bool = False
+    malloc_mmap_threshold: int = 0
 
     def __post_init__(self) -> None:
         try:
@@ -194,7 +201,7 @@ def _validate(c: AnoMemConfig) -> None:
         v = getattr(c, key)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             _fail(key, f"must be a positive integer, got {v!r}")
-    for key in ("stage1_epochs", "stage2_epochs", "seed", "consolidate"):
+    for key in ("stage1_epochs", "stage2_epochs", "seed", "consolidate", "malloc_mmap_threshold"):
         v = getattr(c, key)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             _fail(key, f"must be a non-negative integer, got {v!r}")
@@ -265,9 +272,11 @@ def to_dict(c: AnoMemConfig) -> dict[str, Any]:
 PRESETS: dict[str, dict[str, Any]] = {
     # Paper §4.2: ResNet-50, two memory scales after stages 3 and 4, beta = 2.
     "paper": {"beta": 20.0},
-    # A narrow ResNet-18 that trains one CIFAR-10 class in minutes on 2 CPU cores.
+    # A narrow ResNet-18 that trains one CIFAR-10 class in minutes on 2 CPU cores; tensors
+    # of 8 MiB and more in pages of their own keep a fit on 5,000 images under 1 GB.
     "cpu": {"arch": "resnet18", "width": 16, "mem_sizes": [64, 32], "batch_size": 128,
-            "stage1_epochs": 10, "stage1_lr": 0.1, "head_hidden": 64, "stage2_epochs": 60},
+            "stage1_epochs": 10, "stage1_lr": 0.1, "head_hidden": 64, "stage2_epochs": 60,
+            "malloc_mmap_threshold": 8 << 20},
     # The embedded default: scikit-learn's 8x8 digits upsampled to 16x16.
     "digits": {"arch": "resnet18", "width": 8, "image_size": 16, "mem_sizes": [32, 16],
                "ratios": [0.5, 1.0], "batch_size": 32, "stage1_epochs": 40, "stage1_lr": 0.1,

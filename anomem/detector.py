@@ -115,7 +115,7 @@ def _threshold_fields(blob: dict[str, Any]) -> tuple[float | None, float | None,
 
 #: Keys that say where and how fast a run goes, never what it computes: a checkpoint
 #: resumes across them (a run started on one device finishes on another).
-RUNTIME_KEYS = ("device", "amp", "channels_last")
+RUNTIME_KEYS = ("device", "amp", "channels_last", "malloc_mmap_threshold")
 
 
 def run_fingerprint(cfg: AnoMemConfig, images: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from anomem.augment import TwoViewAugment
 from anomem.config import AnoMemConfig
 from anomem.errors import TrainingDivergedError
+from anomem.heap import large_blocks_mmapped
 from anomem.losses import (
     contrasted_memory_loss,
     mem_select,
@@ -315,8 +316,18 @@ def train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
     matches ``fingerprint``.  ``objective`` (default: a
     :class:`ContrastedMemoryObjective` of ``model``) may be a DDP wrapper of it;
     then ``images``/``y`` are this rank's shard.  Returns one dict per epoch
-    (mean loss, per-scale terms, images/s).
+    (mean loss, per-scale terms, images/s).  On the CPU, runs under the
+    config's ``malloc_mmap_threshold`` (:func:`anomem.heap.large_blocks_mmapped`).
     """
+    on_cpu = torch.device(opts.device).type == "cpu"
+    with large_blocks_mmapped(model.config.malloc_mmap_threshold if on_cpu else 0):
+        return _train_stage1(model, images, y, fingerprint, opts, objective)
+
+
+def _train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
+                  fingerprint: dict[str, Any], opts: RunOptions,
+                  objective: nn.Module | None) -> list[dict[str, float]]:
+    """:func:`train_stage1` under the allocator settings it chose."""
     cfg = model.config
     objective = objective or ContrastedMemoryObjective(model)
     n = images.shape[0]

@@ -9,11 +9,13 @@ in the first steps and held from then on.  Reported: the peak resident set
 (the floor every run pays), the number of stage-1 steps and the wall time.
 
     python benchmarks/memory/peak_rss.py                      # digits, cpu, mtd x 200, 5000
-    python benchmarks/memory/peak_rss.py --presets cpu --sizes 5000 --malloc-mmap-threshold 4194304
+    python benchmarks/memory/peak_rss.py --presets cpu --sizes 5000 --set malloc_mmap_threshold=0
 
-``--malloc-mmap-threshold BYTES`` runs the workers with glibc's
-``MALLOC_MMAP_THRESHOLD_`` set (tensors of at least BYTES get their own
-pages, returned on free), to measure what the allocator's retention costs.
+``--set KEY=VALUE`` (repeatable) overrides a config key of every fit, e.g.
+``malloc_mmap_threshold=0`` for glibc's default heap.  ``--malloc-mmap-threshold
+BYTES`` runs the workers with glibc's ``MALLOC_MMAP_THRESHOLD_`` environment
+variable set (from the process start, for everything), to measure what the
+allocator's retention costs.
 """
 
 from __future__ import annotations
@@ -32,8 +34,17 @@ from typing import Any
 HERE = Path(__file__).parent
 
 
-def worker(preset: str, n: int, threads: int) -> dict[str, Any]:
-    """One measurement in this (fresh) process."""
+def worker(preset: str, n: int, threads: int, overrides: dict[str, Any],
+           candidate: str | None = None) -> dict[str, Any]:
+    """One measurement in this (fresh) process.
+
+    ``candidate`` (not in the library, see ``step_time.py``): ``trim`` calls
+    glibc's ``malloc_trim(0)`` after every stage-1 step, ``checkpoint`` fits
+    with the stem and first stage checkpointed.
+    """
+    import contextlib
+    import ctypes
+
     import numpy as np
     import torch
 
@@ -44,22 +55,41 @@ def worker(preset: str, n: int, threads: int) -> dict[str, Any]:
     after_import = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     x = np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
     steps: list[int] = []
+    trim = ctypes.CDLL(None).malloc_trim if candidate == "trim" else None
+
+    def log(row: dict[str, Any]) -> None:
+        steps.append(row["step"])
+        if trim is not None and row.get("stage") == 1:
+            trim(0)
+
     t0 = time.perf_counter()
-    det = AnoMem(preset, stage1_epochs=1, stage2_epochs=1, device="cpu")
-    det.fit(x, log=lambda row: steps.append(row["step"]), progress=False)
+    det = AnoMem(preset, **{"stage1_epochs": 1, "stage2_epochs": 1, "device": "cpu", **overrides})
+    saver: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if candidate == "checkpoint":
+        sys.path.insert(0, str(HERE))
+        from step_time import checkpointed_first_stage
+
+        saver = checkpointed_first_stage()
+    with saver:
+        det.fit(x, log=log, progress=False)
     return {"preset": preset, "n_images": n, "image_size": det.config.image_size,
             "stage1_steps": len(steps), "peak_rss_mb": round(resource.getrusage(
                 resource.RUSAGE_SELF).ru_maxrss / 1024), "rss_after_import_mb": round(after_import),
             "wall_s": round(time.perf_counter() - t0, 1), "torch_threads": threads,
+            "overrides": overrides, "candidate": candidate,
+            "malloc_mmap_threshold_config": det.config.malloc_mmap_threshold,
             "anomem": anomem.__version__, "torch": torch.__version__}
 
 
-def measure(preset: str, n: int, threads: int, mmap_threshold: int | None) -> dict[str, Any]:
+def measure(preset: str, n: int, threads: int, mmap_threshold: int | None,
+            overrides: list[str], candidate: str | None = None) -> dict[str, Any]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     if mmap_threshold is not None:
         env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
+    sets = [arg for kv in overrides for arg in ("--set", kv)]
+    sets += ["--candidate", candidate] if candidate else []
     out = subprocess.run([sys.executable, __file__, "--worker", preset, str(n), "--threads",
-                          str(threads)], env=env, capture_output=True, text=True, check=True)
+                          str(threads), *sets], env=env, capture_output=True, text=True, check=True)
     row = json.loads(out.stdout.strip().splitlines()[-1])
     row["malloc_mmap_threshold"] = mmap_threshold
     return row
@@ -80,16 +110,25 @@ def main() -> int:
     p.add_argument("--sizes", nargs="+", type=int, default=[200, 5000])
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     p.add_argument("--malloc-mmap-threshold", type=int, metavar="BYTES")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every fit (repeatable)")
+    p.add_argument("--candidate", choices=("trim", "checkpoint"),
+                   help="a memory saver not in the library (see step_time.py)")
     p.add_argument("--out", type=Path, help="JSON file for the rows (default: print only)")
     p.add_argument("--worker", nargs=2, metavar=("PRESET", "N"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.threads)))
+        from anomem.config import parse_override
+
+        overrides = dict(parse_override(kv) for kv in args.set)
+        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.threads, overrides,
+                                args.candidate)))
         return 0
     rows = []
     for preset in args.presets:
         for n in args.sizes:
-            rows.append(measure(preset, n, args.threads, args.malloc_mmap_threshold))
+            rows.append(measure(preset, n, args.threads, args.malloc_mmap_threshold, args.set,
+                                args.candidate))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print(table(rows))
     print(f"\n{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, "
