@@ -60,7 +60,8 @@ class AnoMemConfig:
     ``shared`` with its map's memory, or ``none``); an image-level memory of
     its own holds ``global_mem_factor`` x N_mem of its stage; ``reseed_dead`` restarts
     patterns that answer no normal query in an epoch; ``consolidate`` Lloyd
-    steps of the patterns on the clean training normals end stage 1;
+    steps of the patterns on the clean training normals end stage 1, which
+    first grows every memory to ``consolidate_factor`` x its trained patterns;
     ``score_retrieval`` is Eq. 1 at beta -> infinity (``nearest``) or at
     ``beta`` (``hopfield``) in Eq. 8; ``memory_init`` (``random`` N(0, 1/d) or
     first-batch features, ``data``).  ``use_memory=False`` trains plain
@@ -131,6 +132,7 @@ class AnoMemConfig:
     projector: str = "none"
     reseed_dead: bool = True
     consolidate: int = 10
+    consolidate_factor: int = 4
     score_retrieval: str = "nearest"
     variance: str = "components"
     scale_norm: str = "rms"
@@ -167,6 +169,14 @@ class AnoMemConfig:
         """Scale confidences alpha(s) = 2^(s-1), s = 1..S (paper §4.2); the image-level scale is last."""
         return tuple(2.0 ** s for s in range(self.n_scales))
 
+    @property
+    def memory_growth(self) -> int:
+        """Patterns a memory holds after stage 1 per pattern trained: ``consolidate_factor``
+        when consolidation runs on Hopfield memories (``consolidate > 0``, ``use_memory``,
+        ``prototypes="hopfield"``), else 1."""
+        runs = self.consolidate > 0 and self.use_memory and self.prototypes == "hopfield"
+        return self.consolidate_factor if runs else 1
+
     def replace(self, **changes: Any) -> AnoMemConfig:
         """A copy with ``changes`` applied and validated."""
         return from_dict({**to_dict(self), **changes})
@@ -197,7 +207,7 @@ def _validate(c: AnoMemConfig) -> None:
         if getattr(c, key) not in allowed:
             _fail(key, f"got {getattr(c, key)!r}, expected one of {', '.join(allowed)}")
     for key in ("width", "image_size", "batch_size", "hopfield_steps", "head_hidden", "head_pool",
-                "global_mem_factor"):
+                "global_mem_factor", "consolidate_factor"):
         v = getattr(c, key)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             _fail(key, f"must be a positive integer, got {v!r}")

@@ -345,7 +345,8 @@ class AnoMem(Detector):
                 f"{MODEL_VERSION}: install the matching anomem or re-fit the model")
         require_checksum(blob, "model file", path)
         try:
-            cfg = from_dict(blob["config"])
+            # files from before consolidate_factor existed hold memories that never grew
+            cfg = from_dict({"consolidate_factor": 1, **blob["config"]})
             (threshold, bound, normals), state = _threshold_fields(blob), blob["state_dict"]
             if not all(isinstance(blob[k], bool) for k in ("kmeans", "semi_supervised")):
                 raise TypeError("kmeans / semi_supervised flags are not booleans")

@@ -115,12 +115,29 @@ class AnoMemModel(nn.Module):
         the heads of Eq. 10 when ``semi_supervised``.
         """
         model = cls(config)
+        model.grow_memories()
         if config.prototypes == "kmeans":
             model.use_kmeans([torch.zeros(model.memory(s).patterns.shape)
                               for s in range(len(model.dims))])
         if semi_supervised:
             model.add_heads()
         return model
+
+    @torch.no_grad()
+    def grow_memories(self) -> None:
+        """Each memory to ``config.memory_growth`` x its patterns, the added ones copies.
+
+        Stage 1 trains N_mem patterns per memory; consolidation
+        (:func:`anomem.stages.stage1.consolidate_prototypes`) starts by growing
+        them, and the copies, which answer no query (the first of equal
+        attentions wins), restart at the worst-answered vectors.  Copies change
+        no retrieval: Eq. 1's attention splits evenly among equal patterns.
+        """
+        f = self.config.memory_growth
+        if f > 1:
+            for memory in self.memories:
+                memory.patterns = nn.Parameter(memory.patterns.detach().repeat(f, 1),
+                                               requires_grad=memory.patterns.requires_grad)
 
     @property
     def semi_supervised(self) -> bool:

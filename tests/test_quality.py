@@ -94,7 +94,8 @@ def test_consolidation_moves_patterns_to_the_means_of_their_vectors(monkeypatch)
     # Two tight clusters of unit vectors around e0 and e1; patterns start between them and
     # end on the normalised cluster means (one Lloyd step suffices, the next changes nothing).
     model = AnoMemModel(get_config("digits", {"width": 4, "mem_sizes": [2, 2],
-                                              "global_memory": "none", "consolidate": 3}))
+                                              "global_memory": "none", "consolidate": 3,
+                                              "consolidate_factor": 1}))
     def cluster_map(c: int) -> tuple[torch.Tensor, torch.Tensor]:
         a = torch.zeros(6, c)
         a[:3, 0], a[3:, 1] = 1.0, 1.0
@@ -223,3 +224,68 @@ def test_demo_prints_anomem_beside_both_nearest_neighbour_references(tmp_path, c
     assert cells[0]["knn_pixels"] > 0.9            # 1-NN on 8x8 digit pixels is a strong reference
     assert main(["demo", "--set", "seed=3"]) == 2
     assert "--seeds" in capsys.readouterr().err
+
+
+def test_grown_memories_hold_copies_that_change_no_retrieval():
+    cfg = get_config("digits", {"width": 4, "consolidate_factor": 3})     # mem_sizes (32, 16)
+    model = AnoMemModel(cfg).eval()
+    assert [m.patterns.shape[0] for m in model.memories] == [32, 16, 32, 16]   # stage 1 trains N_mem
+    torch.manual_seed(0)
+    queries = [torch.randn(7, d) for d in model.dims]
+    before = [(m(q), m.nearest(q)) for m, q in zip(model.memories, queries)]
+    model.grow_memories()
+    assert [m.patterns.shape[0] for m in model.memories] == [96, 48, 96, 48]
+    for m, q, (soft, hard) in zip(model.memories, queries, before):
+        assert torch.equal(m.nearest(q), hard)                 # the first of equal patterns wins
+        # Eq. 1 with each pattern thrice: the same weights, summed in another order (float32)
+        torch.testing.assert_close(m(q), soft, rtol=0, atol=1e-6)
+    assert [m.patterns.shape[0] for m in AnoMemModel.build(cfg).memories] == [96, 48, 96, 48]
+    for literal in ({"consolidate": 0}, {"use_memory": False}, {"prototypes": "kmeans"}):
+        assert cfg.replace(**literal).memory_growth == 1     # nothing grows without consolidation
+    with pytest.raises(ConfigError, match="consolidate_factor"):
+        cfg.replace(consolidate_factor=0)
+
+
+def test_consolidation_grows_the_memory_into_prototypes_that_each_answer_vectors():
+    # Three tight clusters of unit vectors, one trained pattern per memory grown to 3: after
+    # consolidation every pattern wins vectors and sits on their normalised mean (Lloyd's fixed
+    # point), one pattern per cluster.
+    torch.manual_seed(0)
+    model = AnoMemModel(get_config("digits", {"width": 4, "mem_sizes": [1, 1], "global_memory": "none",
+                                              "consolidate_factor": 3}))
+    def cluster_map(c: int) -> tuple[torch.Tensor, torch.Tensor]:
+        a = torch.zeros(9, c)
+        for k in range(3):
+            a[3 * k:3 * k + 3, k] = 1.0
+            a[3 * k:3 * k + 3, 3] = torch.tensor([0.1, 0.0, -0.1])
+        return a, a.T.reshape(1, c, 3, 3)                                  # one image, 9 positions
+    (a0, f0), (a1, f1) = cluster_map(model.dims[0]), cluster_map(model.dims[1])
+    model.features = lambda x: [f0.expand(len(x), -1, -1, -1), f1.expand(len(x), -1, -1, -1)]
+    consolidate_prototypes(model, torch.zeros(1, 3, 16, 16, dtype=torch.uint8), torch.ones(1), RunOptions())
+    for mem, a in zip(model.memories, (a0, a1)):
+        vecs = torch.nn.functional.normalize(a, dim=1)
+        p = mem.stored().detach()
+        assert p.shape[0] == 3
+        assign = mem.winner(vecs)
+        assert sorted(assign.tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+        for k in range(3):
+            mean = torch.nn.functional.normalize(vecs[assign == k].mean(0), dim=0)
+            torch.testing.assert_close(p[k], mean, rtol=0, atol=1e-6)
+            assert len(set(assign[assign == k].tolist())) == 1 and len(set(
+                (torch.nonzero(assign == k).squeeze(1) // 3).tolist())) == 1   # one cluster each
+
+
+def test_model_files_from_before_consolidate_factor_load_ungrown(digits, tmp_path):
+    from anomem.serialization import atomic_torch_save, safe_torch_load
+
+    det = AnoMem("digits", stage1_epochs=1, stage2_epochs=1, consolidate_factor=1).fit(
+        digits.x_train[:40], validation_fraction=0.0)
+    path = det.save(tmp_path / "m.anomem")
+    blob = safe_torch_load(path, "model file")
+    del blob["config"]["consolidate_factor"]
+    blob.pop("checksum", None)
+    atomic_torch_save(blob, path)
+    back = AnoMem.load(path)
+    assert back.config.consolidate_factor == 1
+    np.testing.assert_array_equal(back.decision_function(digits.x_test[:20]),
+                                  det.decision_function(digits.x_test[:20]))

@@ -164,7 +164,9 @@ def consolidate_prototypes(model: AnoMemModel, images: torch.Tensor, y: torch.Te
     (measured: nearest-pattern retrieval trails nearest-k-means-centroid
     retrieval of the same features by 10-50 AUROC points on digits).  Here the
     learned patterns are the starting point of ``consolidate`` Lloyd steps on
-    the (eval-mode, prepared) feature vectors of the normal training images:
+    the (eval-mode, prepared) feature vectors of the normal training images,
+    after each memory grew to ``consolidate_factor`` x N_mem patterns
+    (:meth:`~anomem.torch_model.AnoMemModel.grow_memories`):
     each vector goes to the pattern of highest attention, each pattern moves
     to the mean of its vectors (normalised when the memory normalises); a
     pattern with no vector first restarts at the worst-answered vector
@@ -173,6 +175,7 @@ def consolidate_prototypes(model: AnoMemModel, images: torch.Tensor, y: torch.Te
     patterns (from its shard) are broadcast.
     """
     cfg = model.config
+    model.grow_memories()
     normals = images[y == 1]
     maps = map_batches(model, normals, opts, lambda m, x: [
         z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]) for z in m.features(x)])
@@ -196,24 +199,28 @@ def consolidate_prototypes(model: AnoMemModel, images: torch.Tensor, y: torch.Te
 
 
 def restart_empty(vecs: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:
-    """Patterns that answer none of ``vecs`` restart at the vectors answered worst.
+    """Patterns that answer none of ``vecs`` restart, one by one, at the vector answered worst.
 
-    One Lloyd step's remedy for empty clusters (as in k-means): with ``e``
-    patterns of ``patterns`` (N_mem, d) winning no vector of ``vecs`` (n, d)
-    (highest attention, :meth:`~anomem.memory.HopfieldMemory.winner`), the
-    ``e`` vectors whose winning attention is lowest become those patterns (at
-    most n).  Without it a memory larger than the number of clusters its
-    features form keeps dead patterns through consolidation (measured: 16-28
-    of 128 image-level patterns in use on digits).  Deterministic; returns a
+    One Lloyd step's remedy for empty clusters (as in k-means): each pattern of
+    ``patterns`` (N_mem, d) that wins no vector of ``vecs`` (n, d) (highest
+    attention, :meth:`~anomem.memory.HopfieldMemory.winner`) becomes the vector
+    whose best attention is lowest, counting the patterns restarted before it
+    (farthest-first, so that several restarts do not land in one region; at
+    most n restart).  Without it a memory larger than the number of clusters
+    its features form keeps dead patterns through consolidation (measured:
+    16-28 of 128 image-level patterns in use on digits), and a grown memory
+    (``consolidate_factor``) would keep its copies.  Deterministic; returns a
     new tensor.
     """
     best, assign = (vecs @ patterns.t()).max(-1)
     dead = torch.nonzero(torch.bincount(assign, minlength=len(patterns)) == 0).squeeze(1)
-    k = min(len(dead), len(vecs))
-    if k == 0:
+    if len(dead) == 0:
         return patterns
     out = patterns.clone()
-    out[dead[:k]] = vecs[torch.argsort(best, stable=True)[:k]]
+    for j in dead[:len(vecs)]:
+        i = int(torch.argmin(best))
+        out[j] = vecs[i]
+        best = torch.maximum(best, vecs @ vecs[i])
     return out
 
 
