@@ -27,7 +27,7 @@ FINGERPRINT = {"config": {"seed": 0}, "data": "abc"}
 def write_model(path: Path, version: int) -> None:
     det = AnoMem("digits", seed=version)
     torch.manual_seed(version)
-    det.model = AnoMemModel(det.config).eval()
+    det.model = AnoMemModel.build(det.config).eval()
     det.threshold_ = float(version)
     det.save(path)
 

@@ -289,3 +289,23 @@ def test_model_files_from_before_consolidate_factor_load_ungrown(digits, tmp_pat
     assert back.config.consolidate_factor == 1
     np.testing.assert_array_equal(back.decision_function(digits.x_test[:20]),
                                   det.decision_function(digits.x_test[:20]))
+
+
+def test_calibration_scores_each_normal_against_memories_consolidated_without_it(digits):
+    # A memory with more patterns than training normals holds each as a pattern after
+    # consolidation: in-sample, the pooled scale's scores are all 0.  Calibration scores each
+    # half against memories consolidated on the other half, and leaves the model's own alone.
+    from anomem.data.convert import to_image_tensor
+    from anomem.stages.common import map_batches
+    from anomem.stages.stage2 import calibrate_scales
+
+    normals = digits.x_train[digits.y_train == 0][:24]
+    det = AnoMem("digits", stage1_epochs=1, consolidate_factor=8).fit(normals, validation_fraction=0.0)
+    net = det.network                               # image-level memories: 8 x (32, 16) >= 24 images
+    x = to_image_tensor(normals, net.config.image_size, "images")
+    in_sample = torch.cat(map_batches(net, x, RunOptions(), lambda m, b: m.oc_scores(m.deviation_maps(b))))
+    assert float(in_sample[:, 2].max()) < 1e-6           # every normal is its own prototype
+    before = [m.patterns.detach().clone() for m in net.memories]
+    calibrate_scales(net, x, RunOptions())
+    assert all(torch.equal(m.patterns, b) for m, b in zip(net.memories, before))
+    assert float(net.score_std.min()) > 1e-3 and float(net.score_mean[2]) > 1e-3

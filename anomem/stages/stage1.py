@@ -155,7 +155,7 @@ def reseed_dead_patterns(model: AnoMemModel, opt: torch.optim.Optimizer, epoch: 
 
 @torch.no_grad()
 def consolidate_prototypes(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
-                           opts: RunOptions) -> None:
+                           opts: RunOptions, grow: bool = True) -> None:
     """``consolidate``: end stage 1 with Lloyd iterations of the patterns on the training normals.
 
     The paper is silent on where the patterns end up.  Trained by Eq. 4 they
@@ -172,10 +172,13 @@ def consolidate_prototypes(model: AnoMemModel, images: torch.Tensor, y: torch.Te
     pattern with no vector first restarts at the worst-answered vector
     (:func:`restart_empty`).  Up to ``CONSOLIDATE_MAX_VECTORS`` vectors
     per memory, drawn with seed stream ``"consolidate"``.  Under DDP rank 0's
-    patterns (from its shard) are broadcast.
+    patterns (from its shard) are broadcast.  ``grow=False`` consolidates the
+    memories as they are (out-of-fold calibration,
+    :func:`anomem.stages.stage2.calibrate_scales`).
     """
     cfg = model.config
-    model.grow_memories()
+    if grow:
+        model.grow_memories()
     normals = images[y == 1]
     maps = map_batches(model, normals, opts, lambda m, x: [
         z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]) for z in m.features(x)])
