@@ -9,6 +9,8 @@ same encoder (``KNNDetector(k=1, encoder=det)``).  The image sets and budgets:
 * ``cifar``: CIFAR-10 (shared JPEG archive), the ``cpu`` preset at the ``cpu``
   grid's budget (3 stage-1 epochs, 1,000 training images per class, 200 test
   images per class), one-vs-all of ``--seed``;
+* ``cifar-full``: the same at the full ``cpu`` preset (10 stage-1 epochs, all
+  5,000 training images of the class, the whole 10,000-image test split);
 * ``mtd``: Magnetic Tile Defects at 64 x 64, the ``mtd`` preset with 6
   stage-1 epochs, defect-free tiles vs every defect (``split_mtd(seed)``).
 
@@ -50,6 +52,8 @@ def task_source(dataset: str, seed: int) -> tuple[Any, str, dict[str, Any]]:
         return (lambda c: make_one_vs_all(split, c, 0.0, seed)), "digits", {}
     from anomem.protocols.runner import load_dataset, subsample
     _, split = load_dataset("cifar10_jpeg")
+    if dataset == "cifar-full":
+        return (lambda c: make_one_vs_all(split, c, 0.0, seed)), "cpu", {}
     split = subsample(split, 1000, 200, 0)
     return (lambda c: make_one_vs_all(split, c, 0.0, seed)), "cpu", {"stage1_epochs": 3}
 
@@ -89,14 +93,15 @@ def run(args: argparse.Namespace) -> None:
 
 
 def summary(path: Path) -> None:
-    """Mean over seeds of the per-seed class means, ± their std, per (image set, variant)."""
+    """Mean over seeds of the per-seed class means, ± their std, per (image set, variant, score)."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     for ds in dict.fromkeys(r["ds"] for r in rows):
         for name in dict.fromkeys(r["name"] for r in rows if r["ds"] == ds):
             rr = [r for r in rows if r["ds"] == ds and r["name"] == name]
             seeds = sorted({r["seed"] for r in rr})
             cells = []
-            for key in ("fused", "img_alpha", "knn"):
+            keys = [k for k, v in rr[0].items() if k not in ("seed", "c", "t") and isinstance(v, float)]
+            for key in keys:
                 means = [np.mean([r[key] for r in rr if r["seed"] == s]) for s in seeds]
                 cells.append(f"{key} {np.mean(means):.2f} ± {np.std(means):.2f}")
             print(f"{ds:6s} {name:8s} seeds {seeds} rows {len(rr):3d} | " + " | ".join(cells))
@@ -105,7 +110,7 @@ def summary(path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--name", default="defaults")
-    p.add_argument("--dataset", choices=("digits", "cifar", "mtd"), default="digits")
+    p.add_argument("--dataset", choices=("digits", "cifar", "cifar-full", "mtd"), default="digits")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--classes", type=int, nargs="+", default=list(range(10)))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

@@ -1,0 +1,71 @@
+"""How large should consolidation grow the memories? One encoder, several ``consolidate_factor``.
+
+For each task of ``variant_probe.py``'s image sets (same splits and budgets) it
+fits AnoMem once with ``consolidate_factor=1`` (stage 1 and its consolidation
+do not depend on the factor before the growth), then, for each factor f,
+grows a copy of the consolidated memories to f x N_mem and runs the
+consolidation again (``consolidate`` Lloyd steps from those patterns) and
+scores it.  ``f=1`` is that second consolidation alone (the control).  The
+kNN column is the 1-NN on the same encoder.  One JSON line per class.
+
+    python benchmarks/quality/growth_probe.py --dataset digits --seed 0
+    python benchmarks/quality/growth_probe.py --dataset cifar --seed 0 --classes 0 1
+    python benchmarks/quality/growth_probe.py --dataset cifar-full --seed 0 --classes 1
+    python benchmarks/quality/variant_probe.py --summary benchmarks/quality/growth_probe.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+FACTORS = (1, 2, 4, 8)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from anomem import AnoMem
+    from anomem.baselines.knn import KNNDetector
+    from anomem.data.convert import to_image_tensor
+    from anomem.stages.common import RunOptions
+    from anomem.stages.stage1 import consolidate_prototypes
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from variant_probe import task_source
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", choices=("digits", "cifar", "cifar-full", "mtd"), default="digits")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--classes", type=int, nargs="+", default=list(range(10)))
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    task_of, preset, budget = task_source(args.dataset, args.seed)
+    for c in args.classes:
+        t0 = time.time()
+        t = task_of(c)
+        det = AnoMem(preset, seed=args.seed, consolidate_factor=1, **budget).fit(
+            t.x_train, t.labels_train, validation_fraction=0.0, progress=False)
+        x = to_image_tensor(t.x_train, det.config.image_size, "images")
+        normal = torch.ones(len(x), dtype=torch.long)
+        row = {"name": "growth", "ds": args.dataset, "seed": args.seed, "c": c}
+        for f in FACTORS:
+            grown = copy.deepcopy(det)
+            grown.network.config = grown.network.config.replace(consolidate_factor=f)
+            consolidate_prototypes(grown.network, x, normal, RunOptions())   # grows, then Lloyd
+            grown.network.eval()
+            row[f"f{f}"] = round(100 * roc_auc_score(t.labels_test, grown.decision_function(t.x_test)), 2)
+        knn = KNNDetector(preset, k=1, encoder=det).fit(t.x_train, t.labels_train)
+        row["knn"] = round(100 * roc_auc_score(t.labels_test, knn.decision_function(t.x_test)), 2)
+        row["t"] = round(time.time() - t0)
+        print(json.dumps(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
