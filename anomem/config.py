@@ -170,12 +170,16 @@ class AnoMemConfig:
         return tuple(2.0 ** s for s in range(self.n_scales))
 
     @property
+    def consolidates(self) -> bool:
+        """Whether the memories a fit leaves are consolidated Hopfield patterns
+        (``consolidate > 0``, ``use_memory``, ``prototypes="hopfield"``)."""
+        return self.consolidate > 0 and self.use_memory and self.prototypes == "hopfield"
+
+    @property
     def memory_growth(self) -> int:
         """Patterns a memory holds after stage 1 per pattern trained: ``consolidate_factor``
-        when consolidation runs on Hopfield memories (``consolidate > 0``, ``use_memory``,
-        ``prototypes="hopfield"``), else 1."""
-        runs = self.consolidate > 0 and self.use_memory and self.prototypes == "hopfield"
-        return self.consolidate_factor if runs else 1
+        when :attr:`consolidates`, else 1."""
+        return self.consolidate_factor if self.consolidates else 1
 
     def replace(self, **changes: Any) -> AnoMemConfig:
         """A copy with ``changes`` applied and validated."""

@@ -384,7 +384,7 @@ def _train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
         if ckpt is not None and ((step + 1) % opts.checkpoint_every == 0 or step + 1 == total):
             _save(ckpt, step + 1, modules, fingerprint, history, epoch_stats, opts)
     bar.close()
-    if cfg.use_memory and cfg.consolidate > 0:
+    if cfg.consolidates:       # k-means prototypes replace the patterns: nothing to consolidate
         consolidate_prototypes(model, images, y, opts)
     model.eval()
     return history

@@ -82,13 +82,17 @@ def calibrate_scales(model: AnoMemModel, normals: torch.Tensor, opts: RunOptions
     consolidated on the other half; the model's own memories are untouched.
     Without consolidation, in-sample.
     """
-    cfg = model.config
-    if cfg.consolidate > 0 and cfg.use_memory and cfg.prototypes == "hopfield" and len(normals) > 1:
+    if model.config.consolidates and len(normals) > 1:
         s = _out_of_fold_scores(model, normals, opts)
     else:
-        s = torch.cat(map_batches(model, normals, opts, lambda m, x: m.oc_scores(m.deviation_maps(x))))
+        s = torch.cat(map_batches(model, normals, opts, _oc_scores))
     model.score_mean.copy_(s.mean(0))
     model.score_std.copy_(s.std(0).clamp_min(1e-8) if len(s) > 1 else torch.ones_like(s[0]))
+
+
+def _oc_scores(model: AnoMemModel, x: torch.Tensor) -> torch.Tensor:
+    """Eq. 9 per scale (B, S) of a float batch."""
+    return model.oc_scores(model.deviation_maps(x))
 
 
 def _out_of_fold_scores(model: AnoMemModel, normals: torch.Tensor, opts: RunOptions) -> torch.Tensor:
@@ -102,7 +106,7 @@ def _out_of_fold_scores(model: AnoMemModel, normals: torch.Tensor, opts: RunOpti
             others = torch.ones(len(normals), dtype=torch.long)
             others[fold] = 0
             consolidate_prototypes(model, normals, others, opts, grow=False)
-            out += map_batches(model, normals[fold], opts, lambda m, x: m.oc_scores(m.deviation_maps(x)))
+            out += map_batches(model, normals[fold], opts, _oc_scores)
     finally:
         model.memories = kept
         model.eval()
