@@ -83,7 +83,7 @@ def calibrate_scales(model: AnoMemModel, normals: torch.Tensor, opts: RunOptions
     Without consolidation, in-sample.
     """
     if model.config.consolidates and len(normals) > 1:
-        s = _out_of_fold_scores(model, normals, opts)
+        s = out_of_fold_scores(model, normals, opts)
     else:
         s = torch.cat(map_batches(model, normals, opts, _oc_scores))
     model.score_mean.copy_(s.mean(0))
@@ -95,7 +95,7 @@ def _oc_scores(model: AnoMemModel, x: torch.Tensor) -> torch.Tensor:
     return model.oc_scores(model.deviation_maps(x))
 
 
-def _out_of_fold_scores(model: AnoMemModel, normals: torch.Tensor, opts: RunOptions) -> torch.Tensor:
+def out_of_fold_scores(model: AnoMemModel, normals: torch.Tensor, opts: RunOptions) -> torch.Tensor:
     """Eq. 9 per scale (n, S) of each half of ``normals``, memories consolidated on the other half."""
     g = torch.Generator().manual_seed(stream_seed(model.config.seed, "calibrate"))
     order = torch.randperm(len(normals), generator=g)
