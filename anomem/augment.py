@@ -63,3 +63,37 @@ class TwoViewAugment(nn.Module):
             g = self.geometric(x)
             return self.photometric(g).clamp_(0, 1), self.photometric(g).clamp_(0, 1)
         return self.pipeline(x).clamp_(0, 1), self.pipeline(x).clamp_(0, 1)
+
+
+@torch.no_grad()
+def rotated_pseudo_anomalies(v1: torch.Tensor, v2: torch.Tensor, y: torch.Tensor, fraction: float,
+                             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor,
+                                                                  torch.Tensor]:
+    """Stage 1's ``pseudo_anomalies="rotation"``: the batch plus rotated copies labelled anomalous.
+
+    The paper is silent; this is the distribution-shifting transformation of
+    contrastive anomaly detection (rotated normals as anomalies, as in CSI,
+    Tack et al. 2020) written in AnoMem's own terms: the copies enter Eq. 3
+    with y = 0, so their first view bypasses the memory and every normal
+    prototype is a negative of them in Eq. 4.  The first round(fraction * B)
+    images of the (shuffled) batch are copied, both views of one image rotated
+    by the same multiple of 90 degrees (drawn from 90, 180, 270 with
+    ``generator``), so the two views stay a positive pair.  Images are square
+    (the augmentation's output).  ``y`` is 1 for normal images.  Measured in
+    ``docs/design.md``: +6.4 AUROC on magnetic-tile defects, level on digits,
+    -3.9 on CIFAR-10 airplane (a rotated aircraft is still normal).
+
+    Example:
+        >>> v = torch.rand(4, 3, 8, 8)
+        >>> a, b, y = rotated_pseudo_anomalies(v, v, torch.ones(4), 0.5, torch.Generator())
+        >>> a.shape, y.tolist()
+        (torch.Size([6, 3, 8, 8]), [1.0, 1.0, 1.0, 1.0, 0.0, 0.0])
+    """
+    k = max(1, round(fraction * len(v1)))
+    turns = torch.randint(1, 4, (k,), generator=generator).to(v1.device)
+    r1, r2 = v1[:k].clone(), v2[:k].clone()
+    for q in (1, 2, 3):
+        sel = turns == q
+        r1[sel] = torch.rot90(v1[:k][sel], q, dims=(2, 3))
+        r2[sel] = torch.rot90(v2[:k][sel], q, dims=(2, 3))
+    return torch.cat([v1, r1]), torch.cat([v2, r2]), torch.cat([y, y.new_zeros(k)])

@@ -34,6 +34,7 @@ VARIANCES = ("components", "batch")
 SCALE_NORMS = ("frobenius", "rms")
 SEMI_SCORES = ("heads", "heads+oc")
 PROJECTORS = ("none", "mlp")
+PSEUDO_ANOMALIES = ("none", "rotation")
 SCORE_RETRIEVALS = ("nearest", "hopfield")
 
 
@@ -72,7 +73,10 @@ class AnoMemConfig:
     the ``components`` of a vector or across the ``batch``), ``negatives``
     (``all``: every sampled vector of both views; ``same_position``),
     ``projector`` (``mlp``: Eq. 4 compares the two branches after a per-scale
-    two-layer MLP, used in stage 1 only, as SimCLR's projection head), SGD with
+    two-layer MLP, used in stage 1 only, as SimCLR's projection head),
+    ``pseudo_anomalies`` (``rotation``: a ``pseudo_fraction`` share of every
+    batch is added again rotated by 90, 180 or 270 degrees and labelled
+    anomalous in Eq. 3, see :func:`anomem.augment.rotated_pseudo_anomalies`), SGD with
     Nesterov momentum and cosine annealing (``stage1_*``).  Augmentations:
     ``crop_scale``, ``jitter``, ``blur_sigma``, ``noise_std`` and
     ``view_geometry`` (``independent`` or ``shared`` crops and flips, see
@@ -130,6 +134,8 @@ class AnoMemConfig:
     global_memory: str = "every"
     global_mem_factor: int = 1
     projector: str = "none"
+    pseudo_anomalies: str = "none"
+    pseudo_fraction: float = 0.5
     reseed_dead: bool = True
     consolidate: int = 10
     consolidate_factor: int = 4
@@ -207,7 +213,7 @@ def _validate(c: AnoMemConfig) -> None:
                          ("view_geometry", VIEW_GEOMETRIES), ("global_memory", GLOBAL_MEMORIES),
                          ("variance", VARIANCES), ("scale_norm", SCALE_NORMS),
                          ("semi_score", SEMI_SCORES), ("score_retrieval", SCORE_RETRIEVALS),
-                         ("projector", PROJECTORS)):
+                         ("projector", PROJECTORS), ("pseudo_anomalies", PSEUDO_ANOMALIES)):
         if getattr(c, key) not in allowed:
             _fail(key, f"got {getattr(c, key)!r}, expected one of {', '.join(allowed)}")
     for key in ("width", "image_size", "batch_size", "hopfield_steps", "head_hidden", "head_pool",
@@ -232,6 +238,8 @@ def _validate(c: AnoMemConfig) -> None:
     for key in ("normalize", "use_memory", "calibrate", "amp", "channels_last", "reseed_dead"):
         if not isinstance(getattr(c, key), bool):
             _fail(key, f"must be true or false, got {getattr(c, key)!r}")
+    if not _is_number(c.pseudo_fraction) or not 0.0 < c.pseudo_fraction <= 1.0:
+        _fail("pseudo_fraction", f"must be in (0, 1], got {c.pseudo_fraction!r}")
     if not _is_number(c.target_frr) or not 0.0 <= c.target_frr < 1.0:
         _fail("target_frr", f"must be in [0, 1), got {c.target_frr!r}")
     n = len(c.memory_stages)

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from anomem.augment import TwoViewAugment
+from anomem.augment import TwoViewAugment, rotated_pseudo_anomalies
 from anomem.config import AnoMemConfig
 from anomem.errors import TrainingDivergedError
 from anomem.heap import large_blocks_mmapped
@@ -362,7 +362,11 @@ def _train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
         idx = torch.randperm(n, generator=g)[i * bsz:(i + 1) * bsz]
         x = images[idx].to(opts.device, non_blocking=True).float().div_(255)
         v1, v2 = aug(x)
-        loss, stats = objective(v1, v2, y[idx].to(opts.device), opts.gather, opts.rank * bsz)
+        yb = y[idx].to(opts.device)
+        if cfg.pseudo_anomalies == "rotation":
+            v1, v2, yb = rotated_pseudo_anomalies(v1, v2, yb, cfg.pseudo_fraction, torch.Generator()
+                                                  .manual_seed(stream_seed(cfg.seed, "pseudo", step)))
+        loss, stats = objective(v1, v2, yb, opts.gather, opts.rank * len(yb))
         value = check_finite(loss, step + 1, "stage 1", "stage1_lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
