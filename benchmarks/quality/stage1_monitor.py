@@ -12,7 +12,8 @@ detection on that class.
 
     python benchmarks/quality/stage1_monitor.py --cls 0 --seed 2 >> stage1_monitor.jsonl
 
-(rows for airplane, seeds 0 and 2, are in ``stage1_monitor.jsonl`` beside this file.)
+(rows for airplane, seeds 0 and 2, and automobile, seeds 0 and 1, are in
+``stage1_monitor.jsonl`` beside this file.)
 """
 
 from __future__ import annotations
