@@ -14,6 +14,10 @@ same encoder (``KNNDetector(k=1, encoder=det)``).  The image sets and budgets:
 * ``mtd``: Magnetic Tile Defects at 64 x 64, the ``mtd`` preset with 6
   stage-1 epochs, defect-free tiles vs every defect (``split_mtd(seed)``).
 
+``--pixel`` fits nothing: it prints, per class, a 1-nearest-neighbour on raw
+pixels at the images' own side (``PixelKNN``) on the same split, the reference
+every variant stands beside (rows named ``pixel_knn``).
+
 ``--no-restart-empty`` runs consolidation without
 :func:`anomem.stages.stage1.restart_empty` (empty patterns stay where they
 are), the behaviour before it existed.
@@ -21,6 +25,7 @@ are), the behaviour before it existed.
     python benchmarks/quality/variant_probe.py --name r1 --dataset digits --seed 0
     python benchmarks/quality/variant_probe.py --name r4 --dataset cifar --seed 0 --classes 0 1 \\
         --set global_mem_factor=4
+    python benchmarks/quality/variant_probe.py --pixel --dataset mtd --seed 0 --classes 0
     python benchmarks/quality/variant_probe.py --summary benchmarks/quality/variant_probe.jsonl
 """
 
@@ -92,6 +97,22 @@ def run(args: argparse.Namespace) -> None:
             "knn": auroc(knn.decision_function(t.x_test)), "t": round(time.time() - t0)}), flush=True)
 
 
+def pixel_rows(args: argparse.Namespace) -> None:
+    """Raw-pixel 1-NN AUROC per class on the split of ``--dataset`` and ``--seed``."""
+    from sklearn.metrics import roc_auc_score
+
+    from anomem.baselines.pixel_knn import PixelKNN
+    from anomem.presets import input_side
+
+    task_of, _, _ = task_source(args.dataset, args.seed)
+    for c in args.classes:
+        t = task_of(c)
+        pix = PixelKNN(size=input_side(t.x_train), k=1).fit(t.x_train, t.labels_train)
+        auroc = roc_auc_score(t.labels_test, pix.decision_function(t.x_test))
+        print(json.dumps({"name": "pixel_knn", "ds": args.dataset, "seed": args.seed, "c": c,
+                          "pixel": round(100 * auroc, 2)}), flush=True)
+
+
 def summary(path: Path) -> None:
     """Mean over seeds of the per-seed class means, ± their std, per (image set, variant, score)."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -115,10 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--classes", type=int, nargs="+", default=list(range(10)))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--no-restart-empty", action="store_true")
+    p.add_argument("--pixel", action="store_true", help="raw-pixel 1-NN rows only (no fit)")
     p.add_argument("--summary", type=Path, help="print the summary of a results file and exit")
     args = p.parse_args(argv)
     if args.summary is not None:
         summary(args.summary)
+    elif args.pixel:
+        pixel_rows(args)
     else:
         run(args)
     return 0
