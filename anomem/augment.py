@@ -91,9 +91,12 @@ def rotated_pseudo_anomalies(v1: torch.Tensor, v2: torch.Tensor, y: torch.Tensor
     """
     k = max(1, round(fraction * len(v1)))
     turns = torch.randint(1, 4, (k,), generator=generator).to(v1.device)
-    r1, r2 = v1[:k].clone(), v2[:k].clone()
-    for q in (1, 2, 3):
-        sel = turns == q
-        r1[sel] = torch.rot90(v1[:k][sel], q, dims=(2, 3))
-        r2[sel] = torch.rot90(v2[:k][sel], q, dims=(2, 3))
-    return torch.cat([v1, r1]), torch.cat([v2, r2]), torch.cat([y, y.new_zeros(k)])
+
+    def with_turned(v: torch.Tensor) -> torch.Tensor:
+        out = torch.cat([v, v[:k]])
+        for q in (1, 2, 3):
+            sel = torch.nonzero(turns == q).squeeze(1)
+            out[len(v) + sel] = torch.rot90(v[sel], q, dims=(2, 3))
+        return out
+
+    return with_turned(v1), with_turned(v2), torch.cat([y, y.new_zeros(k)])

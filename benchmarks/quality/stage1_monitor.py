@@ -2,10 +2,9 @@
 
 One one-class fit (``AnoMem("cpu", seed=S)``, every training image of the
 class, no hold-out).  At the end of each stage-1 epoch the encoder (in eval
-mode) embeds the normal training images and a fixed draw of 2,000 test images
-(numpy seed 0) as :class:`anomem.baselines.knn.KNNDetector` does (pooled,
-normalised maps of the memory stages), and the 1-nearest-neighbour AUROC on
-those test images is printed beside the epoch's stage-1 statistics; the last
+mode) scores a fixed draw of 2,000 test images (numpy seed 0) with
+:class:`anomem.baselines.knn.KNNDetector` (k = 1, the normal training images
+as its bank), and that AUROC is printed beside the epoch's stage-1 statistics; the last
 line gives the fitted model's fused score (Eq. 13) on the same test images.
 It shows whether more stage-1 training makes the features better for
 detection on that class.
@@ -32,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import anomem.stages.stage1 as stage1
     from anomem import AnoMem
-    from anomem.baselines.knn import _PooledScales
+    from anomem.baselines.knn import KNNDetector
     from anomem.data.convert import to_image_tensor
     from anomem.protocols.one_vs_all import make_one_vs_all
     from anomem.protocols.runner import load_dataset
@@ -44,17 +43,17 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     _, split = load_dataset("cifar10_jpeg")
     t = make_one_vs_all(split, args.cls, 0.0, args.seed)
-    x_train = to_image_tensor(t.x_train, 32, "x_train").float().div(255)
+    x_train = to_image_tensor(t.x_train, 32, "x_train")
     test = np.random.default_rng(0).choice(len(t.labels_test), 2000, replace=False)
-    x_test = to_image_tensor(t.x_test, 32, "x_test")[test].float().div(255)
+    x_test = to_image_tensor(t.x_test, 32, "x_test")[test]
     y_test = np.asarray(t.labels_test)[test]
 
-    @torch.no_grad()
     def knn_auroc(model: torch.nn.Module) -> float:
-        net = _PooledScales(model)
-        bank, query = (torch.cat([net(x[i:i + 500]) for i in range(0, len(x), 500)])
-                       for x in (x_train, x_test))
-        return 100 * roc_auc_score(y_test, -(query @ bank.T).max(1).values.numpy())
+        """KNNDetector(k=1) on the encoder being trained (wrapped in an unfitted AnoMem)."""
+        shell = AnoMem(model.config)
+        shell.model = model
+        knn = KNNDetector(model.config, k=1, encoder=shell).fit(x_train, t.labels_train)
+        return 100 * roc_auc_score(y_test, knn.decision_function(x_test))
 
     end_epoch = stage1._end_epoch
 
