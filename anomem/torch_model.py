@@ -128,7 +128,7 @@ class AnoMemModel(nn.Module):
         """Each memory to ``config.memory_growth`` x its patterns, the added ones copies.
 
         Stage 1 trains N_mem patterns per memory; consolidation
-        (:func:`anomem.stages.stage1.consolidate_prototypes`) starts by growing
+        (:func:`anomem.stages.consolidate.consolidate_prototypes`) starts by growing
         them, and the copies, which answer no query (the first of equal
         attentions wins), restart at the worst-answered vectors.  Copies change
         no retrieval: Eq. 1's attention splits evenly among equal patterns.

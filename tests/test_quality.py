@@ -18,13 +18,8 @@ from anomem.errors import ConfigError
 from anomem.losses import variance_loss
 from anomem.memory import HopfieldMemory
 from anomem.stages.common import RunOptions
-from anomem.stages.stage1 import (
-    ContrastedMemoryObjective,
-    consolidate_prototypes,
-    reseed_dead_patterns,
-    restart_empty,
-    track_wins,
-)
+from anomem.stages.consolidate import consolidate_prototypes, restart_empty
+from anomem.stages.stage1 import ContrastedMemoryObjective, reseed_dead_patterns, track_wins
 from anomem.torch_model import AnoMemModel
 
 
@@ -119,14 +114,16 @@ def test_empty_patterns_restart_at_the_worst_answered_vectors():
     vecs = torch.nn.functional.normalize(torch.tensor(
         [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.9, 0.0, 0.1]]), dim=1)
     patterns = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
-    out = restart_empty(vecs, patterns)
+    out, assign = restart_empty(vecs, patterns)
     # attention of each vector's winner (pattern 0): 1, 0, 0.707, 0.994 -> worst two: rows 1, 2
     assert torch.equal(out[0], patterns[0])
     assert torch.equal(out[1], vecs[1]) and torch.equal(out[2], vecs[2])
-    assert torch.equal(restart_empty(vecs, out), out)                     # nothing empty: unchanged
+    assert assign.tolist() == [0, 1, 2, 0]                  # the winners among the restarted patterns
+    again, assign = restart_empty(vecs, out)
+    assert again is out and assign.tolist() == [0, 1, 2, 0]               # nothing empty: unchanged
     # more empty patterns than vectors: only as many restart as there are vectors
     many = torch.cat([patterns[:1], -torch.ones(5, 3)])
-    assert int((restart_empty(vecs[:2], many) != many).any(1).sum()) == 2
+    assert int((restart_empty(vecs[:2], many)[0] != many).any(1).sum()) == 2
 
 
 def test_image_level_memories_hold_global_mem_factor_times_n_mem():
@@ -309,3 +306,32 @@ def test_calibration_scores_each_normal_against_memories_consolidated_without_it
     calibrate_scales(net, x, RunOptions())
     assert all(torch.equal(m.patterns, b) for m, b in zip(net.memories, before))
     assert float(net.score_std.min()) > 1e-3 and float(net.score_mean[2]) > 1e-3
+
+
+def test_out_of_fold_scores_match_consolidating_each_fold_from_its_images(digits):
+    # One feature pass serves both folds; the naive computation extracts features again for
+    # each fold's consolidation and for each half's scores.  Eval-mode features of an image do
+    # not depend on its batch, so the two agree to float32 rounding of the batched convolutions.
+    import copy
+
+    from anomem.data.convert import to_image_tensor
+    from anomem.stages.common import map_batches, stream_seed
+    from anomem.stages.stage2 import out_of_fold_scores
+
+    normals = digits.x_train[digits.y_train == 3][:40]
+    net = AnoMem("digits", stage1_epochs=1).fit(normals, validation_fraction=0.0).network
+    x = to_image_tensor(normals, net.config.image_size, "images")
+    got = out_of_fold_scores(net, x, RunOptions())
+    kept = net.memories
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(
+        stream_seed(net.config.seed, "calibrate")))
+    want = torch.zeros_like(got)
+    for k, fold in enumerate((order[0::2], order[1::2])):
+        net.memories = copy.deepcopy(kept)
+        others = torch.ones(len(x), dtype=torch.long)
+        others[fold] = 0
+        consolidate_prototypes(net, x, others, RunOptions(), grow=False)
+        scores = map_batches(net, x[fold], RunOptions(), lambda m, b: m.oc_scores(m.deviation_maps(b)))
+        want[k * len(order[0::2]):k * len(order[0::2]) + len(fold)] = torch.cat(scores)
+    net.memories = kept
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

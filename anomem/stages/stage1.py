@@ -32,18 +32,16 @@ from anomem.stages.common import (
     check_finite,
     check_finite_parameters,
     load_checkpoint,
-    map_batches,
     save_checkpoint,
     sgd_cosine,
     stream_seed,
 )
+from anomem.stages.consolidate import consolidate_prototypes
 from anomem.torch_model import AnoMemModel
 
 # Prototypes whose spread (mean over dimensions of the std across patterns) falls
 # below this are treated as collapsed to one point.
 COLLAPSE_SPREAD = 1e-6
-# Feature vectors per memory used by the end-of-stage Lloyd iterations.
-CONSOLIDATE_MAX_VECTORS = 20_000
 
 
 class ContrastedMemoryObjective(nn.Module):
@@ -151,80 +149,6 @@ def reseed_dead_patterns(model: AnoMemModel, opt: torch.optim.Optimizer, epoch: 
             buf[dead] = 0.0
         wins.zero_()
     return total
-
-
-@torch.no_grad()
-def consolidate_prototypes(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
-                           opts: RunOptions, grow: bool = True) -> None:
-    """``consolidate``: end stage 1 with Lloyd iterations of the patterns on the training normals.
-
-    The paper is silent on where the patterns end up.  Trained by Eq. 4 they
-    are whatever mixture best serves the contrastive loss on augmented views,
-    not prototypes of the clean normal features that Eq. 8 compares against
-    (measured: nearest-pattern retrieval trails nearest-k-means-centroid
-    retrieval of the same features by 10-50 AUROC points on digits).  Here the
-    learned patterns are the starting point of ``consolidate`` Lloyd steps on
-    the (eval-mode, prepared) feature vectors of the normal training images,
-    after each memory grew to ``consolidate_factor`` x N_mem patterns
-    (:meth:`~anomem.torch_model.AnoMemModel.grow_memories`):
-    each vector goes to the pattern of highest attention, each pattern moves
-    to the mean of its vectors (normalised when the memory normalises); a
-    pattern with no vector first restarts at the worst-answered vector
-    (:func:`restart_empty`).  Up to ``CONSOLIDATE_MAX_VECTORS`` vectors
-    per memory, drawn with seed stream ``"consolidate"``.  Under DDP rank 0's
-    patterns (from its shard) are broadcast.  ``grow=False`` consolidates the
-    memories as they are (out-of-fold calibration,
-    :func:`anomem.stages.stage2.calibrate_scales`).
-    """
-    cfg = model.config
-    if grow:
-        model.grow_memories()
-    normals = images[y == 1]
-    maps = map_batches(model, normals, opts, lambda m, x: [
-        z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]) for z in m.features(x)])
-    g = torch.Generator().manual_seed(stream_seed(cfg.seed, "consolidate"))
-    for k, memory in enumerate(model.memories):
-        vecs = torch.cat([b[s] for b in maps for s, m in enumerate(model.memory_of) if m == k])
-        vecs = memory.prepare(vecs[torch.randperm(len(vecs), generator=g)[:CONSOLIDATE_MAX_VECTORS]
-                                   .to(vecs.device)])
-        x = memory.stored().clone()
-        for _ in range(cfg.consolidate):
-            x = restart_empty(vecs, x)
-            assign = (vecs @ x.t()).argmax(-1)      # memory.winner, on the patterns being moved
-            sums = torch.zeros_like(x).index_add_(0, assign, vecs)
-            count = torch.bincount(assign, minlength=len(x)).unsqueeze(1)
-            mean = torch.where(count > 0, sums / count.clamp_min(1), x)
-            x = memory.prepare(mean)
-        memory.patterns.copy_(x)
-        if opts.world_size > 1 and dist.is_initialized():
-            dist.broadcast(memory.patterns.data, src=0)
-    model.train()
-
-
-def restart_empty(vecs: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:
-    """Patterns that answer none of ``vecs`` restart, one by one, at the vector answered worst.
-
-    One Lloyd step's remedy for empty clusters (as in k-means): each pattern of
-    ``patterns`` (N_mem, d) that wins no vector of ``vecs`` (n, d) (highest
-    attention, :meth:`~anomem.memory.HopfieldMemory.winner`) becomes the vector
-    whose best attention is lowest, counting the patterns restarted before it
-    (farthest-first, so that several restarts do not land in one region; at
-    most n restart).  Without it a memory larger than the number of clusters
-    its features form keeps dead patterns through consolidation (measured:
-    16-28 of 128 image-level patterns in use on digits), and a grown memory
-    (``consolidate_factor``) would keep its copies.  Deterministic; returns a
-    new tensor.
-    """
-    best, assign = (vecs @ patterns.t()).max(-1)
-    dead = torch.nonzero(torch.bincount(assign, minlength=len(patterns)) == 0).squeeze(1)
-    if len(dead) == 0:
-        return patterns
-    out = patterns.clone()
-    for j in dead[:len(vecs)]:
-        i = int(torch.argmin(best))
-        out[j] = vecs[i]
-        best = torch.maximum(best, vecs @ vecs[i])
-    return out
 
 
 def prototype_spread(model: AnoMemModel) -> float:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from anomem.data.convert import batches
 from anomem.losses import sup_loss
 from anomem.stages.common import (
     RunOptions,
@@ -33,10 +34,12 @@ from anomem.stages.common import (
     sgd_cosine,
     stream_seed,
 )
-from anomem.stages.stage1 import consolidate_prototypes
+from anomem.stages.consolidate import consolidate_on_maps, feature_maps
 from anomem.torch_model import AnoMemModel
 
 KMEANS_MAX_VECTORS = 20_000
+# Images per batch when out-of-fold calibration scores precomputed features.
+SCORE_BATCH = 256
 
 
 def fit_kmeans_prototypes(model: AnoMemModel, normals: torch.Tensor, opts: RunOptions) -> None:
@@ -95,18 +98,26 @@ def _oc_scores(model: AnoMemModel, x: torch.Tensor) -> torch.Tensor:
     return model.oc_scores(model.deviation_maps(x))
 
 
+@torch.no_grad()
 def out_of_fold_scores(model: AnoMemModel, normals: torch.Tensor, opts: RunOptions) -> torch.Tensor:
-    """Eq. 9 per scale (n, S) of each half of ``normals``, memories consolidated on the other half."""
+    """Eq. 9 per scale (n, S) of each half of ``normals``, memories consolidated on the other half.
+
+    The features of the normals are computed once: each half's consolidation
+    and the other half's scores use them.
+    """
     g = torch.Generator().manual_seed(stream_seed(model.config.seed, "calibrate"))
     order = torch.randperm(len(normals), generator=g)
+    maps = feature_maps(model, normals, opts)
     kept, out = model.memories, []
     try:
         for fold in (order[0::2], order[1::2]):
             model.memories = copy.deepcopy(kept)
-            others = torch.ones(len(normals), dtype=torch.long)
-            others[fold] = 0
-            consolidate_prototypes(model, normals, others, opts, grow=False)
-            out += map_batches(model, normals[fold], opts, _oc_scores)
+            others = torch.ones(len(normals), dtype=torch.bool)
+            others[fold] = False
+            consolidate_on_maps(model, [z[others.to(z.device)] for z in maps], opts)
+            held = [z[fold.to(z.device)] for z in maps]
+            out += [model.oc_scores([model.memory(s).deviation(z[sl]) for s, z in enumerate(held)])
+                    for sl in batches(len(fold), SCORE_BATCH)]
     finally:
         model.memories = kept
         model.eval()

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     from anomem.baselines.knn import KNNDetector
     from anomem.data.convert import to_image_tensor
     from anomem.stages.common import RunOptions
-    from anomem.stages.stage1 import consolidate_prototypes
+    from anomem.stages.consolidate import consolidate_prototypes
 
     sys.path.insert(0, str(Path(__file__).parent))
     from variant_probe import task_source

@@ -19,7 +19,7 @@ pixels at the images' own side (``PixelKNN``) on the same split, the reference
 every variant stands beside (rows named ``pixel_knn``).
 
 ``--no-restart-empty`` runs consolidation without
-:func:`anomem.stages.stage1.restart_empty` (empty patterns stay where they
+:func:`anomem.stages.consolidate.restart_empty` (empty patterns stay where they
 are), the behaviour before it existed.
 
     python benchmarks/quality/variant_probe.py --name r1 --dataset digits --seed 0
@@ -67,14 +67,14 @@ def run(args: argparse.Namespace) -> None:
     import torch
     from sklearn.metrics import roc_auc_score
 
-    import anomem.stages.stage1 as stage1
+    import anomem.stages.consolidate as consolidate
     from anomem import AnoMem
     from anomem.baselines.knn import KNNDetector
     from anomem.config import parse_override
 
     torch.set_num_threads(1)
     if args.no_restart_empty:
-        stage1.restart_empty = lambda vecs, patterns: patterns
+        consolidate.restart_empty = lambda vecs, patterns: (patterns, (vecs @ patterns.t()).argmax(-1))
     overrides = dict(parse_override(o) for o in args.set)
     task_of, preset, budget = task_source(args.dataset, args.seed)
     for c in args.classes:
