@@ -125,3 +125,27 @@ def test_loading_a_pickle_payload_is_refused(tmp_path):
     torch.save({"format": "anomem-model", "version": 99}, tmp_path / "future.anomem")
     with pytest.raises(ModelFileError, match="version 99"):
         AnoMem.load(tmp_path / "future.anomem")
+
+
+def test_on_epoch_sees_every_stage1_epoch_and_a_probe_changes_no_score(digits):
+    # A probe that scores with the encoder in eval mode, as an online monitor does, must
+    # leave training as it was: same history, same scores as the fit without it.
+    from anomem.stages.common import RunOptions
+
+    x = digits.x_train[digits.y_train == 4][:48]
+    seen: list[tuple[dict, bool, float]] = []
+
+    def probe(model: torch.nn.Module, row: dict) -> None:
+        training = model.training
+        model.eval()
+        with torch.no_grad():
+            norm = float(model.features(torch.rand(4, 3, 16, 16))[-1].norm())
+        model.train(training)
+        seen.append((row, training, norm))
+
+    cfg = {"stage1_epochs": 3, "batch_size": 16}
+    probed = AnoMem("digits", **cfg).fit(x, validation_fraction=0.0, options=RunOptions(on_epoch=probe))
+    plain = AnoMem("digits", **cfg).fit(x, validation_fraction=0.0)
+    assert [r for r, _, _ in seen] == probed.history_["stage1"] and len(seen) == 3
+    assert all(training and norm > 0 for _, training, norm in seen)
+    np.testing.assert_array_equal(probed.decision_function(x), plain.decision_function(x))

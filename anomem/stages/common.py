@@ -38,6 +38,11 @@ class RunOptions:
         checkpoint_every: steps between checkpoints (a checkpoint is also written at the end).
         progress: show a tqdm bar with loss, images/s and ETA.
         log: called with a dict of metrics after every step (e.g. a CSV writer).
+        on_epoch: called (on the main rank) after every stage-1 epoch with the model
+            and that epoch's row of the history, e.g. to probe the encoder while it
+            trains; it must leave the model as it found it (weights and train mode).
+            Its random draws do not change training: torch's generators are restored
+            after it.
         rank, world_size, gather: distributed training (see :mod:`anomem.distributed`).
     """
 
@@ -46,6 +51,7 @@ class RunOptions:
     checkpoint_every: int = 100
     progress: bool = False
     log: Callable[[dict[str, Any]], None] | None = None
+    on_epoch: Callable[[nn.Module, dict[str, float]], None] | None = None
     rank: int = 0
     world_size: int = 1
     gather: Callable[[torch.Tensor], torch.Tensor] | None = None

@@ -296,7 +296,7 @@ def _train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
         loss.backward()
         opt.step()
         sched.step()
-        seen += len(idx)
+        seen += len(yb)     # the rotated pseudo-anomalous copies count: the step processed them
         stats = {"loss": value, **stats}
         for k, v in stats.items():
             epoch_stats[k] = epoch_stats.get(k, 0.0) + v
@@ -309,6 +309,10 @@ def _train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
         if i == per_epoch - 1:
             history.append(_end_epoch(model, opt, epoch, per_epoch, ips, epoch_stats, opts))
             epoch_stats = {}
+            if opts.on_epoch is not None and opts.is_main:
+                # the probe's random draws (if any) must not move training's
+                with torch.random.fork_rng(devices=[] if torch.device(opts.device).type == "cpu" else None):
+                    opts.on_epoch(model, history[-1])
         if ckpt is not None and ((step + 1) % opts.checkpoint_every == 0 or step + 1 == total):
             _save(ckpt, step + 1, modules, fingerprint, history, epoch_stats, opts)
     bar.close()

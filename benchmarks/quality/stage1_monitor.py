@@ -1,8 +1,9 @@
 """1-NN AUROC on AnoMem's encoder after every stage-1 epoch, at the full ``cpu`` preset on CIFAR-10.
 
 One one-class fit (``AnoMem("cpu", seed=S)``, every training image of the
-class, no hold-out).  At the end of each stage-1 epoch the encoder (in eval
-mode) scores a fixed draw of 2,000 test images (numpy seed 0) with
+class, no hold-out).  Before training (epoch 0: the network as the fit
+initialises it) and at the end of each stage-1 epoch (``RunOptions.on_epoch``)
+the encoder (in eval mode) scores a fixed draw of 2,000 test images (numpy seed 0) with
 :class:`anomem.baselines.knn.KNNDetector` (k = 1, the normal training images
 as its bank), and that AUROC is printed beside the epoch's stage-1 statistics; the last
 line gives the fitted model's fused score (Eq. 13) on the same test images.
@@ -10,6 +11,9 @@ It shows whether more stage-1 training makes the features better for
 detection on that class.
 
     python benchmarks/quality/stage1_monitor.py --cls 0 --seed 2 >> stage1_monitor.jsonl
+
+``--init-only`` prints the epoch-0 row alone.  At epoch 0 the BatchNorm
+statistics are those of the training images (:func:`with_data_statistics`).
 
 (rows for airplane, seeds 0 and 2, and automobile, seeds 0 and 1, are in
 ``stage1_monitor.jsonl`` beside this file.)
@@ -23,22 +27,48 @@ import sys
 import time
 
 import numpy as np
+import torch
+
+
+def with_data_statistics(model: torch.nn.Module, images: torch.Tensor) -> torch.nn.Module:
+    """``model`` with every BatchNorm's running mean and variance set to the average over ``images``.
+
+    An initialised network's running statistics (0 and 1) are not those of any
+    data; one train-mode pass without gradients over the images, with
+    cumulative averaging, gives the untrained weights the statistics that
+    training would start to track.
+    """
+    from anomem.data.convert import batches
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    with torch.no_grad():
+        for sl in batches(len(images), 256):
+            model.features(images[sl].float().div(255))
+    for m in norms:
+        m.momentum = 0.1
+    return model
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
     from sklearn.metrics import roc_auc_score
 
-    import anomem.stages.stage1 as stage1
     from anomem import AnoMem
     from anomem.baselines.knn import KNNDetector
     from anomem.data.convert import to_image_tensor
     from anomem.protocols.one_vs_all import make_one_vs_all
     from anomem.protocols.runner import load_dataset
+    from anomem.stages.common import RunOptions
+    from anomem.torch_model import AnoMemModel
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cls", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init-only", action="store_true",
+                   help="print only the epoch-0 row (the encoder as initialised) and stop")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     _, split = load_dataset("cifar10_jpeg")
@@ -55,23 +85,24 @@ def main(argv: list[str] | None = None) -> int:
         knn = KNNDetector(model.config, k=1, encoder=shell).fit(x_train, t.labels_train)
         return 100 * roc_auc_score(y_test, knn.decision_function(x_test))
 
-    end_epoch = stage1._end_epoch
-
-    def monitored(model, opt, epoch, *rest, **kw):  # noqa: ANN001, ANN202
-        row = end_epoch(model, opt, epoch, *rest, **kw)
+    def emit(epoch: int, model: torch.nn.Module, row: dict[str, float]) -> None:
         training = model.training
         model.eval()
         auroc = knn_auroc(model)
         model.train(training)
-        print(json.dumps({"c": args.cls, "seed": args.seed, "epoch": epoch + 1, "knn": round(auroc, 2),
+        print(json.dumps({"c": args.cls, "seed": args.seed, "epoch": epoch, "knn": round(auroc, 2),
                           **{k: round(v, 4) for k, v in row.items() if isinstance(v, float)}}),
               flush=True)
-        return row
 
-    stage1._end_epoch = monitored
+    config = AnoMem("cpu", seed=args.seed).config
+    torch.manual_seed(config.seed)        # as fit does before it builds the network: its initial weights
+    emit(0, with_data_statistics(AnoMemModel(config), x_train), {})
+    if args.init_only:
+        return 0
     t0 = time.time()
-    det = AnoMem("cpu", seed=args.seed).fit(t.x_train, t.labels_train, validation_fraction=0.0,
-                                            progress=False)
+    det = AnoMem("cpu", seed=args.seed).fit(
+        t.x_train, t.labels_train, validation_fraction=0.0,
+        options=RunOptions(on_epoch=lambda model, row: emit(int(row["epoch"]), model, row)))
     fused = 100 * roc_auc_score(y_test, det.decision_function(t.x_test)[test])
     print(json.dumps({"c": args.cls, "seed": args.seed, "final_fused": round(fused, 2),
                       "t": round(time.time() - t0)}), flush=True)
