@@ -11,13 +11,18 @@ grid position (i, j) of the two views.  With independent crops and flips
 (SimCLR's recipe, the default) that position shows different parts of the
 image in each view; with the geometry shared, one crop and flip is drawn per
 image and only the photometric transforms (jitter, blur, noise) differ, so
-position (i, j) is the same physical patch in both views.
+position (i, j) is the same physical patch in both views.  ``aligned`` keeps
+the independent crops and flips and gives stage 1 the pixel transform from the
+first view to the second (:meth:`TwoViewAugment.aligned_views`), so the
+positive of view 1's position (i, j) is the point of view 2 showing the same
+part of the image (:func:`corresponding_grid`).
 """
 
 from __future__ import annotations
 
 import kornia.augmentation as K
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -64,11 +69,67 @@ class TwoViewAugment(nn.Module):
             return self.photometric(g).clamp_(0, 1), self.photometric(g).clamp_(0, 1)
         return self.pipeline(x).clamp_(0, 1), self.pipeline(x).clamp_(0, 1)
 
+    def _geometry(self) -> torch.Tensor:
+        """Pixel transform (B, 3, 3) from the input to the last view drawn (crop, then flip)."""
+        crop, flip = self.geometric
+        return flip.transform_matrix @ crop.transform_matrix
+
+    @torch.no_grad()
+    def aligned_views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Two independent views (the same draws as :meth:`forward`) and the transform between them.
+
+        Returns ``(v1, v2, align)``: ``align`` (B, 3, 3) maps homogeneous pixel
+        coordinates of view 1 (x right, y down, pixel centres at integers) to
+        those of view 2 showing the same point of the input image.
+        """
+        v1 = self.pipeline(x).clamp_(0, 1)
+        m1 = self._geometry()
+        v2 = self.pipeline(x).clamp_(0, 1)
+        return v1, v2, self._geometry() @ torch.linalg.inv(m1)
+
+
+def corresponding_grid(pos: torch.Tensor, height: int, width: int, size: int,
+                       align: torch.Tensor) -> torch.Tensor:
+    """Where view 1's map positions ``pos`` lie in view 2, as a ``grid_sample`` grid (B, 1, P, 2).
+
+    ``pos`` (P,) are flat positions of an ``height`` x ``width`` feature map
+    over a ``size`` x ``size`` view; position (i, j) stands for its cell's
+    centre, pixel ((j + 0.5) size / width - 0.5, (i + 0.5) size / height - 0.5).
+    ``align`` (B, 3, 3) maps view-1 pixels to view-2 pixels
+    (:meth:`TwoViewAugment.aligned_views`).  The grid is in ``grid_sample``'s
+    [-1, 1] coordinates with ``align_corners=False``, so the identity maps
+    every position onto its own cell centre.  A point outside view 2 (the two
+    crops do not overlap there) is clamped to view 2's nearest border.
+    """
+    pos = pos.to(align.device)
+    i, j = (pos // width).to(align.dtype), (pos % width).to(align.dtype)
+    pts = torch.stack([(j + 0.5) * size / width - 0.5, (i + 0.5) * size / height - 0.5,
+                       torch.ones_like(i)])                                        # (3, P)
+    q = align @ pts                                                                # (B, 3, P)
+    xy = q[:, :2] / q[:, 2:]
+    return ((xy + 0.5) * (2.0 / size) - 1.0).clamp(-1.0, 1.0).transpose(1, 2).unsqueeze(1)
+
+
+def sample_at(fmap: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Bilinear feature vectors of ``fmap`` (B, C, H, W) at ``grid`` (B, 1, P, 2): (P, B, C)."""
+    return F.grid_sample(fmap, grid.to(fmap.dtype), mode="bilinear", align_corners=False
+                         ).squeeze(2).permute(2, 0, 1)
+
+
+def rot90_transform(turns: torch.Tensor, size: int) -> torch.Tensor:
+    """Pixel transforms (k, 3, 3) of ``torch.rot90(image, q, dims=(2, 3))`` for each q in ``turns``.
+
+    One turn takes pixel (x, y) of a ``size`` x ``size`` image to (y, size - 1 - x).
+    """
+    one = torch.tensor([[0.0, 1.0, 0.0], [-1.0, 0.0, size - 1.0], [0.0, 0.0, 1.0]])
+    powers = [torch.eye(3), one, one @ one, one @ one @ one]
+    return torch.stack([powers[int(q) % 4] for q in turns]) if len(turns) else torch.zeros(0, 3, 3)
+
 
 @torch.no_grad()
 def rotated_pseudo_anomalies(v1: torch.Tensor, v2: torch.Tensor, y: torch.Tensor, fraction: float,
-                             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor,
-                                                                  torch.Tensor]:
+                             generator: torch.Generator, align: torch.Tensor | None = None
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Stage 1's ``pseudo_anomalies="rotation"``: the batch plus rotated copies labelled anomalous.
 
     The paper is silent; this is the distribution-shifting transformation of
@@ -81,11 +142,14 @@ def rotated_pseudo_anomalies(v1: torch.Tensor, v2: torch.Tensor, y: torch.Tensor
     ``generator``), so the two views stay a positive pair.  Images are square
     (the augmentation's output).  ``y`` is 1 for normal images.  Measured in
     ``docs/design.md``: +6.4 AUROC on magnetic-tile defects, level on digits,
-    -3.9 on CIFAR-10 airplane (a rotated aircraft is still normal).
+    -3.9 on CIFAR-10 airplane (a rotated aircraft is still normal).  With
+    ``align`` (view 1 to view 2 pixel transforms, B x 3 x 3) a copy's transform
+    is its image's, conjugated by the turn: R align R^-1; the fourth output is
+    ``align`` extended to the copies (None without it).
 
     Example:
         >>> v = torch.rand(4, 3, 8, 8)
-        >>> a, b, y = rotated_pseudo_anomalies(v, v, torch.ones(4), 0.5, torch.Generator())
+        >>> a, b, y, _ = rotated_pseudo_anomalies(v, v, torch.ones(4), 0.5, torch.Generator())
         >>> a.shape, y.tolist()
         (torch.Size([6, 3, 8, 8]), [1.0, 1.0, 1.0, 1.0, 0.0, 0.0])
     """
@@ -99,4 +163,7 @@ def rotated_pseudo_anomalies(v1: torch.Tensor, v2: torch.Tensor, y: torch.Tensor
             out[len(v) + sel] = torch.rot90(v[sel], q, dims=(2, 3))
         return out
 
-    return with_turned(v1), with_turned(v2), torch.cat([y, y.new_zeros(k)])
+    if align is not None:
+        r = rot90_transform(turns, v1.shape[-1]).to(align)
+        align = torch.cat([align, r @ align[:k] @ torch.linalg.inv(r)])
+    return with_turned(v1), with_turned(v2), torch.cat([y, y.new_zeros(k)]), align

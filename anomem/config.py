@@ -28,7 +28,7 @@ STEMS = ("cifar", "imagenet")
 NEGATIVES = ("all", "same_position")
 PROTOTYPES = ("hopfield", "kmeans")
 MEMORY_INITS = ("random", "data")
-VIEW_GEOMETRIES = ("independent", "shared")
+VIEW_GEOMETRIES = ("independent", "shared", "aligned")
 GLOBAL_MEMORIES = ("own", "shared", "every", "none")
 VARIANCES = ("components", "batch")
 SCALE_NORMS = ("frobenius", "rms")
@@ -79,8 +79,9 @@ class AnoMemConfig:
     anomalous in Eq. 3, see :func:`anomem.augment.rotated_pseudo_anomalies`), SGD with
     Nesterov momentum and cosine annealing (``stage1_*``).  Augmentations:
     ``crop_scale``, ``jitter``, ``blur_sigma``, ``noise_std`` and
-    ``view_geometry`` (``independent`` or ``shared`` crops and flips, see
-    :class:`anomem.augment.TwoViewAugment`).
+    ``view_geometry`` (``independent`` or ``shared`` crops and flips, or
+    ``aligned``: independent ones with each map position's positive taken where
+    view 2 shows the same point, see :class:`anomem.augment.TwoViewAugment`).
 
     Stage 2 (Eq. 8-13): ``scale_norm`` (Eq. 9 as the ``frobenius`` norm of the
     whole map or its ``rms`` per position), ``margin`` M of the double hinge,

@@ -204,13 +204,13 @@ class SharedPositions(nn.Module):
         self.objective = objective
 
     def forward(self, v1: torch.Tensor, v2: torch.Tensor, y: torch.Tensor, gather: Any = None,
-                offset: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+                offset: int = 0, align: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         seed = torch.randint(2 ** 62, (1,)).to(v1.device)
         if is_distributed():
             dist.broadcast(seed, src=0)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
-            loss, stats = self.objective(v1, v2, y, gather, offset)
+            loss, stats = self.objective(v1, v2, y, gather, offset, align=align)
         if not is_distributed():
             return loss, stats
         keys = sorted(stats)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anomem.augment import TwoViewAugment, rotated_pseudo_anomalies
+from anomem.augment import (
+    TwoViewAugment,
+    corresponding_grid,
+    rot90_transform,
+    rotated_pseudo_anomalies,
+    sample_at,
+)
 from anomem.config import ConfigError, get_config
 from anomem.stages.common import RunOptions
 from anomem.stages.stage1 import ContrastedMemoryObjective, train_stage1
@@ -52,14 +58,15 @@ def test_shared_geometry_keeps_independent_photometric_transforms():
 def test_view_geometry_is_validated():
     assert get_config("digits", {"view_geometry": "shared"}).view_geometry == "shared"
     with pytest.raises(ConfigError, match="view_geometry"):
-        get_config("digits", {"view_geometry": "aligned"})
+        get_config("digits", {"view_geometry": "diagonal"})
 
 
 def test_rotated_pseudo_anomalies_rotate_both_views_of_a_copy_by_one_quarter_turn_multiple():
     torch.manual_seed(0)
     v1, v2 = torch.rand(10, 3, 6, 6), torch.rand(10, 3, 6, 6)
     y = torch.ones(10, dtype=torch.long)
-    a, b, yy = rotated_pseudo_anomalies(v1, v2, y, 0.3, torch.Generator().manual_seed(1))
+    a, b, yy, none = rotated_pseudo_anomalies(v1, v2, y, 0.3, torch.Generator().manual_seed(1))
+    assert none is None
     assert a.shape == b.shape == (13, 3, 6, 6)
     assert torch.equal(a[:10], v1) and torch.equal(b[:10], v2)
     assert yy.tolist() == [1] * 10 + [0] * 3 and yy.dtype == y.dtype
@@ -82,9 +89,9 @@ def test_stage1_with_rotation_pseudo_anomalies_adds_anomalous_copies_to_every_ba
             super().__init__()
             self.inner = ContrastedMemoryObjective(model)
 
-        def forward(self, v1, v2, y, gather=None, offset=0):  # noqa: ANN001, ANN202
+        def forward(self, v1, v2, y, gather=None, offset=0, align=None):  # noqa: ANN001, ANN202
             seen.append((y.tolist(), len(v1)))
-            return self.inner(v1, v2, y, gather, offset)
+            return self.inner(v1, v2, y, gather, offset, align=align)
 
     images = torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8)
     train_stage1(model, images, torch.ones(16, dtype=torch.long), {}, RunOptions(), objective=Spy())
@@ -96,3 +103,77 @@ def test_stage1_with_rotation_pseudo_anomalies_adds_anomalous_copies_to_every_ba
 def test_pseudo_anomaly_settings_are_validated(key, value):  # noqa: ANN001
     with pytest.raises(ConfigError, match=key):
         get_config("digits", {key: value})
+
+
+def _matches_through_alignment(v1: torch.Tensor, v2: torch.Tensor, align: torch.Tensor) -> int:
+    """Pixels of view 1 whose point lies inside view 2; asserts view 2 shows each one's value.
+
+    The ramp is affine in the image's coordinates, and crops resample it bilinearly, so a
+    view's bilinear value at the aligned point equals view 1's pixel up to float32 rounding
+    (a few 1e-7); one pixel of misalignment would be off by about 1e-3 or more.
+    """
+    size = v1.shape[-1]
+    pos = torch.arange(size * size)
+    grid = corresponding_grid(pos, size, size, size, align)            # pixels as a map
+    inside = (grid.abs() < 1 - 1 / size).all(-1).squeeze(1)             # (B, P), off the border
+    got = sample_at(v2, grid)                                           # (P, B, C)
+    want = v1.flatten(2).permute(2, 0, 1)
+    assert torch.allclose(got.permute(1, 0, 2)[inside], want.permute(1, 0, 2)[inside], rtol=0, atol=1e-5)
+    return int(inside.sum())
+
+
+def test_aligned_views_map_each_pixel_of_view_1_to_the_same_point_in_view_2():
+    torch.manual_seed(0)
+    aug = _geometry_only(False)
+    v1, v2, align = aug.aligned_views(_ramp())
+    assert _matches_through_alignment(v1, v2, align) > 8 * 16 * 16 // 10   # the crops overlap
+    torch.manual_seed(0)
+    w1, w2 = aug(_ramp())                           # the same draws as the independent views
+    assert torch.equal(v1, w1) and torch.equal(v2, w2)
+
+
+def test_identity_alignment_samples_every_cell_centre_exactly():
+    fmap = torch.randn(2, 5, 4, 6)
+    pos = torch.tensor([0, 7, 23, 11])
+    got = sample_at(fmap, corresponding_grid(pos, 4, 6, 24, torch.eye(3).expand(2, 3, 3)))
+    torch.testing.assert_close(got, fmap.flatten(2)[:, :, pos].permute(2, 0, 1), rtol=0, atol=1e-6)
+
+
+def test_rot90_transform_is_where_torch_rot90_puts_each_pixel():
+    img = torch.randn(1, 1, 5, 5)
+    ys, xs = torch.meshgrid(torch.arange(5.0), torch.arange(5.0), indexing="ij")
+    pts = torch.stack([xs.flatten(), ys.flatten(), torch.ones(25)])
+    for q, r in zip((1, 2, 3), rot90_transform(torch.tensor([1, 2, 3]), 5)):
+        x2, y2 = (r @ pts)[:2].round().long()
+        turned = torch.rot90(img, q, dims=(2, 3))[0, 0]
+        assert torch.equal(turned[y2, x2], img[0, 0].flatten())
+
+
+def test_rotated_copies_carry_their_images_alignment_turned():
+    torch.manual_seed(1)
+    v1, v2, align = _geometry_only(False).aligned_views(_ramp())
+    g = torch.Generator().manual_seed(2)
+    a, b, _, al = rotated_pseudo_anomalies(v1, v2, torch.ones(8), 0.5, g, align)
+    assert al.shape == (12, 3, 3)
+    assert _matches_through_alignment(a[8:], b[8:], al[8:]) > 4 * 16 * 16 // 10
+
+
+def test_identity_alignment_gives_the_loss_of_the_same_positions():
+    cfg = get_config("digits", {"view_geometry": "aligned"})
+    objective = ContrastedMemoryObjective(AnoMemModel(cfg).eval())
+    v = torch.rand(6, 3, 16, 16)
+    y = torch.tensor([1, 1, 1, 1, 0, 1])
+    torch.manual_seed(3)
+    plain, _ = objective(v, v, y)
+    torch.manual_seed(3)
+    aligned, _ = objective(v, v, y, align=torch.eye(3).expand(6, 3, 3))
+    torch.testing.assert_close(aligned, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_stage1_trains_with_aligned_views_and_rotated_copies():
+    cfg = get_config("digits", {"stage1_epochs": 1, "batch_size": 8, "consolidate": 0,
+                                "view_geometry": "aligned", "pseudo_anomalies": "rotation"})
+    model = AnoMemModel(cfg)
+    images = torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8)
+    history = train_stage1(model, images, torch.ones(16, dtype=torch.long), {}, RunOptions())
+    assert len(history) == 1 and torch.isfinite(torch.tensor(history[0]["loss"]))

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from anomem.augment import TwoViewAugment, rotated_pseudo_anomalies
+from anomem.augment import TwoViewAugment, corresponding_grid, rotated_pseudo_anomalies, sample_at
 from anomem.config import AnoMemConfig
 from anomem.errors import TrainingDivergedError
 from anomem.heap import large_blocks_mmapped
@@ -62,7 +62,8 @@ class ContrastedMemoryObjective(nn.Module):
             model.encoder.to(memory_format=torch.channels_last)
 
     def forward(self, v1: torch.Tensor, v2: torch.Tensor, y: torch.Tensor,
-                gather: Any = None, offset: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+                gather: Any = None, offset: int = 0, align: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, dict[str, float]]:
         cfg: AnoMemConfig = self.model.config
         b = v1.shape[0]
         x = torch.cat([v1, v2])
@@ -78,8 +79,12 @@ class ContrastedMemoryObjective(nn.Module):
         for s, z in enumerate(maps):
             c, h, w = z.shape[1:]
             pos = sample_positions(h, w, cfg.ratios[s] if s < n_maps else 1.0).to(z.device)
-            vecs = z.flatten(2)[:, :, pos].permute(2, 0, 1)          # (P, 2B, C)
-            z1, z2 = vecs[:, :b], vecs[:, b:]
+            if align is not None and s < n_maps:      # view_geometry="aligned": the same point in view 2
+                z1 = z[:b].flatten(2)[:, :, pos].permute(2, 0, 1)                  # (P, B, C)
+                z2 = sample_at(z[b:], corresponding_grid(pos, h, w, v1.shape[-1], align))
+            else:
+                vecs = z.flatten(2)[:, :, pos].permute(2, 0, 1)      # (P, 2B, C)
+                z1, z2 = vecs[:, :b], vecs[:, b:]
             if cfg.use_memory:
                 memory = self.model.memory(s)
                 mem = mem_select(z1, memory(z1), y)
@@ -273,6 +278,7 @@ def _train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
     opt, sched = sgd_cosine(params, cfg.stage1_lr, cfg.stage1_momentum, cfg.stage1_weight_decay, total)
     aug = TwoViewAugment(cfg.image_size, cfg.crop_scale, cfg.jitter, cfg.blur_sigma, cfg.noise_std,
                          shared_geometry=cfg.view_geometry == "shared")
+    aligned = cfg.view_geometry == "aligned"
     ckpt = opts.checkpoint_dir / "stage1.ckpt" if opts.checkpoint_dir else None
     modules = {"model": model, "opt": opt, "sched": sched}
     start, history, epoch_stats = _start(ckpt, modules, fingerprint, images, y, opts)
@@ -285,12 +291,13 @@ def _train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         idx = torch.randperm(n, generator=g)[i * bsz:(i + 1) * bsz]
         x = images[idx].to(opts.device, non_blocking=True).float().div_(255)
-        v1, v2 = aug(x)
+        v1, v2, align = aug.aligned_views(x) if aligned else (*aug(x), None)
         yb = y[idx].to(opts.device)
         if cfg.pseudo_anomalies == "rotation":
-            v1, v2, yb = rotated_pseudo_anomalies(v1, v2, yb, cfg.pseudo_fraction, torch.Generator()
-                                                  .manual_seed(stream_seed(cfg.seed, "pseudo", step)))
-        loss, stats = objective(v1, v2, yb, opts.gather, opts.rank * len(yb))
+            v1, v2, yb, align = rotated_pseudo_anomalies(
+                v1, v2, yb, cfg.pseudo_fraction,
+                torch.Generator().manual_seed(stream_seed(cfg.seed, "pseudo", step)), align)
+        loss, stats = objective(v1, v2, yb, opts.gather, opts.rank * len(yb), align=align)
         value = check_finite(loss, step + 1, "stage 1", "stage1_lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
