@@ -101,6 +101,20 @@ class HopfieldMemory(nn.Module):
                 break
         return xi
 
+    def retrieval_margin(self, query: torch.Tensor) -> torch.Tensor:
+        """How far each query (...,) is from a tie in :meth:`deviation`'s retrieval.
+
+        With ``scoring="nearest"``, the attention of the best pattern minus the
+        second best's among distinct patterns (copies of a pattern retrieve the
+        same vector): at 0 two patterns answer equally, and any rounding of the
+        query can swap them.  Soft retrieval (Eq. 1) is continuous: +inf.
+        """
+        distinct = torch.unique(self.stored(), dim=0)
+        if self.scoring != "nearest" or len(distinct) < 2:
+            return torch.full(query.shape[:-1], float("inf"), device=query.device)
+        top = (self.prepare(query) @ distinct.t()).topk(2, dim=-1).values
+        return top[..., 0] - top[..., 1]
+
     def nearest(self, query: torch.Tensor) -> torch.Tensor:
         """The limit beta -> infinity of Eq. 1: the stored pattern of highest attention."""
         return self.stored()[self.winner(query)]
@@ -137,6 +151,15 @@ class KMeansMemory(nn.Module):
         flat = q.reshape(-1, q.shape[-1])
         idx = torch.cdist(flat, self.centroids).argmin(dim=-1)
         return self.centroids[idx].reshape(q.shape)
+
+    def retrieval_margin(self, query: torch.Tensor) -> torch.Tensor:
+        """Second-smallest minus smallest distance to the distinct centroids, per query (...,); 0 at a tie."""
+        distinct = torch.unique(self.centroids, dim=0)
+        if len(distinct) < 2:
+            return torch.full(query.shape[:-1], float("inf"), device=query.device)
+        q = self.prepare(query)
+        d = torch.cdist(q.reshape(-1, q.shape[-1]), distinct).topk(2, dim=-1, largest=False).values
+        return (d[:, 1] - d[:, 0]).reshape(q.shape[:-1])
 
     def deviation(self, fmap: torch.Tensor) -> torch.Tensor:
         """Eq. 8 with the nearest centroid as HF(z), at every position of a (B, C, H, W) map."""

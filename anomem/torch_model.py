@@ -170,6 +170,17 @@ class AnoMemModel(nn.Module):
         """Eq. 8: Delta(s) = z(s) - HF(s)(z(s)) at every memory scale, each (B, C, H, W)."""
         return [self.memory(s).deviation(z) for s, z in enumerate(self.features(x))]
 
+    def retrieval_margin(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,): the smallest distance to a retrieval tie over every scale and position of each image.
+
+        A nearest-pattern retrieval at a near-tie can pick either pattern under
+        float rounding, and the semi-supervised heads see which (Eq. 10 reads the
+        signed Delta), so two correct runtimes may score such an image differently
+        (see :mod:`anomem.export`).  +inf when every memory retrieves softly.
+        """
+        return torch.stack([self.memory(s).retrieval_margin(z.permute(0, 2, 3, 1)).flatten(1).amin(1)
+                            for s, z in enumerate(self.features(x))], dim=1).amin(1)
+
     def oc_scores(self, deltas: list[torch.Tensor]) -> torch.Tensor:
         """Eq. 9 per scale, (B, S): ||Delta(s)||_2 (divided by sqrt(H W) when ``scale_norm="rms"``)."""
         rms = self.config.scale_norm == "rms"
