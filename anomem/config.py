@@ -45,7 +45,8 @@ class AnoMemConfig:
     Where the paper is silent, each default and its measurement is in
     ``docs/design.md``; the paper read literally is ``global_memory="none",
     reseed_dead=False, consolidate=0, score_retrieval="hopfield",
-    scale_norm="frobenius", semi_score="heads"`` (and ``beta=2``).
+    scale_norm="frobenius", semi_score="heads", pseudo_anomalies="none"`` (and
+    ``beta=2``).
 
     Backbone: ``arch``, ``width`` (channels of the first stage; 64 is the standard
     ResNet), ``stem`` (``cifar``: 3x3 conv, no max-pool; ``imagenet``: 7x7/2 conv +
@@ -135,7 +136,7 @@ class AnoMemConfig:
     global_memory: str = "every"
     global_mem_factor: int = 1
     projector: str = "none"
-    pseudo_anomalies: str = "none"
+    pseudo_anomalies: str = "rotation"
     pseudo_fraction: float = 0.5
     reseed_dead: bool = True
     consolidate: int = 10
