@@ -77,7 +77,8 @@ class AnoMemConfig:
     two-layer MLP, used in stage 1 only, as SimCLR's projection head),
     ``pseudo_anomalies`` (``rotation``: a ``pseudo_fraction`` share of every
     batch is added again rotated by 90, 180 or 270 degrees and labelled
-    anomalous in Eq. 3, see :func:`anomem.augment.rotated_pseudo_anomalies`), SGD with
+    anomalous in Eq. 3, the default; ``none``: the paper's stage 1; see
+    :func:`anomem.augment.rotated_pseudo_anomalies`), SGD with
     Nesterov momentum and cosine annealing (``stage1_*``).  Augmentations:
     ``crop_scale``, ``jitter``, ``blur_sigma``, ``noise_std`` and
     ``view_geometry`` (``independent`` or ``shared`` crops and flips, or
