@@ -345,8 +345,9 @@ class AnoMem(Detector):
                 f"{MODEL_VERSION}: install the matching anomem or re-fit the model")
         require_checksum(blob, "model file", path)
         try:
-            # files from before consolidate_factor existed hold memories that never grew
-            cfg = from_dict({"consolidate_factor": 1, **blob["config"]})
+            # files from before a key existed were made without it: memories that never grew,
+            # a stage 1 without pseudo-anomalies
+            cfg = from_dict({"consolidate_factor": 1, "pseudo_anomalies": "none", **blob["config"]})
             (threshold, bound, normals), state = _threshold_fields(blob), blob["state_dict"]
             if not all(isinstance(blob[k], bool) for k in ("kmeans", "semi_supervised")):
                 raise TypeError("kmeans / semi_supervised flags are not booleans")

@@ -272,18 +272,20 @@ def test_consolidation_grows_the_memory_into_prototypes_that_each_answer_vectors
                 (torch.nonzero(assign == k).squeeze(1) // 3).tolist())) == 1   # one cluster each
 
 
-def test_model_files_from_before_consolidate_factor_load_ungrown(digits, tmp_path):
+def test_model_files_from_before_a_key_load_with_what_they_were_made_with(digits, tmp_path):
+    # consolidate_factor and pseudo_anomalies came later: a file without them was made with
+    # memories that never grew and a stage 1 without pseudo-anomalies
     from anomem.serialization import atomic_torch_save, safe_torch_load
 
-    det = AnoMem("digits", stage1_epochs=1, stage2_epochs=1, consolidate_factor=1).fit(
-        digits.x_train[:40], validation_fraction=0.0)
+    det = AnoMem("digits", stage1_epochs=1, stage2_epochs=1, consolidate_factor=1,
+                 pseudo_anomalies="none").fit(digits.x_train[:40], validation_fraction=0.0)
     path = det.save(tmp_path / "m.anomem")
     blob = safe_torch_load(path, "model file")
-    del blob["config"]["consolidate_factor"]
+    del blob["config"]["consolidate_factor"], blob["config"]["pseudo_anomalies"]
     blob.pop("checksum", None)
     atomic_torch_save(blob, path)
     back = AnoMem.load(path)
-    assert back.config.consolidate_factor == 1
+    assert back.config.consolidate_factor == 1 and back.config.pseudo_anomalies == "none"
     np.testing.assert_array_equal(back.decision_function(digits.x_test[:20]),
                                   det.decision_function(digits.x_test[:20]))
 
