@@ -111,9 +111,13 @@ def corresponding_grid(pos: torch.Tensor, height: int, width: int, size: int,
 
 
 def sample_at(fmap: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """Bilinear feature vectors of ``fmap`` (B, C, H, W) at ``grid`` (B, 1, P, 2): (P, B, C)."""
-    return F.grid_sample(fmap, grid.to(fmap.dtype), mode="bilinear", align_corners=False
-                         ).squeeze(2).permute(2, 0, 1)
+    """Bilinear feature vectors of ``fmap`` (B, C, H, W) at ``grid`` (B, 1, P, 2): (P, B, C).
+
+    A point on the map's outer edge (a clamped one, see :func:`corresponding_grid`)
+    takes the border cell's vector, not a blend with zero padding.
+    """
+    return F.grid_sample(fmap, grid.to(fmap.dtype), mode="bilinear", padding_mode="border",
+                         align_corners=False).squeeze(2).permute(2, 0, 1)
 
 
 def rot90_transform(turns: torch.Tensor, size: int) -> torch.Tensor:

@@ -132,6 +132,13 @@ def test_aligned_views_map_each_pixel_of_view_1_to_the_same_point_in_view_2():
     assert torch.equal(v1, w1) and torch.equal(v2, w2)
 
 
+def test_a_point_clamped_to_the_edge_takes_the_border_cell():
+    fmap = torch.randn(1, 3, 4, 4)
+    far = torch.tensor([[[1.0, 0.0, 100.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])   # 100 px to the right
+    got = sample_at(fmap, corresponding_grid(torch.tensor([4]), 4, 4, 16, far))     # row 1, column 0
+    torch.testing.assert_close(got[0, 0], fmap[0, :, 1, 3], rtol=0, atol=1e-6)
+
+
 def test_identity_alignment_samples_every_cell_centre_exactly():
     fmap = torch.randn(2, 5, 4, 6)
     pos = torch.tensor([0, 7, 23, 11])
