@@ -16,7 +16,8 @@ detection on that class.
 statistics are those of the training images (:func:`with_data_statistics`).
 
 (rows for airplane, seeds 0 and 2, and automobile, seeds 0 and 1, are in
-``stage1_monitor.jsonl`` beside this file.)
+``stage1_monitor.jsonl`` beside this file; they ran before rotated
+pseudo-anomalies became the default, i.e. as ``--set pseudo_anomalies=none``.)
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from anomem import AnoMem
     from anomem.baselines.knn import KNNDetector
+    from anomem.config import parse_override
     from anomem.data.convert import to_image_tensor
     from anomem.protocols.one_vs_all import make_one_vs_all
     from anomem.protocols.runner import load_dataset
@@ -67,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cls", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the cpu preset, e.g. pseudo_anomalies=none")
     p.add_argument("--init-only", action="store_true",
                    help="print only the epoch-0 row (the encoder as initialised) and stop")
     args = p.parse_args(argv)
@@ -94,13 +98,14 @@ def main(argv: list[str] | None = None) -> int:
                           **{k: round(v, 4) for k, v in row.items() if isinstance(v, float)}}),
               flush=True)
 
-    config = AnoMem("cpu", seed=args.seed).config
+    overrides = dict(parse_override(o) for o in args.set)
+    config = AnoMem("cpu", seed=args.seed, **overrides).config
     torch.manual_seed(config.seed)        # as fit does before it builds the network: its initial weights
     emit(0, with_data_statistics(AnoMemModel(config), x_train), {})
     if args.init_only:
         return 0
     t0 = time.time()
-    det = AnoMem("cpu", seed=args.seed).fit(
+    det = AnoMem("cpu", seed=args.seed, **overrides).fit(
         t.x_train, t.labels_train, validation_fraction=0.0,
         options=RunOptions(on_epoch=lambda model, row: emit(int(row["epoch"]), model, row)))
     fused = 100 * roc_auc_score(y_test, det.decision_function(t.x_test)[test])
