@@ -109,8 +109,8 @@ class HopfieldMemory(nn.Module):
         same vector): at 0 two patterns answer equally, and any rounding of the
         query can swap them.  Soft retrieval (Eq. 1) is continuous: +inf.
         """
-        distinct = torch.unique(self.stored(), dim=0)
-        if self.scoring != "nearest" or len(distinct) < 2:
+        distinct = torch.unique(self.stored(), dim=0) if self.scoring == "nearest" else None
+        if distinct is None or len(distinct) < 2:
             return torch.full(query.shape[:-1], float("inf"), device=query.device)
         top = (self.prepare(query) @ distinct.t()).topk(2, dim=-1).values
         return top[..., 0] - top[..., 1]

@@ -168,7 +168,11 @@ class AnoMemModel(nn.Module):
 
     def deviation_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Eq. 8: Delta(s) = z(s) - HF(s)(z(s)) at every memory scale, each (B, C, H, W)."""
-        return [self.memory(s).deviation(z) for s, z in enumerate(self.features(x))]
+        return self.deviations(self.features(x))
+
+    def deviations(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Eq. 8 on feature maps already computed (one per scale, as :meth:`features` returns)."""
+        return [self.memory(s).deviation(z) for s, z in enumerate(maps)]
 
     def retrieval_margin(self, x: torch.Tensor) -> torch.Tensor:
         """(B,): the smallest distance to a retrieval tie over every scale and position of each image.

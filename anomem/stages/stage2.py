@@ -116,7 +116,7 @@ def out_of_fold_scores(model: AnoMemModel, normals: torch.Tensor, opts: RunOptio
             others[fold] = False
             consolidate_on_maps(model, [z[others.to(z.device)] for z in maps], opts)
             held = [z[fold.to(z.device)] for z in maps]
-            out += [model.oc_scores([model.memory(s).deviation(z[sl]) for s, z in enumerate(held)])
+            out += [model.oc_scores(model.deviations([z[sl] for z in held]))
                     for sl in batches(len(fold), SCORE_BATCH)]
     finally:
         model.memories = kept
