@@ -131,6 +131,21 @@ def rot90_transform(turns: torch.Tensor, size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def rotate_each(images: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+    """A copy of square ``images`` (B, C, H, H), image i turned by ``turns[i]`` x 90 degrees.
+
+    Example:
+        >>> x = torch.arange(4.).view(1, 1, 2, 2)
+        >>> rotate_each(x, torch.tensor([1]))[0, 0].tolist()
+        [[1.0, 3.0], [0.0, 2.0]]
+    """
+    out = images.clone()
+    for q in (1, 2, 3):
+        sel = torch.nonzero(turns == q).squeeze(1)
+        out[sel] = torch.rot90(images[sel], q, dims=(2, 3))
+    return out
+
+
 def rotated_pseudo_anomalies(v1: torch.Tensor, v2: torch.Tensor, y: torch.Tensor, fraction: float,
                              generator: torch.Generator, align: torch.Tensor | None = None
                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -162,11 +177,7 @@ def rotated_pseudo_anomalies(v1: torch.Tensor, v2: torch.Tensor, y: torch.Tensor
     turns = torch.randint(1, 4, (k,), generator=generator).to(v1.device)
 
     def with_turned(v: torch.Tensor) -> torch.Tensor:
-        out = torch.cat([v, v[:k]])
-        for q in (1, 2, 3):
-            sel = torch.nonzero(turns == q).squeeze(1)
-            out[len(v) + sel] = torch.rot90(v[sel], q, dims=(2, 3))
-        return out
+        return torch.cat([v, rotate_each(v[:k], turns)])
 
     if align is not None:
         r = rot90_transform(turns, v1.shape[-1]).to(align)

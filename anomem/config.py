@@ -35,6 +35,8 @@ SCALE_NORMS = ("frobenius", "rms")
 SEMI_SCORES = ("heads", "heads+oc")
 PROJECTORS = ("none", "mlp")
 PSEUDO_ANOMALIES = ("none", "rotation")
+HEAD_SAMPLINGS = ("uniform", "balanced")
+CALIBRATIONS = ("scales", "fused")
 SCORE_RETRIEVALS = ("nearest", "hopfield")
 
 
@@ -78,7 +80,10 @@ class AnoMemConfig:
     ``pseudo_anomalies`` (``rotation``: a ``pseudo_fraction`` share of every
     batch is added again rotated by 90, 180 or 270 degrees and labelled
     anomalous in Eq. 3, the default; ``none``: the paper's stage 1; see
-    :func:`anomem.augment.rotated_pseudo_anomalies`), SGD with
+    :func:`anomem.augment.rotated_pseudo_anomalies`), ``contrast_anomalies``
+    (true: labelled anomalies enter Eq. 3 with y = 0, the paper's stage 1;
+    false: stage 1 trains on the normal images alone, as a one-class fit does,
+    and only the heads see the labelled anomalies), SGD with
     Nesterov momentum and cosine annealing (``stage1_*``).  Augmentations:
     ``crop_scale``, ``jitter``, ``blur_sigma``, ``noise_std`` and
     ``view_geometry`` (``independent`` or ``shared`` crops and flips, or
@@ -89,9 +94,15 @@ class AnoMemConfig:
     whole map or its ``rms`` per position), ``margin`` M of the double hinge,
     ``head_hidden`` and ``head_pool`` (output side of the average pooling phi)
     of the per-scale MLPs, ``calibrate`` standardises per-scale one-class scores
-    on training normals before the Eq. 13 fusion, ``semi_score`` (``heads+oc``:
+    on training normals before the Eq. 13 fusion (``calibration``: ``scales``,
+    each scale by its own mean and std; ``fused``, every scale by the mean and
+    std of the alpha-fused score, which standardises that score and keeps its
+    ranking), ``semi_score`` (``heads+oc``:
     the heads clipped to [0, M] plus the standardised one-class score;
-    ``heads``: the heads alone).
+    ``heads``: the heads alone), ``head_pseudo_anomalies`` (``rotation``: the
+    heads also train on one rotated copy of every normal image, labelled
+    anomalous) and ``head_sampling`` (``balanced``: each batch draws normal and
+    anomalous images with equal probability; ``uniform``: every image alike).
 
     Decision: ``target_frr`` is the false-rejection rate on normals that sets the
     threshold at fit time.
@@ -139,6 +150,7 @@ class AnoMemConfig:
     projector: str = "none"
     pseudo_anomalies: str = "rotation"
     pseudo_fraction: float = 0.5
+    contrast_anomalies: bool = True
     reseed_dead: bool = True
     consolidate: int = 10
     consolidate_factor: int = 4
@@ -151,7 +163,10 @@ class AnoMemConfig:
     head_pool: int = 2
     stage2_epochs: int = 50
     stage2_lr: float = 0.05
+    head_pseudo_anomalies: str = "none"
+    head_sampling: str = "uniform"
     calibrate: bool = False
+    calibration: str = "scales"
     target_frr: float = 0.05
     seed: int = 0
     device: str = "auto"
@@ -216,7 +231,9 @@ def _validate(c: AnoMemConfig) -> None:
                          ("view_geometry", VIEW_GEOMETRIES), ("global_memory", GLOBAL_MEMORIES),
                          ("variance", VARIANCES), ("scale_norm", SCALE_NORMS),
                          ("semi_score", SEMI_SCORES), ("score_retrieval", SCORE_RETRIEVALS),
-                         ("projector", PROJECTORS), ("pseudo_anomalies", PSEUDO_ANOMALIES)):
+                         ("projector", PROJECTORS), ("pseudo_anomalies", PSEUDO_ANOMALIES),
+                         ("head_pseudo_anomalies", PSEUDO_ANOMALIES), ("head_sampling", HEAD_SAMPLINGS),
+                         ("calibration", CALIBRATIONS)):
         if getattr(c, key) not in allowed:
             _fail(key, f"got {getattr(c, key)!r}, expected one of {', '.join(allowed)}")
     for key in ("width", "image_size", "batch_size", "hopfield_steps", "head_hidden", "head_pool",
@@ -238,7 +255,8 @@ def _validate(c: AnoMemConfig) -> None:
         v = getattr(c, key)
         if not _is_number(v) or v < 0:
             _fail(key, f"must be a non-negative finite number, got {v!r}")
-    for key in ("normalize", "use_memory", "calibrate", "amp", "channels_last", "reseed_dead"):
+    for key in ("normalize", "use_memory", "calibrate", "amp", "channels_last", "reseed_dead",
+                "contrast_anomalies"):
         if not isinstance(getattr(c, key), bool):
             _fail(key, f"must be true or false, got {getattr(c, key)!r}")
     if not _is_number(c.pseudo_fraction) or not 0.0 < c.pseudo_fraction <= 1.0:

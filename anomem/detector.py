@@ -209,7 +209,10 @@ class AnoMem(Detector):
             opts.checkpoint_dir = Path(checkpoint_dir)
         fingerprint = run_fingerprint(cfg, x_train, y_train)
         self.model = AnoMemModel(cfg).to(opts.device)
-        self.history_ = {"stage1": self._stage1(x_train, y_train, fingerprint, opts)}
+        x1, y1 = ((x_train, y_train) if cfg.contrast_anomalies
+                  else (x_train[y_train == 1], y_train[y_train == 1]))
+        self.history_ = {"stage1": self._stage1(x1, y1, fingerprint, opts)}
+        del x1, y1
         normals = x_train[y_train == 1]
         if cfg.prototypes == "kmeans":
             fit_kmeans_prototypes(self.model, normals, opts)

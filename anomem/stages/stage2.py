@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from anomem.augment import rotate_each
 from anomem.data.convert import batches
 from anomem.losses import sup_loss
 from anomem.stages.common import (
@@ -83,12 +84,16 @@ def calibrate_scales(model: AnoMemModel, normals: torch.Tensor, opts: RunOptions
     consolidation the scores are out-of-fold: each half of the normals (seed
     stream ``"calibrate"``) is scored against a copy of the memories
     consolidated on the other half; the model's own memories are untouched.
-    Without consolidation, in-sample.
+    Without consolidation, in-sample.  ``calibration="fused"`` gives every scale
+    the mean and std of the alpha-fused score (Eq. 13) instead of its own.
     """
     if model.config.consolidates and len(normals) > 1:
         s = out_of_fold_scores(model, normals, opts)
     else:
         s = torch.cat(map_batches(model, normals, opts, _oc_scores))
+    if model.config.calibration == "fused":
+        # one mean and std for every scale: sum_s alpha(s) (s(s) - mu) / sd = (fused - mu) / sd
+        s = (s @ model.alphas.to(s)).unsqueeze(1).expand_as(s)
     model.score_mean.copy_(s.mean(0))
     model.score_std.copy_(s.std(0).clamp_min(1e-8) if len(s) > 1 else torch.ones_like(s[0]))
 
@@ -128,6 +133,7 @@ def train_heads(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
                 fingerprint: dict[str, Any], opts: RunOptions) -> list[dict[str, float]]:
     """Train the per-scale heads on frozen deviations of ``images`` with y (1 = normal)."""
     cfg = model.config
+    images, y = head_training_set(images, y, cfg)
     heads = model.add_heads().to(opts.device)
     feats = map_batches(model, images, opts,
                         lambda m, x: [h.phi(d) for h, d in zip(heads, m.deviation_maps(x))])
@@ -135,6 +141,7 @@ def train_heads(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
     stats = [(p.mean(0), p.std(0).clamp_min(1e-6) if len(p) > 1 else torch.ones_like(p[0]))
              for p in phis]
     phis = [(p - mu) / sd for p, (mu, sd) in zip(phis, stats)]
+    weights = balanced_weights(y) if cfg.head_sampling == "balanced" else None
     y = y.to(opts.device)
     n = len(y)
     bsz = min(cfg.batch_size, n)
@@ -153,7 +160,11 @@ def train_heads(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
                      unit="step", dynamic_ncols=True):
         epoch, i = divmod(step, per_epoch)
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + 7 + epoch)
-        idx = torch.randperm(n, generator=g)[i * bsz:(i + 1) * bsz].to(opts.device)
+        if weights is None:
+            idx = torch.randperm(n, generator=g)[i * bsz:(i + 1) * bsz].to(opts.device)
+        else:
+            idx = torch.multinomial(weights, per_epoch * bsz, replacement=True,
+                                    generator=g)[i * bsz:(i + 1) * bsz].to(opts.device)
         d = torch.stack([h.mlp(p[idx]).squeeze(-1) for h, p in zip(heads, phis)])
         loss = sup_loss(d, y[idx], cfg.margin)
         value = check_finite(loss, step + 1, "stage 2", "stage2_lr")
@@ -176,6 +187,30 @@ def train_heads(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
         fold_standardisation(head.mlp[0], mu, sd)
     model.eval()
     return history
+
+
+def head_training_set(images: torch.Tensor, y: torch.Tensor,
+                      cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The heads' training images and flags: with ``head_pseudo_anomalies="rotation"``,
+    ``images`` plus one rotated copy of every normal image, labelled anomalous (y = 0).
+
+    The paper is silent; stage 1's pseudo-anomalies carried into stage 2, so
+    the heads see more kinds of anomaly than the few labelled ones.  Each copy
+    is turned by 90, 180 or 270 degrees, drawn with the run's seed stream
+    ``"head pseudo-anomalies"``.
+    """
+    if cfg.head_pseudo_anomalies != "rotation":
+        return images, y
+    normals = images[y == 1]
+    g = torch.Generator().manual_seed(stream_seed(cfg.seed, "head pseudo-anomalies"))
+    turns = torch.randint(1, 4, (len(normals),), generator=g)
+    return torch.cat([images, rotate_each(normals, turns)]), torch.cat([y, y.new_zeros(len(normals))])
+
+
+def balanced_weights(y: torch.Tensor) -> torch.Tensor:
+    """Sampling weights (n,): the normal images share half the mass, the anomalous ones the other half."""
+    w = torch.where(y == 1, 0.5 / (y == 1).sum().clamp_min(1), 0.5 / (y == 0).sum().clamp_min(1))
+    return w.float().cpu()
 
 
 @torch.no_grad()

@@ -42,8 +42,11 @@ from typing import Any
 import numpy as np
 
 
-def task_source(dataset: str, seed: int) -> tuple[Any, str, dict[str, Any]]:
-    """(a function class -> task, preset, preset overrides) for one image set and seed."""
+def task_source(dataset: str, seed: int, gamma: float = 0.0) -> tuple[Any, str, dict[str, Any]]:
+    """(a function class -> task, preset, preset overrides) for one image set and seed.
+
+    ``gamma`` adds labelled anomalies to the one-vs-all tasks (digits, CIFAR-10).
+    """
     from anomem.protocols.one_vs_all import make_one_vs_all
     if dataset == "mtd":
         from anomem.data.mtd import read_mtd, split_mtd
@@ -54,13 +57,13 @@ def task_source(dataset: str, seed: int) -> tuple[Any, str, dict[str, Any]]:
     if dataset == "digits":
         from anomem.data.digits import load_digits_split
         split = load_digits_split(seed=seed)
-        return (lambda c: make_one_vs_all(split, c, 0.0, seed)), "digits", {}
+        return (lambda c: make_one_vs_all(split, c, gamma, seed)), "digits", {}
     from anomem.protocols.runner import load_dataset, subsample
     _, split = load_dataset("cifar10_jpeg")
     if dataset == "cifar-full":
-        return (lambda c: make_one_vs_all(split, c, 0.0, seed)), "cpu", {}
+        return (lambda c: make_one_vs_all(split, c, gamma, seed)), "cpu", {}
     split = subsample(split, 1000, 200, 0)
-    return (lambda c: make_one_vs_all(split, c, 0.0, seed)), "cpu", {"stage1_epochs": 3}
+    return (lambda c: make_one_vs_all(split, c, gamma, seed)), "cpu", {"stage1_epochs": 3}
 
 
 def run(args: argparse.Namespace) -> None:

@@ -1,0 +1,92 @@
+"""Semi-supervised heads (Eq. 10-12) trained several ways on one stage-1 encoder per fit.
+
+Each fit (``AnoMem`` defaults with ``--set`` overrides, labelled anomalies at
+ratio ``--gamma``, no hold-out; image sets and budgets of ``variant_probe.py``)
+is scored as fitted (row ``default``), one-class on the same memories (the
+heads removed: row ``oc``, the calibrated fusion the heads are added to, and
+``oc_raw``, the plain Eq. 13), and once per ``--variant NAME KEY=VALUE[,KEY=VALUE]``:
+a copy of the fitted network calibrated (with ``semi_score="heads+oc"``) and
+its heads trained again (:func:`anomem.stages.stage2.train_heads`) under the
+variant's configuration.
+Stage 1, consolidation and calibration are shared, so the rows differ only in
+stage 2.  One JSON line per class holds every row's test AUROC.
+
+    python benchmarks/quality/head_probe.py --dataset digits --seed 0 \\
+        --variant rot head_pseudo_anomalies=rotation --variant bal head_sampling=balanced
+    python benchmarks/quality/variant_probe.py --summary head_probe.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from variant_probe import task_source  # noqa: E402
+
+
+def run(args: argparse.Namespace) -> None:
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from anomem import AnoMem
+    from anomem.config import parse_override
+    from anomem.data.convert import to_image_tensor, to_normal_flags
+    from anomem.stages.common import RunOptions
+    from anomem.stages.stage2 import calibrate_scales, train_heads
+
+    torch.set_num_threads(1)
+    overrides = dict(parse_override(o) for o in args.set)
+    variants = {name: dict(parse_override(kv) for kv in spec.split(",")) for name, spec in args.variant}
+    task_of, preset, budget = task_source(args.dataset, args.seed, args.gamma)
+    for c in args.classes:
+        t0 = time.time()
+        t = task_of(c)
+        det = AnoMem(preset, seed=args.seed, **budget, **overrides).fit(
+            t.x_train, t.labels_train, validation_fraction=0.0, progress=False)
+        fitted = det.network
+        x = to_image_tensor(t.x_train, fitted.config.image_size, "x_train")
+        y = to_normal_flags(t.labels_train, len(x), "labels_train")
+        row = {"default": det.decision_function(t.x_test)}
+        for name, kv in {"oc": None, **variants}.items():
+            net = copy.deepcopy(fitted)
+            net.heads = None
+            if kv is None:
+                raw = copy.deepcopy(net)
+                raw.score_mean.zero_()
+                raw.score_std.fill_(1.0)
+                det.model = raw
+                row["oc_raw"] = det.decision_function(t.x_test)
+            else:
+                net.config = dataclasses.replace(net.config, **kv)
+                if net.config.semi_score == "heads+oc":
+                    calibrate_scales(net, x[y == 1], RunOptions())
+                train_heads(net, x, y, {}, RunOptions())
+            det.model = net
+            row[name] = det.decision_function(t.x_test)
+        det.model = fitted
+        print(json.dumps({"name": args.name, "ds": args.dataset, "seed": args.seed, "c": c,
+                          **{k: round(100 * roc_auc_score(t.labels_test, v), 2) for k, v in row.items()},
+                          "t": round(time.time() - t0)}), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--name", default="heads")
+    p.add_argument("--dataset", choices=("digits", "cifar", "cifar-full"), default="digits")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gamma", type=float, default=0.05)
+    p.add_argument("--classes", type=int, nargs="+", default=list(range(10)))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--variant", nargs=2, action="append", default=[], metavar=("NAME", "KEY=VALUE,..."))
+    run(p.parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

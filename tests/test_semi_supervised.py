@@ -1,0 +1,80 @@
+"""Semi-supervised fitting choices (see docs/design.md): which stage sees the labelled
+anomalies, how the one-class score is standardised before the heads are added, and the
+heads' training set and sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from anomem import AnoMem
+from anomem.config import ConfigError, get_config
+from anomem.stages.common import RunOptions
+from anomem.stages.stage2 import balanced_weights, calibrate_scales, head_training_set
+from anomem.torch_model import AnoMemModel
+
+TINY = {"width": 4, "stage1_epochs": 1, "stage2_epochs": 1, "batch_size": 8, "consolidate": 0}
+
+
+def _images(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("contrast", [False, True])
+def test_contrast_anomalies_false_trains_stage1_as_the_one_class_fit(contrast):
+    normals, anomalies = _images(16, 0), _images(4, 1)
+    oc = AnoMem("digits", **TINY).fit(normals, validation_fraction=0.0, progress=False)
+    ss = AnoMem("digits", **TINY, contrast_anomalies=contrast).fit(
+        np.concatenate([normals, anomalies]), np.r_[np.zeros(16), np.ones(4)],
+        validation_fraction=0.0, progress=False)
+    a, b = oc.network.encoder.state_dict(), ss.network.encoder.state_dict()
+    same = all(torch.equal(a[k], b[k]) for k in a)
+    # without the anomalies in stage 1 the encoder is the one-class fit's, bit for bit; with
+    # them (the paper's stage 1) the batches differ, and so does the encoder
+    assert same is not contrast
+
+
+def test_contrast_anomalies_is_validated():
+    with pytest.raises(ConfigError, match="contrast_anomalies"):
+        get_config("digits", {"contrast_anomalies": "no"})
+
+
+def test_fused_calibration_standardises_the_alpha_fused_one_class_score():
+    torch.manual_seed(0)
+    model = AnoMemModel(get_config("digits", {**TINY, "calibration": "fused"})).eval()
+    normals = torch.randint(0, 256, (12, 3, 16, 16), dtype=torch.uint8)
+    calibrate_scales(model, normals, RunOptions())     # consolidate=0: in-sample scores
+    with torch.no_grad():
+        per = model.oc_scores(model.deviation_maps(normals.float() / 255))
+    fused = [sum(a * s for a, s in zip(model.alphas.tolist(), row)) for row in per.tolist()]
+    mean = sum(fused) / len(fused)
+    std = (sum((f - mean) ** 2 for f in fused) / (len(fused) - 1)) ** 0.5
+    assert model.score_mean.tolist() == pytest.approx([mean] * len(model.dims), rel=1e-5)
+    assert model.score_std.tolist() == pytest.approx([std] * len(model.dims), rel=1e-5)
+    x = torch.rand(5, 3, 16, 16)
+    with torch.no_grad():
+        want = (model.oc_scores(model.deviation_maps(x)) @ model.alphas - mean) / std
+        torch.testing.assert_close(model(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_heads_train_on_rotated_normals_labelled_anomalous():
+    cfg = get_config("digits", {"head_pseudo_anomalies": "rotation"})
+    images = torch.randint(0, 256, (7, 3, 6, 6), dtype=torch.uint8)
+    y = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0])
+    x, yy = head_training_set(images, y, cfg)
+    assert torch.equal(x[:7], images) and yy.tolist() == y.tolist() + [0.0] * 5
+    for copy, normal in zip(x[7:], images[y == 1]):
+        turns = [q for q in range(4) if torch.equal(copy, torch.rot90(normal, q, dims=(1, 2)))]
+        assert len(turns) == 1 and turns[0] != 0
+    plain = head_training_set(images, y, get_config("digits"))
+    assert plain[0] is images and plain[1] is y
+
+
+def test_balanced_sampling_gives_each_class_half_the_mass():
+    y = torch.tensor([1.0] * 9 + [0.0] * 3)
+    w = balanced_weights(y)
+    assert w[y == 1].sum().item() == pytest.approx(0.5) and w[y == 0].sum().item() == pytest.approx(0.5)
+    det = AnoMem("digits", **TINY, head_sampling="balanced").fit(
+        _images(12, 2), (1 - y).numpy(), validation_fraction=0.0, progress=False)
+    assert np.isfinite(det.decision_function(_images(3, 3))).all()
