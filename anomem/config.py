@@ -99,10 +99,9 @@ class AnoMemConfig:
     std of the alpha-fused score, which standardises that score and keeps its
     ranking), ``semi_score`` (``heads+oc``:
     the heads clipped to [0, M] plus the standardised one-class score;
-    ``heads``: the heads alone), ``head_pseudo_anomalies`` (``rotation``: the
-    heads also train on one rotated copy of every normal image, labelled
-    anomalous) and ``head_sampling`` (``balanced``: each batch draws normal and
-    anomalous images with equal probability; ``uniform``: every image alike).
+    ``heads``: the heads alone) and ``head_sampling`` (``balanced``: each batch
+    draws normal and anomalous images with equal probability; ``uniform``: every
+    image alike, the paper's).
 
     Decision: ``target_frr`` is the false-rejection rate on normals that sets the
     threshold at fit time.
@@ -163,7 +162,6 @@ class AnoMemConfig:
     head_pool: int = 2
     stage2_epochs: int = 50
     stage2_lr: float = 0.05
-    head_pseudo_anomalies: str = "none"
     head_sampling: str = "uniform"
     calibrate: bool = False
     calibration: str = "scales"
@@ -232,7 +230,7 @@ def _validate(c: AnoMemConfig) -> None:
                          ("variance", VARIANCES), ("scale_norm", SCALE_NORMS),
                          ("semi_score", SEMI_SCORES), ("score_retrieval", SCORE_RETRIEVALS),
                          ("projector", PROJECTORS), ("pseudo_anomalies", PSEUDO_ANOMALIES),
-                         ("head_pseudo_anomalies", PSEUDO_ANOMALIES), ("head_sampling", HEAD_SAMPLINGS),
+                         ("head_sampling", HEAD_SAMPLINGS),
                          ("calibration", CALIBRATIONS)):
         if getattr(c, key) not in allowed:
             _fail(key, f"got {getattr(c, key)!r}, expected one of {', '.join(allowed)}")

@@ -132,13 +132,15 @@ def exported_scores(path: str | Path, fmt: Format, images: np.ndarray) -> np.nda
         return module(torch.from_numpy(x)).numpy().astype(np.float64)
 
 
-def score_scale(det: AnoMem, images: torch.Tensor) -> float:
+def score_scale(det: AnoMem, images: torch.Tensor, scores: np.ndarray | None = None) -> float:
     """The magnitude that float32 rounding of ``det``'s scores on ``images`` is relative to.
 
     The largest |image score| or |per-scale score| (Eq. 13 sums the alpha-weighted
     scale scores, so a small image score can come from large terms), at least 1.
+    ``scores``: the image scores when already computed (``det.decision_function(images)``).
     """
-    terms = np.concatenate([det.decision_function(images).ravel(), det.scale_scores(images).ravel()])
+    image = det.decision_function(images) if scores is None else scores
+    terms = np.concatenate([np.ravel(image), det.scale_scores(images).ravel()])
     return max(1.0, float(np.abs(terms).max()))
 
 
@@ -161,10 +163,10 @@ def verify_export(det: AnoMem, path: str | Path, fmt: Format, images: torch.Tens
         raise ExportError(f"every one of the {len(images)} check images lies at a tie of the "
                           f"memory's nearest-pattern retrieval, so the exported {fmt} model cannot "
                           f"be checked; pass other images with --check")
-    expected = det.decision_function(images)[keep]
+    scores = det.decision_function(images)
     got = exported_scores(path, fmt, images.float().div(255).numpy())[keep]
-    diff = float(np.abs(got - expected).max())
-    scale = score_scale(det, images)
+    diff = float(np.abs(got - scores[keep]).max())
+    scale = score_scale(det, images, scores)
     if not diff <= rtol * scale:
         raise ExportError(f"exported {fmt} model {str(path)!r} scores differ from the Python model "
                           f"by {diff:.3g} (> {rtol:g} of the scores' scale {scale:.3g}); do not "

@@ -1,6 +1,6 @@
 """Semi-supervised fitting choices (see docs/design.md): which stage sees the labelled
-anomalies, how the one-class score is standardised before the heads are added, and the
-heads' training set and sampling."""
+anomalies, how the one-class score is standardised before the heads are added, and how
+the heads' batches are drawn."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from anomem import AnoMem
 from anomem.config import ConfigError, get_config
 from anomem.stages.common import RunOptions
-from anomem.stages.stage2 import balanced_weights, calibrate_scales, head_training_set
+from anomem.stages.stage2 import balanced_weights, calibrate_scales
 from anomem.torch_model import AnoMemModel
 
 TINY = {"width": 4, "stage1_epochs": 1, "stage2_epochs": 1, "batch_size": 8, "consolidate": 0}
@@ -56,19 +56,6 @@ def test_fused_calibration_standardises_the_alpha_fused_one_class_score():
     with torch.no_grad():
         want = (model.oc_scores(model.deviation_maps(x)) @ model.alphas - mean) / std
         torch.testing.assert_close(model(x), want, rtol=1e-5, atol=1e-5)
-
-
-def test_heads_train_on_rotated_normals_labelled_anomalous():
-    cfg = get_config("digits", {"head_pseudo_anomalies": "rotation"})
-    images = torch.randint(0, 256, (7, 3, 6, 6), dtype=torch.uint8)
-    y = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0])
-    x, yy = head_training_set(images, y, cfg)
-    assert torch.equal(x[:7], images) and yy.tolist() == y.tolist() + [0.0] * 5
-    for copy, normal in zip(x[7:], images[y == 1]):
-        turns = [q for q in range(4) if torch.equal(copy, torch.rot90(normal, q, dims=(1, 2)))]
-        assert len(turns) == 1 and turns[0] != 0
-    plain = head_training_set(images, y, get_config("digits"))
-    assert plain[0] is images and plain[1] is y
 
 
 def test_balanced_sampling_gives_each_class_half_the_mass():

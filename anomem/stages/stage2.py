@@ -22,7 +22,6 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from anomem.augment import rotate_each
 from anomem.data.convert import batches
 from anomem.losses import sup_loss
 from anomem.stages.common import (
@@ -133,7 +132,6 @@ def train_heads(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
                 fingerprint: dict[str, Any], opts: RunOptions) -> list[dict[str, float]]:
     """Train the per-scale heads on frozen deviations of ``images`` with y (1 = normal)."""
     cfg = model.config
-    images, y = head_training_set(images, y, cfg)
     heads = model.add_heads().to(opts.device)
     feats = map_batches(model, images, opts,
                         lambda m, x: [h.phi(d) for h, d in zip(heads, m.deviation_maps(x))])
@@ -187,24 +185,6 @@ def train_heads(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
         fold_standardisation(head.mlp[0], mu, sd)
     model.eval()
     return history
-
-
-def head_training_set(images: torch.Tensor, y: torch.Tensor,
-                      cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """The heads' training images and flags: with ``head_pseudo_anomalies="rotation"``,
-    ``images`` plus one rotated copy of every normal image, labelled anomalous (y = 0).
-
-    The paper is silent; stage 1's pseudo-anomalies carried into stage 2, so
-    the heads see more kinds of anomaly than the few labelled ones.  Each copy
-    is turned by 90, 180 or 270 degrees, drawn with the run's seed stream
-    ``"head pseudo-anomalies"``.
-    """
-    if cfg.head_pseudo_anomalies != "rotation":
-        return images, y
-    normals = images[y == 1]
-    g = torch.Generator().manual_seed(stream_seed(cfg.seed, "head pseudo-anomalies"))
-    turns = torch.randint(1, 4, (len(normals),), generator=g)
-    return torch.cat([images, rotate_each(normals, turns)]), torch.cat([y, y.new_zeros(len(normals))])
 
 
 def balanced_weights(y: torch.Tensor) -> torch.Tensor:

@@ -8,12 +8,17 @@ heads removed: row ``oc``, the calibrated fusion the heads are added to, and
 a copy of the fitted network calibrated (with ``semi_score="heads+oc"``) and
 its heads trained again (:func:`anomem.stages.stage2.train_heads`) under the
 variant's configuration.
-Stage 1, consolidation and calibration are shared, so the rows differ only in
-stage 2.  One JSON line per class holds every row's test AUROC.
+Stage 1 and consolidation are shared, so the rows differ only in stage 2.  One JSON line per class holds every row's test AUROC.
 
     python benchmarks/quality/head_probe.py --dataset digits --seed 0 \\
-        --variant rot head_pseudo_anomalies=rotation --variant bal head_sampling=balanced
+        --variant fused calibration=fused --variant bal head_sampling=balanced
     python benchmarks/quality/variant_probe.py --summary head_probe.jsonl
+
+The rows (digits seeds 0-2; CIFAR-10 at the full ``cpu`` preset, ``--dataset
+cifar-full``, seed 0) are in ``head_probe.jsonl`` beside this file.  Its ``rot``
+and ``rotbal`` columns trained the heads also on one rotated copy of every
+normal image, labelled anomalous (``head_pseudo_anomalies=rotation``, at commit
+ed89547; removed since, as it lost on both image sets).
 """
 
 from __future__ import annotations
