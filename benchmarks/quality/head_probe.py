@@ -7,8 +7,8 @@ heads removed: row ``oc``, the calibrated fusion the heads are added to, and
 ``oc_raw``, the plain Eq. 13), and once per ``--variant NAME KEY=VALUE[,KEY=VALUE]``:
 a copy of the fitted network calibrated (with ``semi_score="heads+oc"``) and
 its heads trained again (:func:`anomem.stages.stage2.train_heads`) under the
-variant's configuration.
-Stage 1 and consolidation are shared, so the rows differ only in stage 2.  One JSON line per class holds every row's test AUROC.
+variant's configuration.  Stage 1 and consolidation are shared, so the rows
+differ only in stage 2.  One JSON line per class holds every row's test AUROC.
 
     python benchmarks/quality/head_probe.py --dataset digits --seed 0 \\
         --variant fused calibration=fused --variant bal head_sampling=balanced
