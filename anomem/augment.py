@@ -146,6 +146,7 @@ def rotate_each(images: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
     return out
 
 
+@torch.no_grad()
 def rotated_pseudo_anomalies(v1: torch.Tensor, v2: torch.Tensor, y: torch.Tensor, fraction: float,
                              generator: torch.Generator, align: torch.Tensor | None = None
                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
