@@ -36,7 +36,6 @@ SEMI_SCORES = ("heads", "heads+oc")
 PROJECTORS = ("none", "mlp")
 PSEUDO_ANOMALIES = ("none", "rotation")
 HEAD_SAMPLINGS = ("uniform", "balanced")
-ANOMALY_BATCHES = ("mixed", "appended")
 CALIBRATIONS = ("scales", "fused")
 SCORE_RETRIEVALS = ("nearest", "hopfield")
 
@@ -84,12 +83,7 @@ class AnoMemConfig:
     :func:`anomem.augment.rotated_pseudo_anomalies`), ``contrast_anomalies``
     (true: labelled anomalies enter Eq. 3 with y = 0, the paper's stage 1;
     false: stage 1 trains on the normal images alone, as a one-class fit does,
-    and only the heads see the labelled anomalies), ``anomaly_batches``
-    (``mixed``: the labelled anomalies are shuffled in with the normals, the
-    paper's Algorithm 1; ``appended``: every step's normals are drawn and
-    augmented exactly as in the one-class fit of the same seed, and labelled
-    anomalies from a stream of their own are added to the batch, as many as
-    keep the training set's ratio, at least one), SGD with
+    and only the heads see the labelled anomalies), SGD with
     Nesterov momentum and cosine annealing (``stage1_*``).  Augmentations:
     ``crop_scale``, ``jitter``, ``blur_sigma``, ``noise_std`` and
     ``view_geometry`` (``independent`` or ``shared`` crops and flips, or
@@ -156,7 +150,6 @@ class AnoMemConfig:
     pseudo_anomalies: str = "rotation"
     pseudo_fraction: float = 0.5
     contrast_anomalies: bool = True
-    anomaly_batches: str = "mixed"
     reseed_dead: bool = True
     consolidate: int = 10
     consolidate_factor: int = 4
@@ -237,7 +230,7 @@ def _validate(c: AnoMemConfig) -> None:
                          ("variance", VARIANCES), ("scale_norm", SCALE_NORMS),
                          ("semi_score", SEMI_SCORES), ("score_retrieval", SCORE_RETRIEVALS),
                          ("projector", PROJECTORS), ("pseudo_anomalies", PSEUDO_ANOMALIES),
-                         ("head_sampling", HEAD_SAMPLINGS), ("anomaly_batches", ANOMALY_BATCHES),
+                         ("head_sampling", HEAD_SAMPLINGS),
                          ("calibration", CALIBRATIONS)):
         if getattr(c, key) not in allowed:
             _fail(key, f"got {getattr(c, key)!r}, expected one of {', '.join(allowed)}")

@@ -209,11 +209,10 @@ class AnoMem(Detector):
             opts.checkpoint_dir = Path(checkpoint_dir)
         fingerprint = run_fingerprint(cfg, x_train, y_train)
         self.model = AnoMemModel(cfg).to(opts.device)
-        mixed = cfg.contrast_anomalies and cfg.anomaly_batches == "mixed"
-        x1, y1 = (x_train, y_train) if mixed else (x_train[y_train == 1], y_train[y_train == 1])
-        extra = x_train[y_train == 0] if cfg.contrast_anomalies and not mixed else None
-        self.history_ = {"stage1": self._stage1(x1, y1, fingerprint, opts, extra)}
-        del x1, y1, extra
+        x1, y1 = ((x_train, y_train) if cfg.contrast_anomalies
+                  else (x_train[y_train == 1], y_train[y_train == 1]))
+        self.history_ = {"stage1": self._stage1(x1, y1, fingerprint, opts)}
+        del x1, y1
         normals = x_train[y_train == 1]
         if cfg.prototypes == "kmeans":
             fit_kmeans_prototypes(self.model, normals, opts)
@@ -245,13 +244,9 @@ class AnoMem(Detector):
                           ThresholdWarning, stacklevel=3)
 
     def _stage1(self, x: torch.Tensor, y: torch.Tensor, fingerprint: dict[str, Any],
-                opts: RunOptions, anomalies: torch.Tensor | None = None) -> list[dict[str, float]]:
-        """Stage 1 on the training images (:mod:`anomem.distributed` shards it across ranks).
-
-        ``anomalies``: the labelled anomalies appended to every batch
-        (``anomaly_batches="appended"``), not sharded.
-        """
-        return train_stage1(self._require_model(), x, y, fingerprint, opts, anomalies=anomalies)
+                opts: RunOptions) -> list[dict[str, float]]:
+        """Stage 1 on the training images (:mod:`anomem.distributed` shards it across ranks)."""
+        return train_stage1(self._require_model(), x, y, fingerprint, opts)
 
     def _holdout(self, y: torch.Tensor, fraction: float) -> torch.Tensor:
         normal_idx = torch.nonzero(y == 1).squeeze(1)

@@ -245,9 +245,9 @@ class DistributedAnoMem(AnoMem):
     """
 
     def _stage1(self, x: torch.Tensor, y: torch.Tensor, fingerprint: dict[str, Any],
-                opts: RunOptions, anomalies: torch.Tensor | None = None) -> list[dict[str, float]]:
+                opts: RunOptions) -> list[dict[str, float]]:
         if not is_distributed():
-            return super()._stage1(x, y, fingerprint, opts, anomalies)
+            return super()._stage1(x, y, fingerprint, opts)
         cfg, model = self.config, self._require_model()
         if cfg.batch_size % opts.world_size:
             raise ConfigError(f"config key 'batch_size': {cfg.batch_size} is not divisible by the "
@@ -255,7 +255,7 @@ class DistributedAnoMem(AnoMem):
         idx = shard_indices(len(x), opts.rank, opts.world_size)
         objective = wrap_objective(model, opts)
         torch.manual_seed(cfg.seed + 1_000_003 * (opts.rank + 1))   # independent augmentations
-        history = train_stage1(model, x[idx], y[idx], fingerprint, opts, objective, anomalies)
+        history = train_stage1(model, x[idx], y[idx], fingerprint, opts, objective)
         swap_batchnorm(model.encoder, nn.BatchNorm2d)
         torch.manual_seed(cfg.seed + 1)                             # stage 2 identical on all ranks
         return history

@@ -37,37 +37,9 @@ def test_contrast_anomalies_false_trains_stage1_as_the_one_class_fit(contrast):
     assert same is not contrast
 
 
-def test_appended_anomalies_ride_along_the_one_class_batches(monkeypatch):
-    """anomaly_batches="appended": every step's batch starts with the one-class fit's views,
-    bit for bit, and ends with round(bsz * A / N) = round(8 * 4 / 16) = 2 labelled anomalies."""
-    from anomem.stages.stage1 import ContrastedMemoryObjective
-    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
-    forward = ContrastedMemoryObjective.forward
-
-    def spy(self, v1, v2, y, *args, **kwargs):
-        calls.append((v1.detach().clone(), y.detach().clone()))
-        return forward(self, v1, v2, y, *args, **kwargs)
-
-    monkeypatch.setattr(ContrastedMemoryObjective, "forward", spy)
-    normals, anomalies = _images(16, 0), _images(4, 1)
-    cfg = {**TINY, "stage1_epochs": 2}
-    AnoMem("digits", **cfg).fit(normals, validation_fraction=0.0, progress=False)
-    oc, calls[:] = list(calls), []
-    AnoMem("digits", **cfg, anomaly_batches="appended").fit(
-        np.concatenate([normals, anomalies]), np.r_[np.zeros(16), np.ones(4)],
-        validation_fraction=0.0, progress=False)
-    assert len(calls) == len(oc) == 4          # 2 epochs of 16 // 8 steps, as the one-class fit
-    for (v, y), (v_oc, y_oc) in zip(calls, oc):
-        n = len(y_oc)                          # 8 normals + 4 rotated copies
-        assert torch.equal(v[:n], v_oc) and torch.equal(y[:n], y_oc)
-        assert y[n:].tolist() == [0.0, 0.0] and len(v) == n + 2
-
-
 def test_contrast_anomalies_is_validated():
     with pytest.raises(ConfigError, match="contrast_anomalies"):
         get_config("digits", {"contrast_anomalies": "no"})
-    with pytest.raises(ConfigError, match="anomaly_batches"):
-        get_config("digits", {"anomaly_batches": "interleaved"})
 
 
 def test_fused_calibration_standardises_the_alpha_fused_one_class_score():

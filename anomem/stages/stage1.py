@@ -248,54 +248,24 @@ def _end_epoch(model: AnoMemModel, opt: torch.optim.Optimizer, epoch: int, per_e
 
 def train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
                  fingerprint: dict[str, Any], opts: RunOptions,
-                 objective: nn.Module | None = None,
-                 anomalies: torch.Tensor | None = None) -> list[dict[str, float]]:
+                 objective: nn.Module | None = None) -> list[dict[str, float]]:
     """Train encoder and memories on uint8 ``images`` (N, 3, S, S) with y (1 = normal).
 
     Resumes from ``opts.checkpoint_dir / "stage1.ckpt"`` when it exists and
     matches ``fingerprint``.  ``objective`` (default: a
     :class:`ContrastedMemoryObjective` of ``model``) may be a DDP wrapper of it;
-    then ``images``/``y`` are this rank's shard.  ``anomalies`` (uint8, every
-    rank holds all of them), with ``anomaly_batches="appended"``, are labelled
-    anomalies added to every step's batch (:func:`appended_anomalies`).
-    Returns one dict per epoch (mean loss, per-scale terms, images/s).  On the
-    CPU, runs under the config's ``malloc_mmap_threshold``
-    (:func:`anomem.heap.large_blocks_mmapped`).
+    then ``images``/``y`` are this rank's shard.  Returns one dict per epoch
+    (mean loss, per-scale terms, images/s).  On the CPU, runs under the
+    config's ``malloc_mmap_threshold`` (:func:`anomem.heap.large_blocks_mmapped`).
     """
     on_cpu = torch.device(opts.device).type == "cpu"
     with large_blocks_mmapped(model.config.malloc_mmap_threshold if on_cpu else 0):
-        return _train_stage1(model, images, y, fingerprint, opts, objective, anomalies)
-
-
-def appended_anomalies(anomalies: torch.Tensor, n_normal: int, bsz: int, aug: TwoViewAugment,
-                       aligned: bool, step: int, opts: RunOptions, seed: int
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(view 1, view 2, y = 0, alignment) of the labelled anomalies one step adds to its batch.
-
-    ``anomaly_batches="appended"``: ``max(1, round(bsz * A / N))`` anomalies
-    (A labelled anomalies, N normal training images over all ranks) are drawn
-    with replacement and augmented from streams of their own (``seed``,
-    ``step``, the rank), so the global random state that draws and augments
-    the step's normals is the one-class fit's.  The batch then keeps the
-    training set's ratio of anomalies to normals, as mixed batches do on
-    average; the paper is silent on how labelled anomalies are batched.
-    """
-    k = max(1, round(bsz * len(anomalies) / max(1, n_normal)))
-    index = step * opts.world_size + opts.rank
-    pick = torch.randint(len(anomalies), (k,), generator=torch.Generator().manual_seed(
-        stream_seed(seed, "anomalies", index)))
-    xa = anomalies[pick].to(opts.device, non_blocking=True).float().div_(255)
-    cpu = torch.device(opts.device).type == "cpu"
-    with torch.random.fork_rng(devices=[] if cpu else None):
-        torch.manual_seed(stream_seed(seed, "anomaly_views", index))
-        va1, va2, align = aug.aligned_views(xa) if aligned else (*aug(xa), None)
-    return va1, va2, torch.zeros(k, device=xa.device), align
+        return _train_stage1(model, images, y, fingerprint, opts, objective)
 
 
 def _train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
                   fingerprint: dict[str, Any], opts: RunOptions,
-                  objective: nn.Module | None, anomalies: torch.Tensor | None
-                  ) -> list[dict[str, float]]:
+                  objective: nn.Module | None) -> list[dict[str, float]]:
     """:func:`train_stage1` under the allocator settings it chose."""
     cfg = model.config
     objective = objective or ContrastedMemoryObjective(model)
@@ -309,7 +279,6 @@ def _train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
     aug = TwoViewAugment(cfg.image_size, cfg.crop_scale, cfg.jitter, cfg.blur_sigma, cfg.noise_std,
                          shared_geometry=cfg.view_geometry == "shared")
     aligned = cfg.view_geometry == "aligned"
-    appended = anomalies is not None and len(anomalies) > 0 and cfg.anomaly_batches == "appended"
     ckpt = opts.checkpoint_dir / "stage1.ckpt" if opts.checkpoint_dir else None
     modules = {"model": model, "opt": opt, "sched": sched}
     start, history, epoch_stats = _start(ckpt, modules, fingerprint, images, y, opts)
@@ -328,11 +297,6 @@ def _train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
             v1, v2, yb, align = rotated_pseudo_anomalies(
                 v1, v2, yb, cfg.pseudo_fraction,
                 torch.Generator().manual_seed(stream_seed(cfg.seed, "pseudo", step)), align)
-        if appended:
-            va1, va2, ya, align_a = appended_anomalies(anomalies, n * opts.world_size, bsz, aug,
-                                                       aligned, step, opts, cfg.seed)
-            v1, v2, yb = torch.cat([v1, va1]), torch.cat([v2, va2]), torch.cat([yb, ya.to(yb)])
-            align = None if align is None else torch.cat([align, align_a])
         loss, stats = objective(v1, v2, yb, opts.gather, opts.rank * len(yb), align=align)
         value = check_finite(loss, step + 1, "stage 1", "stage1_lr")
         opt.zero_grad(set_to_none=True)
