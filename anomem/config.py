@@ -36,6 +36,8 @@ SEMI_SCORES = ("heads", "heads+oc")
 PROJECTORS = ("none", "mlp")
 PSEUDO_ANOMALIES = ("none", "rotation")
 HEAD_SAMPLINGS = ("uniform", "balanced")
+#: Test-time views of ``score_views``: the image dimensions each view flips, (B, C, H, W).
+SCORE_VIEWS = {"single": ((),), "mirror": ((), (3,)), "flips": ((), (3,), (2,), (2, 3))}
 CALIBRATIONS = ("scales", "fused")
 SCORE_RETRIEVALS = ("nearest", "hopfield")
 
@@ -67,7 +69,12 @@ class AnoMemConfig:
     steps of the patterns on the clean training normals end stage 1, which
     first grows every memory to ``consolidate_factor`` x its trained patterns;
     ``score_retrieval`` is Eq. 1 at beta -> infinity (``nearest``) or at
-    ``beta`` (``hopfield``) in Eq. 8; ``memory_init`` (``random`` N(0, 1/d) or
+    ``beta`` (``hopfield``) in Eq. 8; ``score_views`` scores an image as the
+    mean of Eq. 13 over test-time views (``single``: the image; ``mirror``: and
+    its mirror image; ``flips``: and upside down, and both), each view with
+    memories of its own, copies of the stage-1 memories consolidated on the same
+    view of the training normals (see
+    :meth:`anomem.torch_model.AnoMemModel.add_view_memories`); ``memory_init`` (``random`` N(0, 1/d) or
     first-batch features, ``data``).  ``use_memory=False`` trains plain
     multi-scale contrastive learning and ``prototypes="kmeans"`` scores with
     nearest k-means centroids (Table 4's ablations).
@@ -154,6 +161,7 @@ class AnoMemConfig:
     consolidate: int = 10
     consolidate_factor: int = 4
     score_retrieval: str = "nearest"
+    score_views: str = "single"
     variance: str = "components"
     scale_norm: str = "rms"
     semi_score: str = "heads+oc"
@@ -230,7 +238,7 @@ def _validate(c: AnoMemConfig) -> None:
                          ("variance", VARIANCES), ("scale_norm", SCALE_NORMS),
                          ("semi_score", SEMI_SCORES), ("score_retrieval", SCORE_RETRIEVALS),
                          ("projector", PROJECTORS), ("pseudo_anomalies", PSEUDO_ANOMALIES),
-                         ("head_sampling", HEAD_SAMPLINGS),
+                         ("head_sampling", HEAD_SAMPLINGS), ("score_views", tuple(SCORE_VIEWS)),
                          ("calibration", CALIBRATIONS)):
         if getattr(c, key) not in allowed:
             _fail(key, f"got {getattr(c, key)!r}, expected one of {', '.join(allowed)}")
@@ -261,6 +269,9 @@ def _validate(c: AnoMemConfig) -> None:
         _fail("pseudo_fraction", f"must be in (0, 1], got {c.pseudo_fraction!r}")
     if not _is_number(c.target_frr) or not 0.0 <= c.target_frr < 1.0:
         _fail("target_frr", f"must be in [0, 1), got {c.target_frr!r}")
+    if c.score_views != "single" and c.prototypes == "kmeans":
+        _fail("score_views", f"{c.score_views!r} needs prototypes=hopfield (k-means memories hold "
+                             f"one view); set score_views=single")
     n = len(c.memory_stages)
     if n == 0:
         _fail("memory_stages", "needs at least one stage")

@@ -275,7 +275,8 @@ class AnoMem(Detector):
         return self._scores(to_image_tensor(images, model.config.image_size, "images"), batch_size)
 
     def scale_scores(self, images: Any, batch_size: int = 256) -> np.ndarray:
-        """Per-scale scores before fusion, shape (N, S) (Eq. 9 or Eq. 10)."""
+        """Per-scale scores before fusion, shape (N, S) (Eq. 9 or Eq. 10); with ``score_views``,
+        S is the scales of every view, view after view."""
         model = self._require_model()
         x = to_image_tensor(images, model.config.image_size, "images")
         out = map_batches(model, x, RunOptions(device=self._device()),
@@ -283,7 +284,8 @@ class AnoMem(Detector):
         return torch.cat(out).numpy().astype(np.float64)
 
     def deviation_maps(self, images: Any, batch_size: int = 256) -> list[np.ndarray]:
-        """Delta(s) (Eq. 8) of each image at each memory scale: S arrays (N, C, H, W)."""
+        """Delta(s) (Eq. 8) of each image at each memory scale (and ``score_views`` view, flipped
+        back onto the image): S arrays (N, C, H, W)."""
         model = self._require_model()
         x = to_image_tensor(images, model.config.image_size, "images")
         out = map_batches(model, x, RunOptions(device=self._device()),
@@ -349,8 +351,9 @@ class AnoMem(Detector):
         require_checksum(blob, "model file", path)
         try:
             # files from before a key existed were made without it: memories that never grew,
-            # a stage 1 without pseudo-anomalies
-            cfg = from_dict({"consolidate_factor": 1, "pseudo_anomalies": "none", **blob["config"]})
+            # a stage 1 without pseudo-anomalies, one view
+            cfg = from_dict({"consolidate_factor": 1, "pseudo_anomalies": "none",
+                             "score_views": "single", **blob["config"]})
             (threshold, bound, normals), state = _threshold_fields(blob), blob["state_dict"]
             if not all(isinstance(blob[k], bool) for k in ("kmeans", "semi_supervised")):
                 raise TypeError("kmeans / semi_supervised flags are not booleans")

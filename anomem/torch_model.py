@@ -20,13 +20,14 @@ x N_mem of its stage).
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 from torch import nn
 
 from anomem.backbone import ResNet
-from anomem.config import AnoMemConfig
+from anomem.config import SCORE_VIEWS, AnoMemConfig
 from anomem.memory import HopfieldMemory, KMeansMemory
 
 
@@ -98,11 +99,18 @@ class AnoMemModel(nn.Module):
                            config.normalize, config.score_retrieval) for d, n in zip(self.dims, sizes))
         self.memory_of = tuple(range(n_maps)) + (tuple(range(n_maps, len(sizes))) if own
                                                  else self.pooled_of)
+        # score_views: every view adds the scales of one view (dims, memory_of, alphas) once more
+        self.views = SCORE_VIEWS[config.score_views]
+        per_view, n_mem = len(self.dims), len(self.memories)
+        self.dims = self.dims * len(self.views)
+        self.memory_of = tuple(v * n_mem + k for v in range(len(self.views)) for k in self.memory_of)
+        self.spatial_scales = tuple(v * per_view + i for v in range(len(self.views))
+                                    for i in range(n_maps))
         self.heads: nn.ModuleList | None = None
         # projector="mlp": stage 1's projection head per scale (Eq. 4 after it); scoring never uses it
         self.projectors = (nn.ModuleList(nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d))
                                          for d in self.dims) if config.projector == "mlp" else None)
-        alphas = torch.tensor(config.alphas)
+        alphas = torch.tensor(config.alphas * len(self.views))
         self.register_buffer("alphas", alphas / alphas.sum())
         self.register_buffer("score_mean", torch.zeros(len(self.dims)))
         self.register_buffer("score_std", torch.ones(len(self.dims)))
@@ -116,6 +124,7 @@ class AnoMemModel(nn.Module):
         """
         model = cls(config)
         model.grow_memories()
+        model.add_view_memories()
         if config.prototypes == "kmeans":
             model.use_kmeans([torch.zeros(model.memory(s).patterns.shape)
                               for s in range(len(model.dims))])
@@ -139,6 +148,27 @@ class AnoMemModel(nn.Module):
                 memory.patterns = nn.Parameter(memory.patterns.detach().repeat(f, 1),
                                                requires_grad=memory.patterns.requires_grad)
 
+    @torch.no_grad()
+    def add_view_memories(self) -> None:
+        """``score_views``: the memories of every test-time view after the first, copies of its.
+
+        Stage 1 trains the memories of the image itself; at its end each other
+        view (a flip of the image) gets a copy of them, which consolidation
+        (:func:`anomem.stages.consolidate.consolidate_prototypes`) then moves
+        onto the same view of the training normals, so a view is compared with
+        prototypes of normal images seen the same way.  The paper is silent on
+        test-time views; measured in ``docs/design.md``.  Idempotent.
+        """
+        if not self.has_view_memories:
+            base = list(self.memories)
+            for _ in self.views[1:]:
+                self.memories.extend(copy.deepcopy(m) for m in base)
+
+    @property
+    def has_view_memories(self) -> bool:
+        """Whether the memories of every ``score_views`` view exist (see :meth:`add_view_memories`)."""
+        return len(self.memories) == max(self.memory_of) + 1
+
     @property
     def semi_supervised(self) -> bool:
         return self.heads is not None
@@ -150,7 +180,7 @@ class AnoMemModel(nn.Module):
     def add_heads(self) -> nn.ModuleList:
         """Create (and return) the per-scale MLPs of the semi-supervised detector (Eq. 10)."""
         c = self.config
-        pools = [c.head_pool] * len(self.stages) + [1] * len(self.pooled_of)
+        pools = ([c.head_pool] * len(self.stages) + [1] * len(self.pooled_of)) * len(self.views)
         self.heads = nn.ModuleList(ScaleHead(d, p, c.head_hidden) for d, p in zip(self.dims, pools))
         return self.heads
 
@@ -166,9 +196,21 @@ class AnoMemModel(nn.Module):
         out += [out[i].mean(dim=(2, 3), keepdim=True) for i in self.pooled_of]
         return out
 
+    def view_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """:meth:`features` of every ``score_views`` view of ``x``, view after view.
+
+        A view's maps are flipped back, so position (i, j) of every view's map
+        shows the same part of the image.
+        """
+        out = []
+        for dims in self.views:
+            maps = self.features(x.flip(dims) if dims else x)
+            out += [z.flip(dims) for z in maps] if dims else maps
+        return out
+
     def deviation_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Eq. 8: Delta(s) = z(s) - HF(s)(z(s)) at every memory scale, each (B, C, H, W)."""
-        return self.deviations(self.features(x))
+        """Eq. 8: Delta(s) = z(s) - HF(s)(z(s)) at every memory scale (and view), each (B, C, H, W)."""
+        return self.deviations(self.view_features(x))
 
     def deviations(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
         """Eq. 8 on feature maps already computed (one per scale, as :meth:`features` returns)."""
@@ -183,7 +225,7 @@ class AnoMemModel(nn.Module):
         (see :mod:`anomem.export`).  +inf when every memory retrieves softly.
         """
         return torch.stack([self.memory(s).retrieval_margin(z.permute(0, 2, 3, 1)).flatten(1).amin(1)
-                            for s, z in enumerate(self.features(x))], dim=1).amin(1)
+                            for s, z in enumerate(self.view_features(x))], dim=1).amin(1)
 
     def oc_scores(self, deltas: list[torch.Tensor]) -> torch.Tensor:
         """Eq. 9 per scale, (B, S): ||Delta(s)||_2 (divided by sqrt(H W) when ``scale_norm="rms"``)."""

@@ -40,8 +40,17 @@ def semi_supervised(digits):
     return AnoMem("digits", stage1_epochs=1, stage2_epochs=2).fit(digits.x_train[idx], labels)
 
 
+@pytest.fixture(scope="module")
+def semi_supervised_flips(digits):
+    """Semi-supervised, every test-time view (``score_views="flips"``): the exported graph flips."""
+    idx = np.r_[np.flatnonzero(digits.y_train == 0)[:60], np.flatnonzero(digits.y_train == 5)[:6]]
+    labels = (digits.y_train[idx] == 5).astype(int)
+    return AnoMem("digits", stage1_epochs=1, stage2_epochs=2, score_views="flips").fit(
+        digits.x_train[idx], labels)
+
+
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
-@pytest.mark.parametrize("kind", ["one_class", "semi_supervised"])
+@pytest.mark.parametrize("kind", ["one_class", "semi_supervised", "semi_supervised_flips"])
 def test_exported_scores_equal_python_scores(request, tmp_path, test_images, fmt, kind):
     det = request.getfixturevalue(kind)
     path = export_model(det, tmp_path / f"m.{fmt}", fmt)

@@ -25,8 +25,8 @@ CONSOLIDATE_MAX_VECTORS = 20_000
 
 @torch.no_grad()
 def feature_maps(model: AnoMemModel, images: torch.Tensor, opts: RunOptions) -> list[torch.Tensor]:
-    """Eval-mode feature maps z(s) of uint8 ``images``, one (n, C, H, W) tensor per scale."""
-    parts = map_batches(model, images, opts, lambda m, x: m.features(x))
+    """Eval-mode feature maps z(s) of uint8 ``images``, one (n, C, H, W) tensor per scale and view."""
+    parts = map_batches(model, images, opts, lambda m, x: m.view_features(x))
     return [torch.cat(scale) for scale in zip(*parts)]
 
 
