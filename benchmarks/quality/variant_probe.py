@@ -14,11 +14,13 @@ same encoder (``KNNDetector(k=1, encoder=det)``).  The image sets and budgets:
 * ``mtd``: Magnetic Tile Defects at 64 x 64, the ``mtd`` preset with 6
   stage-1 epochs, defect-free tiles vs every defect (``split_mtd(seed)``).
 
-``flip_mean`` is the AUROC of the mean of the score of a test image and of its
-mirror image (a test-time flip of the fused score, same fit); ``flip_memory``
-scores the mirror image against a copy of the memories consolidated again on
-the mirrored training normals (the same encoder; the flip-equivariant reading);
-``views4`` averages four such views: the image, its mirror, upside down and both.
+Unless ``--set score_views=...`` says otherwise, the fit holds every test-time
+view (``score_views=flips``: the image, its mirror, upside down, both), whose
+memories are consolidated after the image's own in the same random streams, so
+``fused`` (the image alone, every other column too) is the ``single``-view
+fit's score and ``views2`` / ``views4`` are the ``mirror`` / ``flips`` fits'
+(Eq. 13 averaged over the first 2 / 4 views); ``as_fitted`` scores as the fit
+does.
 
 ``--pixel`` fits nothing: it prints, per class, a 1-nearest-neighbour on raw
 pixels at the images' own side (``PixelKNN``) on the same split, the reference
@@ -38,7 +40,6 @@ are), the behaviour before it existed.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -81,11 +82,6 @@ def run(args: argparse.Namespace) -> None:
     from anomem import AnoMem
     from anomem.baselines.knn import KNNDetector
     from anomem.config import parse_override
-    from anomem.data.convert import to_image_tensor, to_normal_flags
-    from anomem.stages.common import RunOptions
-
-    def view(images: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
-        return np.ascontiguousarray(np.flip(images, axis=axes))
 
     torch.set_num_threads(1)
     if args.no_restart_empty:
@@ -95,31 +91,24 @@ def run(args: argparse.Namespace) -> None:
     for c in args.classes:
         t0 = time.time()
         t = task_of(c)
-        det = AnoMem(preset, seed=args.seed, **budget, **overrides).fit(
+        det = AnoMem(preset, seed=args.seed, **budget, **{"score_views": "flips", **overrides}).fit(
             t.x_train, t.labels_train, validation_fraction=0.0, progress=False)
 
         def auroc(v: Any, y: np.ndarray = t.labels_test) -> float:
             return round(100 * roc_auc_score(y, np.asarray(v)), 2)
 
-        score = det.decision_function(t.x_test)
-        mirrored = det.decision_function(view(t.x_test, (2,)))
-        fitted, own = det.network, {}
-        for axes in ((2,), (1,), (1, 2)):       # mirror, upside down, both (a half turn)
-            det.model = copy.deepcopy(fitted)
-            x = to_image_tensor(view(t.x_train, axes), fitted.config.image_size, "x_train")
-            y = to_normal_flags(t.labels_train, len(x), "labels_train")
-            consolidate.consolidate_prototypes(det.model, x[y == 1], y[y == 1], RunOptions(),
-                                               grow=False)
-            own[axes] = det.decision_function(view(t.x_test, axes))
-        det.model = fitted
-        per = det.scale_scores(t.x_test)
-        alphas, n_maps = det.network.alphas.cpu().numpy(), len(det.network.stages)
+        views = len(det.network.views)
+        per = det.scale_scores(t.x_test)                 # (N, S x views), view after view
+        n = per.shape[1] // views
+        alphas, n_maps = det.network.alphas.cpu().numpy()[:n] * views, len(det.network.stages)
+        view_scores = [per[:, v * n:(v + 1) * n] @ alphas for v in range(views)]   # Eq. 13 each
+        per = per[:, :n]
         knn = KNNDetector(preset, k=1, encoder=det).fit(t.x_train, t.labels_train)
         print(json.dumps({
             "name": args.name, "ds": args.dataset, "seed": args.seed, "c": c,
-            "fused": auroc(score), "flip_mean": auroc((score + mirrored) / 2),
-            "flip_memory": auroc((score + own[(2,)]) / 2),
-            "views4": auroc((score + sum(own.values())) / 4),
+            "fused": auroc(view_scores[0]),
+            **{f"views{k}": auroc(np.mean(view_scores[:k], axis=0)) for k in (2, 4) if k <= views},
+            "as_fitted": auroc(det.decision_function(t.x_test)),
             "scales": [auroc(per[:, i]) for i in range(per.shape[1])],
             "img_alpha": auroc(per[:, n_maps:] @ alphas[n_maps:]),
             "knn": auroc(knn.decision_function(t.x_test)), "t": round(time.time() - t0)}), flush=True)
