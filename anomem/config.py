@@ -74,7 +74,7 @@ class AnoMemConfig:
     its mirror image; ``flips``: and upside down, and both), each view with
     memories of its own, copies of the stage-1 memories consolidated on the same
     view of the training normals (see
-    :meth:`anomem.torch_model.AnoMemModel.add_view_memories`); ``memory_init`` (``random`` N(0, 1/d) or
+    :meth:`anomem.torch_model.AnoMemModel.copy_view_memories`); ``memory_init`` (``random`` N(0, 1/d) or
     first-batch features, ``data``).  ``use_memory=False`` trains plain
     multi-scale contrastive learning and ``prototypes="kmeans"`` scores with
     nearest k-means centroids (Table 4's ablations).
@@ -161,7 +161,7 @@ class AnoMemConfig:
     consolidate: int = 10
     consolidate_factor: int = 4
     score_retrieval: str = "nearest"
-    score_views: str = "single"
+    score_views: str = "mirror"
     variance: str = "components"
     scale_norm: str = "rms"
     semi_score: str = "heads+oc"
@@ -269,9 +269,6 @@ def _validate(c: AnoMemConfig) -> None:
         _fail("pseudo_fraction", f"must be in (0, 1], got {c.pseudo_fraction!r}")
     if not _is_number(c.target_frr) or not 0.0 <= c.target_frr < 1.0:
         _fail("target_frr", f"must be in [0, 1), got {c.target_frr!r}")
-    if c.score_views != "single" and c.prototypes == "kmeans":
-        _fail("score_views", f"{c.score_views!r} needs prototypes=hopfield (k-means memories hold "
-                             f"one view); set score_views=single")
     n = len(c.memory_stages)
     if n == 0:
         _fail("memory_stages", "needs at least one stage")

@@ -99,9 +99,13 @@ class AnoMemModel(nn.Module):
                            config.normalize, config.score_retrieval) for d, n in zip(self.dims, sizes))
         self.memory_of = tuple(range(n_maps)) + (tuple(range(n_maps, len(sizes))) if own
                                                  else self.pooled_of)
-        # score_views: every view adds the scales of one view (dims, memory_of, alphas) once more
+        # score_views: every view adds the scales of one view (dims, memory_of, alphas) once more,
+        # with memories of its own that stage 1 does not train (copy_view_memories fills them)
         self.views = SCORE_VIEWS[config.score_views]
         per_view, n_mem = len(self.dims), len(self.memories)
+        for _ in self.views[1:]:
+            self.memories.extend(copy.deepcopy(self.memories[k]).requires_grad_(False)
+                                 for k in range(n_mem))
         self.dims = self.dims * len(self.views)
         self.memory_of = tuple(v * n_mem + k for v in range(len(self.views)) for k in self.memory_of)
         self.spatial_scales = tuple(v * per_view + i for v in range(len(self.views))
@@ -109,7 +113,8 @@ class AnoMemModel(nn.Module):
         self.heads: nn.ModuleList | None = None
         # projector="mlp": stage 1's projection head per scale (Eq. 4 after it); scoring never uses it
         self.projectors = (nn.ModuleList(nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d))
-                                         for d in self.dims) if config.projector == "mlp" else None)
+                                         for d in self.dims[:per_view])
+                           if config.projector == "mlp" else None)
         alphas = torch.tensor(config.alphas * len(self.views))
         self.register_buffer("alphas", alphas / alphas.sum())
         self.register_buffer("score_mean", torch.zeros(len(self.dims)))
@@ -124,7 +129,6 @@ class AnoMemModel(nn.Module):
         """
         model = cls(config)
         model.grow_memories()
-        model.add_view_memories()
         if config.prototypes == "kmeans":
             model.use_kmeans([torch.zeros(model.memory(s).patterns.shape)
                               for s in range(len(model.dims))])
@@ -149,25 +153,19 @@ class AnoMemModel(nn.Module):
                                                requires_grad=memory.patterns.requires_grad)
 
     @torch.no_grad()
-    def add_view_memories(self) -> None:
-        """``score_views``: the memories of every test-time view after the first, copies of its.
+    def copy_view_memories(self) -> None:
+        """``score_views``: every view after the first gets a copy of the first view's memories.
 
         Stage 1 trains the memories of the image itself; at its end each other
         view (a flip of the image) gets a copy of them, which consolidation
         (:func:`anomem.stages.consolidate.consolidate_prototypes`) then moves
         onto the same view of the training normals, so a view is compared with
         prototypes of normal images seen the same way.  The paper is silent on
-        test-time views; measured in ``docs/design.md``.  Idempotent.
+        test-time views; measured in ``docs/design.md``.
         """
-        if not self.has_view_memories:
-            base = list(self.memories)
-            for _ in self.views[1:]:
-                self.memories.extend(copy.deepcopy(m) for m in base)
-
-    @property
-    def has_view_memories(self) -> bool:
-        """Whether the memories of every ``score_views`` view exist (see :meth:`add_view_memories`)."""
-        return len(self.memories) == max(self.memory_of) + 1
+        n = len(self.memories) // len(self.views)
+        for i in range(n, len(self.memories)):
+            self.memories[i].patterns.copy_(self.memories[i % n].patterns)
 
     @property
     def semi_supervised(self) -> bool:

@@ -195,7 +195,7 @@ def test_sup_loss_eq12_mean_over_scales_and_batch():
 
 def test_alphas_and_fusion_eq13():
     cfg = get_config("digits", {"memory_stages": [2, 3, 4], "mem_sizes": [4, 4, 4],
-                                "ratios": [1.0, 1.0, 1.0]})
+                                "ratios": [1.0, 1.0, 1.0], "score_views": "single"})
     assert cfg.alphas == (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)     # three maps + their pooled images
     assert cfg.replace(global_memory="own").alphas == (1.0, 2.0, 4.0, 8.0)   # + the last one
     cfg = cfg.replace(global_memory="none")

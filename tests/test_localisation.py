@@ -45,7 +45,8 @@ def test_fusion_worked_by_hand(monkeypatch):
     # scale 1: a 2x2 map with ||Delta|| = 1 at row 0, column 1 only; scale 2: 1x1, ||Delta|| = 3.
     # Bilinear (align_corners=False) 2 -> 4 spreads index 0 with weights [1, .75, .25, 0] and
     # index 1 with [0, .25, .75, 1] along an axis; fused with alpha = (1/3, 2/3).
-    model = AnoMemModel(get_config("digits", {"global_memory": "none"})).eval()   # alphas 1/3, 2/3
+    model = AnoMemModel(get_config("digits", {"global_memory": "none", "score_views": "single"})
+                        ).eval()                                      # alphas 1/3, 2/3
     d1 = torch.zeros(1, 4, 2, 2)
     d1[0, 1, 0, 1] = 1.0
     d2 = torch.zeros(1, 8, 1, 1)

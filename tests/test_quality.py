@@ -127,7 +127,8 @@ def test_empty_patterns_restart_at_the_worst_answered_vectors():
 
 
 def test_image_level_memories_hold_global_mem_factor_times_n_mem():
-    cfg = get_config("digits", {"width": 4, "global_mem_factor": 3})      # mem_sizes (32, 16)
+    cfg = get_config("digits", {"width": 4, "global_mem_factor": 3,       # mem_sizes (32, 16)
+                                "score_views": "single"})
     sizes = [m.patterns.shape[0] for m in AnoMemModel(cfg).memories]
     assert sizes == [32, 16, 96, 48]
     own = AnoMemModel(cfg.replace(global_memory="own"))
@@ -174,7 +175,7 @@ def test_projector_sits_at_eq4_inputs_in_stage1_and_never_in_scoring():
 
 def test_semi_supervised_score_is_the_clipped_heads_plus_the_standardised_one_class_score():
     torch.manual_seed(0)
-    model = AnoMemModel(get_config("digits", {"width": 4})).eval()
+    model = AnoMemModel(get_config("digits", {"width": 4, "score_views": "single"})).eval()
     model.score_mean.copy_(torch.tensor([0.5, 0.2, 0.1, 0.3]))
     model.score_std.copy_(torch.tensor([2.0, 0.5, 0.25, 0.125]))
     model.add_heads()
@@ -224,7 +225,8 @@ def test_demo_prints_anomem_beside_both_nearest_neighbour_references(tmp_path, c
 
 
 def test_grown_memories_hold_copies_that_change_no_retrieval():
-    cfg = get_config("digits", {"width": 4, "consolidate_factor": 3})     # mem_sizes (32, 16)
+    cfg = get_config("digits", {"width": 4, "consolidate_factor": 3,      # mem_sizes (32, 16)
+                                "score_views": "single"})
     model = AnoMemModel(cfg).eval()
     assert [m.patterns.shape[0] for m in model.memories] == [32, 16, 32, 16]   # stage 1 trains N_mem
     torch.manual_seed(0)

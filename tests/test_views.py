@@ -89,8 +89,15 @@ def test_semi_supervised_views_train_a_head_per_view_and_scale(digits):
     assert np.isfinite(det.decision_function(digits.x_test[:10])).all()
 
 
-def test_views_need_hopfield_memories():
-    with pytest.raises(ConfigError, match="score_views"):
-        get_config("digits", {"score_views": "mirror", "prototypes": "kmeans"})
+def test_kmeans_memories_hold_one_memory_per_scale_and_view(digits):
+    det = AnoMem("digits", **TINY, prototypes="kmeans", score_views="mirror").fit(
+        digits.x_train[digits.y_train == 0][:48], validation_fraction=0.0, progress=False)
+    model = det.network
+    assert len(model.memories) == len(model.dims) == 8 and model.memory_of == tuple(range(8))
+    # the mirror view's image-level centroids are not the image's own
+    assert not torch.equal(model.memories[3].centroids, model.memories[7].centroids)
+
+
+def test_score_views_is_validated():
     with pytest.raises(ConfigError, match="score_views"):
         get_config("digits", {"score_views": "rotations"})

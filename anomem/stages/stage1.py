@@ -323,7 +323,7 @@ def _train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
         if ckpt is not None and ((step + 1) % opts.checkpoint_every == 0 or step + 1 == total):
             _save(ckpt, step + 1, modules, fingerprint, history, epoch_stats, opts)
     bar.close()
-    model.add_view_memories()
+    model.copy_view_memories()
     if cfg.consolidates:       # k-means prototypes replace the patterns: nothing to consolidate
         consolidate_prototypes(model, images, y, opts)
     model.eval()

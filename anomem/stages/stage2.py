@@ -54,10 +54,10 @@ def fit_kmeans_prototypes(model: AnoMemModel, normals: torch.Tensor, opts: RunOp
 
     cfg = model.config
     maps = map_batches(model, normals, opts, lambda m, x: [z.permute(0, 2, 3, 1).flatten(0, 2).cpu()
-                                                           for z in m.features(x)])
+                                                           for z in m.view_features(x)])
     g = torch.Generator().manual_seed(cfg.seed)
     centroids = []
-    for s in range(cfg.n_scales):
+    for s in range(len(model.dims)):
         size = model.memory(s).patterns.shape[0]
         vecs = torch.cat([b[s] for b in maps])
         if cfg.normalize:
