@@ -49,8 +49,8 @@ class AnoMemConfig:
     Where the paper is silent, each default and its measurement is in
     ``docs/design.md``; the paper read literally is ``global_memory="none",
     reseed_dead=False, consolidate=0, score_retrieval="hopfield",
-    scale_norm="frobenius", semi_score="heads", pseudo_anomalies="none"`` (and
-    ``beta=2``).
+    scale_norm="frobenius", semi_score="heads", pseudo_anomalies="none",
+    score_views="single"`` (and ``beta=2``).
 
     Backbone: ``arch``, ``width`` (channels of the first stage; 64 is the standard
     ResNet), ``stem`` (``cifar``: 3x3 conv, no max-pool; ``imagenet``: 7x7/2 conv +
