@@ -16,6 +16,12 @@ layer of its own (``global_mem_factor`` x N_mem of the last map scale); ``"share
 the last map scale's memory; ``"every"`` adds the pooled output of every memory
 stage as an image-level scale, each with a memory of its own (``global_mem_factor``
 x N_mem of its stage).
+
+Views.  ``score_views`` repeats every scale for each test-time view of the
+image (its mirror image, and with ``"flips"`` upside down and both), each view
+with memories of its own; scales are numbered view after view, and Eq. 13's
+alphas are split evenly between the views, so the score is the mean of the
+views' scores.
 """
 
 from __future__ import annotations
