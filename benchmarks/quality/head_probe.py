@@ -15,10 +15,12 @@ differ only in stage 2.  One JSON line per class holds every row's test AUROC.
     python benchmarks/quality/variant_probe.py --summary head_probe.jsonl
 
 The rows (digits seeds 0-2; CIFAR-10 at the full ``cpu`` preset, ``--dataset
-cifar-full``, seeds 0 and 1) are in ``head_probe.jsonl`` beside this file.  Its ``rot``
+cifar-full``, seeds 0-2) are in ``head_probe.jsonl`` beside this file.  Its ``rot``
 and ``rotbal`` columns trained the heads also on one rotated copy of every
 normal image, labelled anomalous (``head_pseudo_anomalies=rotation``, at commit
-ed89547; removed since, as it lost on both image sets).
+ed89547; removed since, as it lost on both image sets), and its ``heads_appended``
+rows batched the labelled anomalies apart in stage 1 (``anomaly_batches=appended``,
+at commit 376d142, removed since).
 """
 
 from __future__ import annotations
