@@ -73,7 +73,8 @@ class AnoMemConfig:
     mean of Eq. 13 over test-time views (``single``: the image; ``mirror``: and
     its mirror image; ``flips``: and upside down, and both), each view with
     memories of its own, copies of the stage-1 memories consolidated on the same
-    view of the training normals (see
+    view of the training normals (without consolidation, ``consolidate=0``, they
+    stay copies of the image's own, which measured worse; see
     :meth:`anomem.torch_model.AnoMemModel.copy_view_memories`); ``memory_init`` (``random`` N(0, 1/d) or
     first-batch features, ``data``).  ``use_memory=False`` trains plain
     multi-scale contrastive learning and ``prototypes="kmeans"`` scores with
