@@ -41,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     base = get_config(args.preset)
     x = torch.randint(0, 256, (args.test, 3, base.image_size, base.image_size), dtype=torch.uint8)
-    models = {f"{args.key}={v}": AnoMemModel.build(base.replace(**dict([parse_override(
-        f"{args.key}={v}")]))).eval() for v in args.values}
+    values = [parse_override(f"{args.key}={v}")[1] for v in args.values]
+    models = {f"{args.key}={v}": AnoMemModel.build(base.replace(**{args.key: value})).eval()
+              for v, value in zip(args.values, values)}
     first = next(iter(models.values()))
     for m in models.values():     # the same encoder in every model: only the memories differ
         m.encoder.load_state_dict(first.encoder.state_dict())
