@@ -39,6 +39,7 @@ HEAD_SAMPLINGS = ("uniform", "balanced")
 #: Test-time views of ``score_views``: the image dimensions each view flips, (B, C, H, W).
 SCORE_VIEWS = {"single": ((),), "mirror": ((), (3,)), "flips": ((), (3,), (2,), (2, 3))}
 CALIBRATIONS = ("scales", "fused")
+IMAGE_ALPHAS = ("stage", "last")
 SCORE_RETRIEVALS = ("nearest", "hopfield")
 
 
@@ -105,7 +106,9 @@ class AnoMemConfig:
     on training normals before the Eq. 13 fusion (``calibration``: ``scales``,
     each scale by its own mean and std; ``fused``, every scale by the mean and
     std of the alpha-fused score, which standardises that score and keeps its
-    ranking), ``semi_score`` (``heads+oc``:
+    ranking), ``image_alpha`` (the confidence alpha of an image-level scale in
+    Eq. 13: ``stage``, that of the stage it pools; ``last``, after every map,
+    the largest; see :attr:`AnoMemConfig.alphas`), ``semi_score`` (``heads+oc``:
     the heads clipped to [0, M] plus the standardised one-class score;
     ``heads``: the heads alone) and ``head_sampling`` (``balanced``: each batch
     draws normal and anomalous images with equal probability; ``uniform``: every
@@ -174,6 +177,7 @@ class AnoMemConfig:
     head_sampling: str = "uniform"
     calibrate: bool = False
     calibration: str = "scales"
+    image_alpha: str = "last"
     target_frr: float = 0.05
     seed: int = 0
     device: str = "auto"
@@ -190,15 +194,27 @@ class AnoMemConfig:
             raise ConfigError(f"invalid config value: {e}") from None
 
     @property
+    def pooled_of(self) -> tuple[int, ...]:
+        """The memory stages (0-based in ``memory_stages``) whose pooled output is an image-level scale."""
+        n = len(self.memory_stages)
+        return {"none": (), "every": tuple(range(n))}.get(self.global_memory, (n - 1,))
+
+    @property
     def n_scales(self) -> int:
         """Memory scales S: one per entry of ``memory_stages``, plus the image-level one(s)."""
-        pooled = {"none": 0, "every": len(self.memory_stages)}.get(self.global_memory, 1)
-        return len(self.memory_stages) + pooled
+        return len(self.memory_stages) + len(self.pooled_of)
 
     @property
     def alphas(self) -> tuple[float, ...]:
-        """Scale confidences alpha(s) = 2^(s-1), s = 1..S (paper §4.2); the image-level scale is last."""
-        return tuple(2.0 ** s for s in range(self.n_scales))
+        """Scale confidences: alpha = 2^(k-1) for the map after the k-th memory stage (paper §4.2).
+
+        The image-level scales come after the maps.  ``image_alpha="stage"``: each
+        takes the alpha of the stage it pools; ``"last"``: they continue the
+        sequence, alpha(s) = 2^(s-1) for s = 1..S, the last the largest.
+        """
+        n = len(self.memory_stages)
+        pooled = self.pooled_of if self.image_alpha == "stage" else range(n, self.n_scales)
+        return tuple(2.0 ** k for k in (*range(n), *pooled))
 
     @property
     def consolidates(self) -> bool:
@@ -240,7 +256,7 @@ def _validate(c: AnoMemConfig) -> None:
                          ("semi_score", SEMI_SCORES), ("score_retrieval", SCORE_RETRIEVALS),
                          ("projector", PROJECTORS), ("pseudo_anomalies", PSEUDO_ANOMALIES),
                          ("head_sampling", HEAD_SAMPLINGS), ("score_views", tuple(SCORE_VIEWS)),
-                         ("calibration", CALIBRATIONS)):
+                         ("calibration", CALIBRATIONS), ("image_alpha", IMAGE_ALPHAS)):
         if getattr(c, key) not in allowed:
             _fail(key, f"got {getattr(c, key)!r}, expected one of {', '.join(allowed)}")
     for key in ("width", "image_size", "batch_size", "hopfield_steps", "head_hidden", "head_pool",

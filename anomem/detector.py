@@ -351,9 +351,9 @@ class AnoMem(Detector):
         require_checksum(blob, "model file", path)
         try:
             # files from before a key existed were made without it: memories that never grew,
-            # a stage 1 without pseudo-anomalies, one view
+            # a stage 1 without pseudo-anomalies, one view, image-level scales weighed last
             cfg = from_dict({"consolidate_factor": 1, "pseudo_anomalies": "none",
-                             "score_views": "single", **blob["config"]})
+                             "score_views": "single", "image_alpha": "last", **blob["config"]})
             (threshold, bound, normals), state = _threshold_fields(blob), blob["state_dict"]
             if not all(isinstance(blob[k], bool) for k in ("kmeans", "semi_supervised")):
                 raise TypeError("kmeans / semi_supervised flags are not booleans")

@@ -95,7 +95,7 @@ class AnoMemModel(nn.Module):
         self.stages = tuple(s - 1 for s in config.memory_stages)
         map_dims = tuple(self.encoder.channels[i] for i in self.stages)
         n_maps, g = len(self.stages), config.global_memory
-        self.pooled_of = tuple(range(n_maps)) if g == "every" else ((n_maps - 1,) if g != "none" else ())
+        self.pooled_of = config.pooled_of
         self.dims = map_dims + tuple(map_dims[i] for i in self.pooled_of)
         own = g in ("own", "every")
         sizes = tuple(config.mem_sizes) + (tuple(config.global_mem_factor * config.mem_sizes[i]

@@ -196,8 +196,12 @@ def test_sup_loss_eq12_mean_over_scales_and_batch():
 def test_alphas_and_fusion_eq13():
     cfg = get_config("digits", {"memory_stages": [2, 3, 4], "mem_sizes": [4, 4, 4],
                                 "ratios": [1.0, 1.0, 1.0], "score_views": "single"})
-    assert cfg.alphas == (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)     # three maps + their pooled images
-    assert cfg.replace(global_memory="own").alphas == (1.0, 2.0, 4.0, 8.0)   # + the last one
+    last = cfg.replace(image_alpha="last")
+    assert last.alphas == (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)     # three maps + their pooled images
+    assert last.replace(global_memory="own").alphas == (1.0, 2.0, 4.0, 8.0)   # + the last one
+    stage = cfg.replace(image_alpha="stage")          # a pooled image weighs as its stage's map
+    assert stage.alphas == (1.0, 2.0, 4.0, 1.0, 2.0, 4.0)
+    assert stage.replace(global_memory="shared").alphas == (1.0, 2.0, 4.0, 4.0)
     cfg = cfg.replace(global_memory="none")
     assert cfg.alphas == (1.0, 2.0, 4.0)
     m = AnoMemModel(cfg).eval()

@@ -275,22 +275,23 @@ def test_consolidation_grows_the_memory_into_prototypes_that_each_answer_vectors
 
 
 def test_model_files_from_before_a_key_load_with_what_they_were_made_with(digits, tmp_path):
-    # consolidate_factor, pseudo_anomalies and score_views came later: a file without them was
-    # made with memories that never grew, a stage 1 without pseudo-anomalies and one view
+    # consolidate_factor, pseudo_anomalies, score_views and image_alpha came later: a file
+    # without them was made with memories that never grew, a stage 1 without pseudo-anomalies,
+    # one view and the image-level scales weighed last
     from anomem.serialization import atomic_torch_save, safe_torch_load
 
     det = AnoMem("digits", stage1_epochs=1, stage2_epochs=1, consolidate_factor=1,
-                 pseudo_anomalies="none", score_views="single").fit(digits.x_train[:40],
-                                                                    validation_fraction=0.0)
+                 pseudo_anomalies="none", score_views="single", image_alpha="last").fit(
+        digits.x_train[:40], validation_fraction=0.0)
     path = det.save(tmp_path / "m.anomem")
     blob = safe_torch_load(path, "model file")
-    for key in ("consolidate_factor", "pseudo_anomalies", "score_views"):
+    for key in ("consolidate_factor", "pseudo_anomalies", "score_views", "image_alpha"):
         del blob["config"][key]
     blob.pop("checksum", None)
     atomic_torch_save(blob, path)
     back = AnoMem.load(path)
     assert back.config.consolidate_factor == 1 and back.config.pseudo_anomalies == "none"
-    assert back.config.score_views == "single"
+    assert back.config.score_views == "single" and back.config.image_alpha == "last"
     np.testing.assert_array_equal(back.decision_function(digits.x_test[:20]),
                                   det.decision_function(digits.x_test[:20]))
 
