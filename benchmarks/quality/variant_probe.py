@@ -104,7 +104,6 @@ def run(args: argparse.Namespace) -> None:
         view_scores = [per[:, v * n:(v + 1) * n] @ alphas for v in range(views)]   # Eq. 13 each
         per = per[:, :n]
         knn = KNNDetector(preset, k=1, encoder=det).fit(t.x_train, t.labels_train)
-        extra = fusion_columns(det, t, auroc) if args.fusion else {}
         print(json.dumps({
             "name": args.name, "ds": args.dataset, "seed": args.seed, "c": c,
             "fused": auroc(view_scores[0]),
@@ -112,40 +111,7 @@ def run(args: argparse.Namespace) -> None:
             "as_fitted": auroc(det.decision_function(t.x_test)),
             "scales": [auroc(per[:, i]) for i in range(per.shape[1])],
             "img_alpha": auroc(per[:, n_maps:] @ alphas[n_maps:]),
-            "knn": auroc(knn.decision_function(t.x_test)), **extra,
-            "t": round(time.time() - t0)}), flush=True)
-
-
-def fusion_columns(det: Any, t: Any, auroc: Any) -> dict[str, float]:
-    """``--fusion``: Eq. 13 over the fit's views with other scale weights, on the same scores.
-
-    ``stage_alpha``: an image-level scale takes the alpha of the stage it pools
-    (alpha(s) = 2^(k-1) for stage k's map and pooled vector) instead of coming
-    after every map; ``calib``: every scale standardised by its out-of-fold mean
-    and std on the training normals (``calibrate_scales``, ``calibration=scales``)
-    before the plain alphas; ``calib_stage``: both; ``maps_only``: the map scales alone.
-    """
-    import torch
-
-    from anomem.data.convert import to_image_tensor
-    from anomem.stages.common import RunOptions
-    from anomem.stages.stage2 import calibrate_scales
-
-    net = det.network
-    per = det.scale_scores(t.x_test)
-    normals = to_image_tensor(np.asarray(t.x_train)[np.asarray(t.labels_train) == 0],
-                              net.config.image_size, "normals")
-    calibrate_scales(net, normals, RunOptions(device=torch.device("cpu")))
-    z = (per - net.score_mean.numpy()) / net.score_std.numpy()
-    net.score_mean.zero_()
-    net.score_std.fill_(1.0)
-    views, n_maps = len(net.views), len(net.stages)
-    stage_of = list(range(n_maps)) + list(net.pooled_of)
-    plain = np.tile(net.alphas.numpy()[:len(stage_of)], views)
-    stage = np.tile([2.0 ** k for k in stage_of], views)
-    maps = np.tile([1.0 * (i < n_maps) * 2.0 ** k for i, k in enumerate(stage_of)], views)
-    return {"stage_alpha": auroc(per @ stage), "calib": auroc(z @ plain),
-            "calib_stage": auroc(z @ stage), "maps_only": auroc(per @ maps)}
+            "knn": auroc(knn.decision_function(t.x_test)), "t": round(time.time() - t0)}), flush=True)
 
 
 def pixel_rows(args: argparse.Namespace) -> None:
@@ -187,8 +153,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--classes", type=int, nargs="+", default=list(range(10)))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--no-restart-empty", action="store_true")
-    p.add_argument("--fusion", action="store_true",
-                   help="add columns of other scale weights for Eq. 13 (see fusion_columns)")
     p.add_argument("--pixel", action="store_true", help="raw-pixel 1-NN rows only (no fit)")
     p.add_argument("--summary", type=Path, help="print the summary of a results file and exit")
     args = p.parse_args(argv)
