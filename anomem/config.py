@@ -177,7 +177,7 @@ class AnoMemConfig:
     head_sampling: str = "uniform"
     calibrate: bool = False
     calibration: str = "scales"
-    image_alpha: str = "last"
+    image_alpha: str = "stage"
     target_frr: float = 0.05
     seed: int = 0
     device: str = "auto"
