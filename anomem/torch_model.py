@@ -200,14 +200,14 @@ class AnoMemModel(nn.Module):
         out += [out[i].mean(dim=(2, 3), keepdim=True) for i in self.pooled_of]
         return out
 
-    def view_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """:meth:`features` of every ``score_views`` view of ``x``, view after view.
+    def view_features(self, x: torch.Tensor, view: int | None = None) -> list[torch.Tensor]:
+        """:meth:`features` of every ``score_views`` view of ``x``, view after view (or of ``view`` alone).
 
         A view's maps are flipped back, so position (i, j) of every view's map
         shows the same part of the image.
         """
         out = []
-        for dims in self.views:
+        for dims in (self.views if view is None else self.views[view:view + 1]):
             maps = self.features(x.flip(dims) if dims else x)
             out += [z.flip(dims) for z in maps] if dims else maps
         return out

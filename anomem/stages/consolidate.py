@@ -24,9 +24,11 @@ CONSOLIDATE_MAX_VECTORS = 20_000
 
 
 @torch.no_grad()
-def feature_maps(model: AnoMemModel, images: torch.Tensor, opts: RunOptions) -> list[torch.Tensor]:
-    """Eval-mode feature maps z(s) of uint8 ``images``, one (n, C, H, W) tensor per scale and view."""
-    parts = map_batches(model, images, opts, lambda m, x: m.view_features(x))
+def feature_maps(model: AnoMemModel, images: torch.Tensor, opts: RunOptions,
+                 view: int | None = None) -> list[torch.Tensor]:
+    """Eval-mode feature maps z(s) of uint8 ``images``, one (n, C, H, W) tensor per scale and view
+    (of ``view`` alone when given)."""
+    parts = map_batches(model, images, opts, lambda m, x: m.view_features(x, view))
     return [torch.cat(scale) for scale in zip(*parts)]
 
 
@@ -38,19 +40,27 @@ def consolidate_prototypes(model: AnoMemModel, images: torch.Tensor, y: torch.Te
     Each memory first grows to ``consolidate_factor`` x N_mem patterns
     (:meth:`~anomem.torch_model.AnoMemModel.grow_memories`; ``grow=False``
     consolidates the memories as they are), then :func:`consolidate_on_maps`
-    runs on the eval-mode features of the normal images.  Leaves the model in
-    train mode.
+    runs on the eval-mode features of the normal images, one ``score_views``
+    view at a time (a view's memories serve that view's scales alone, so only
+    one view's maps are held).  Leaves the model in train mode.
     """
     if grow:
         model.grow_memories()
-    consolidate_on_maps(model, feature_maps(model, images[y == 1], opts), opts)
+    g = torch.Generator().manual_seed(stream_seed(model.config.seed, "consolidate"))
+    per_view = len(model.dims) // len(model.views)
+    for v in range(len(model.views)):
+        consolidate_on_maps(model, feature_maps(model, images[y == 1], opts, v), opts,
+                            first=v * per_view, generator=g)
     model.train()
 
 
 @torch.no_grad()
-def consolidate_on_maps(model: AnoMemModel, maps: list[torch.Tensor], opts: RunOptions) -> None:
-    """``config.consolidate`` Lloyd steps of every memory on the feature maps ``maps`` (one per scale).
+def consolidate_on_maps(model: AnoMemModel, maps: list[torch.Tensor], opts: RunOptions,
+                        first: int = 0, generator: torch.Generator | None = None) -> None:
+    """``config.consolidate`` Lloyd steps of the memories that serve the scales of ``maps``.
 
+    ``maps`` holds one feature map per scale, scales ``first``, ``first + 1``,
+    ...; ``generator`` defaults to a new one of seed stream ``"consolidate"``.
     The vectors of a memory are those of every scale it serves (the prepared,
     i.e. normalised when the memory normalises, feature vectors at every
     position), up to ``CONSOLIDATE_MAX_VECTORS`` drawn with seed stream
@@ -60,10 +70,12 @@ def consolidate_on_maps(model: AnoMemModel, maps: list[torch.Tensor], opts: RunO
     the memory normalises).  Under DDP rank 0's patterns (from its shard) are
     broadcast.
     """
-    g = torch.Generator().manual_seed(stream_seed(model.config.seed, "consolidate"))
-    for k, memory in enumerate(model.memories):
+    g = generator or torch.Generator().manual_seed(stream_seed(model.config.seed, "consolidate"))
+    scales = range(first, first + len(maps))
+    for k in sorted({model.memory_of[s] for s in scales}):
+        memory = model.memories[k]
         vecs = torch.cat([z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-                          for s, z in enumerate(maps) if model.memory_of[s] == k])
+                          for s, z in zip(scales, maps) if model.memory_of[s] == k])
         vecs = memory.prepare(vecs[torch.randperm(len(vecs), generator=g)[:CONSOLIDATE_MAX_VECTORS]
                                    .to(vecs.device)])
         x = memory.stored().clone()
