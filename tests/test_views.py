@@ -15,7 +15,7 @@ from anomem.config import SCORE_VIEWS, ConfigError, get_config
 from anomem.data.convert import to_image_tensor
 from anomem.localisation import anomaly_map
 from anomem.stages.common import RunOptions
-from anomem.stages.consolidate import consolidate_prototypes
+from anomem.stages.consolidate import consolidate_on_maps, consolidate_prototypes, feature_maps
 from anomem.torch_model import AnoMemModel
 
 TINY = {"width": 4, "stage1_epochs": 1, "stage2_epochs": 2, "batch_size": 16}
@@ -65,6 +65,18 @@ def test_each_views_memories_are_consolidated_on_that_view_of_the_normals(flips,
                               for m, b in zip(single.memories, before))
     # measured: 0.6 and 1e-6 on their own view, 10.4 and 9.5 on the other
     assert moved[1, 1] < 0.2 * moved[1, 2] and moved[2, 2] < 0.2 * moved[2, 1]
+
+
+def test_consolidation_view_by_view_equals_every_view_at_once(flips, digits):
+    # consolidate_prototypes holds one view's maps at a time; each view's memories serve its
+    # scales alone and draw from one generator in memory order, so the patterns are those of
+    # Lloyd steps on every view's maps at once, bit for bit
+    normals = to_image_tensor(digits.x_train[digits.y_train == 0][:24], 16)
+    by_view, at_once = copy.deepcopy(flips.network), copy.deepcopy(flips.network)
+    consolidate_prototypes(by_view, normals, torch.ones(len(normals)), RunOptions(), grow=False)
+    consolidate_on_maps(at_once.eval(), feature_maps(at_once, normals, RunOptions()), RunOptions())
+    for a, b, start in zip(by_view.memories, at_once.memories, flips.network.memories):
+        assert torch.equal(a.patterns, b.patterns) and not torch.equal(a.patterns, start.patterns)
 
 
 def test_the_heatmap_averages_the_views_flipped_back(flips, digits):
