@@ -79,6 +79,28 @@ def test_consolidation_view_by_view_equals_every_view_at_once(flips, digits):
         assert torch.equal(a.patterns, b.patterns) and not torch.equal(a.patterns, start.patterns)
 
 
+def test_out_of_fold_scores_view_by_view_equal_every_view_at_once(flips, digits):
+    # calibration's out-of-fold scores, one view's maps at a time, against every view's maps
+    # consolidated and scored at once for each half
+    from anomem.stages.common import stream_seed
+    from anomem.stages.stage2 import out_of_fold_scores
+
+    model = copy.deepcopy(flips.network)
+    normals = to_image_tensor(digits.x_train[digits.y_train == 0][:24], 16)
+    got = out_of_fold_scores(model, normals, RunOptions())
+    order = torch.randperm(24, generator=torch.Generator().manual_seed(
+        stream_seed(model.config.seed, "calibrate")))
+    maps, want = feature_maps(model, normals, RunOptions()), torch.zeros(24, len(model.dims))
+    for fold in (order[0::2], order[1::2]):
+        other = copy.deepcopy(model)
+        rest = torch.ones(24, dtype=torch.bool)
+        rest[fold] = False
+        consolidate_on_maps(other, [z[rest] for z in maps], RunOptions())
+        want[fold] = other.oc_scores(other.deviations([z[fold] for z in maps]))
+    torch.testing.assert_close(got, torch.cat([want[order[0::2]], want[order[1::2]]]),
+                               rtol=0, atol=0)
+
+
 def test_the_heatmap_averages_the_views_flipped_back(flips, digits):
     model = flips.network
     x = to_image_tensor(digits.x_test[:3], 16).float() / 255

@@ -106,26 +106,35 @@ def _oc_scores(model: AnoMemModel, x: torch.Tensor) -> torch.Tensor:
 def out_of_fold_scores(model: AnoMemModel, normals: torch.Tensor, opts: RunOptions) -> torch.Tensor:
     """Eq. 9 per scale (n, S) of each half of ``normals``, memories consolidated on the other half.
 
-    The features of the normals are computed once: each half's consolidation
-    and the other half's scores use them.
+    The features of the normals are computed once per ``score_views`` view
+    (one view's maps are held at a time; a view's memories serve its scales
+    alone): each half's consolidation and the other half's scores use them.
     """
     g = torch.Generator().manual_seed(stream_seed(model.config.seed, "calibrate"))
     order = torch.randperm(len(normals), generator=g)
-    maps = feature_maps(model, normals, opts)
-    kept, out = model.memories, []
+    folds = (order[0::2], order[1::2])
+    # one consolidation stream per half, drawn from memory after memory across the views
+    streams = [torch.Generator().manual_seed(stream_seed(model.config.seed, "consolidate"))
+               for _ in folds]
+    per_view = len(model.dims) // len(model.views)
+    kept, out = model.memories, [[] for _ in folds]
     try:
-        for fold in (order[0::2], order[1::2]):
-            model.memories = copy.deepcopy(kept)
-            others = torch.ones(len(normals), dtype=torch.bool)
-            others[fold] = False
-            consolidate_on_maps(model, [z[others.to(z.device)] for z in maps], opts)
-            held = [z[fold.to(z.device)] for z in maps]
-            out += [model.oc_scores(model.deviations([z[sl] for z in held]))
-                    for sl in batches(len(fold), SCORE_BATCH)]
+        for v in range(len(model.views)):
+            maps, scales = feature_maps(model, normals, opts, v), range(v * per_view, (v + 1) * per_view)
+            for fold, stream, scores in zip(folds, streams, out):
+                model.memories = copy.deepcopy(kept)
+                others = torch.ones(len(normals), dtype=torch.bool)
+                others[fold] = False
+                consolidate_on_maps(model, [z[others.to(z.device)] for z in maps], opts,
+                                    first=v * per_view, generator=stream)
+                held = [z[fold.to(z.device)] for z in maps]
+                scores.append(torch.cat([model.oc_scores([model.memory(s).deviation(z[sl])
+                                                          for s, z in zip(scales, held)])
+                                         for sl in batches(len(fold), SCORE_BATCH)]))
     finally:
         model.memories = kept
         model.eval()
-    return torch.cat(out)
+    return torch.cat([torch.cat(scores, dim=1) for scores in out])
 
 
 def train_heads(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
