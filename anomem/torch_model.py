@@ -216,9 +216,16 @@ class AnoMemModel(nn.Module):
         """Eq. 8: Delta(s) = z(s) - HF(s)(z(s)) at every memory scale (and view), each (B, C, H, W)."""
         return self.deviations(self.view_features(x))
 
-    def deviations(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Eq. 8 on feature maps already computed (one per scale, as :meth:`features` returns)."""
-        return [self.memory(s).deviation(z) for s, z in enumerate(maps)]
+    def deviations(self, maps: list[torch.Tensor], view: int | None = None) -> list[torch.Tensor]:
+        """Eq. 8 on feature maps already computed (one per scale, as :meth:`view_features`
+        returns for every view, or for ``view`` alone)."""
+        scales = range(len(maps)) if view is None else self.view_scales(view)
+        return [self.memory(s).deviation(z) for s, z in zip(scales, maps)]
+
+    def view_scales(self, view: int) -> range:
+        """The scales (0-based, as numbered in :attr:`dims`) of ``score_views`` view ``view``."""
+        per_view = len(self.dims) // len(self.views)
+        return range(view * per_view, (view + 1) * per_view)
 
     def retrieval_margin(self, x: torch.Tensor) -> torch.Tensor:
         """(B,): the smallest distance to a retrieval tie over every scale and position of each image.

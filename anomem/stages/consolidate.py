@@ -46,21 +46,26 @@ def consolidate_prototypes(model: AnoMemModel, images: torch.Tensor, y: torch.Te
     """
     if grow:
         model.grow_memories()
-    g = torch.Generator().manual_seed(stream_seed(model.config.seed, "consolidate"))
-    per_view = len(model.dims) // len(model.views)
+    g, normals = consolidation_stream(model), images[y == 1]
     for v in range(len(model.views)):
-        consolidate_on_maps(model, feature_maps(model, images[y == 1], opts, v), opts,
-                            first=v * per_view, generator=g)
+        consolidate_on_maps(model, feature_maps(model, normals, opts, v), opts,
+                            scales=model.view_scales(v), generator=g)
     model.train()
+
+
+def consolidation_stream(model: AnoMemModel) -> torch.Generator:
+    """The random stream (``"consolidate"``) that draws the vectors of every memory in turn."""
+    return torch.Generator().manual_seed(stream_seed(model.config.seed, "consolidate"))
 
 
 @torch.no_grad()
 def consolidate_on_maps(model: AnoMemModel, maps: list[torch.Tensor], opts: RunOptions,
-                        first: int = 0, generator: torch.Generator | None = None) -> None:
+                        scales: range | None = None, generator: torch.Generator | None = None
+                        ) -> None:
     """``config.consolidate`` Lloyd steps of the memories that serve the scales of ``maps``.
 
-    ``maps`` holds one feature map per scale, scales ``first``, ``first + 1``,
-    ...; ``generator`` defaults to a new one of seed stream ``"consolidate"``.
+    ``maps`` holds one feature map per scale of ``scales`` (default: every
+    scale); ``generator`` defaults to a new :func:`consolidation_stream`.
     The vectors of a memory are those of every scale it serves (the prepared,
     i.e. normalised when the memory normalises, feature vectors at every
     position), up to ``CONSOLIDATE_MAX_VECTORS`` drawn with seed stream
@@ -70,8 +75,8 @@ def consolidate_on_maps(model: AnoMemModel, maps: list[torch.Tensor], opts: RunO
     the memory normalises).  Under DDP rank 0's patterns (from its shard) are
     broadcast.
     """
-    g = generator or torch.Generator().manual_seed(stream_seed(model.config.seed, "consolidate"))
-    scales = range(first, first + len(maps))
+    g = generator or consolidation_stream(model)
+    scales = scales if scales is not None else range(len(maps))
     for k in sorted({model.memory_of[s] for s in scales}):
         memory = model.memories[k]
         vecs = torch.cat([z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])

@@ -34,7 +34,7 @@ from anomem.stages.common import (
     sgd_cosine,
     stream_seed,
 )
-from anomem.stages.consolidate import consolidate_on_maps, feature_maps
+from anomem.stages.consolidate import consolidate_on_maps, consolidation_stream, feature_maps
 from anomem.torch_model import AnoMemModel
 
 KMEANS_MAX_VECTORS = 20_000
@@ -113,23 +113,22 @@ def out_of_fold_scores(model: AnoMemModel, normals: torch.Tensor, opts: RunOptio
     g = torch.Generator().manual_seed(stream_seed(model.config.seed, "calibrate"))
     order = torch.randperm(len(normals), generator=g)
     folds = (order[0::2], order[1::2])
-    # one consolidation stream per half, drawn from memory after memory across the views
-    streams = [torch.Generator().manual_seed(stream_seed(model.config.seed, "consolidate"))
-               for _ in folds]
-    per_view = len(model.dims) // len(model.views)
+    # per half: a copy of the memories and one consolidation stream, drawn from memory after
+    # memory across the views (a view's consolidation moves only that view's memories)
+    copies = [copy.deepcopy(model.memories) for _ in folds]
+    streams = [consolidation_stream(model) for _ in folds]
     kept, out = model.memories, [[] for _ in folds]
     try:
         for v in range(len(model.views)):
-            maps, scales = feature_maps(model, normals, opts, v), range(v * per_view, (v + 1) * per_view)
-            for fold, stream, scores in zip(folds, streams, out):
-                model.memories = copy.deepcopy(kept)
+            maps = feature_maps(model, normals, opts, v)
+            for fold, memories, stream, scores in zip(folds, copies, streams, out):
+                model.memories = memories
                 others = torch.ones(len(normals), dtype=torch.bool)
                 others[fold] = False
                 consolidate_on_maps(model, [z[others.to(z.device)] for z in maps], opts,
-                                    first=v * per_view, generator=stream)
+                                    scales=model.view_scales(v), generator=stream)
                 held = [z[fold.to(z.device)] for z in maps]
-                scores.append(torch.cat([model.oc_scores([model.memory(s).deviation(z[sl])
-                                                          for s, z in zip(scales, held)])
+                scores.append(torch.cat([model.oc_scores(model.deviations([z[sl] for z in held], v))
                                          for sl in batches(len(fold), SCORE_BATCH)]))
     finally:
         model.memories = kept
