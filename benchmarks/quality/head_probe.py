@@ -7,8 +7,11 @@ heads removed: row ``oc``, the calibrated fusion the heads are added to, and
 ``oc_raw``, the plain Eq. 13), and once per ``--variant NAME KEY=VALUE[,KEY=VALUE]``:
 a copy of the fitted network calibrated (with ``semi_score="heads+oc"``) and
 its heads trained again (:func:`anomem.stages.stage2.train_heads`) under the
-variant's configuration.  Stage 1 and consolidation are shared, so the rows
-differ only in stage 2.  One JSON line per class holds every row's test AUROC.
+variant's configuration; row ``knn`` is a 1-NN on the fitted encoder over the
+training normals.  Stage 1 and consolidation are shared, so the rows
+differ only in stage 2.  With ``--models DIR`` each fit is saved there and
+later runs load it, so new head variants cost no stage 1.  One JSON line per
+class holds every row's test AUROC.
 
     python benchmarks/quality/head_probe.py --dataset digits --seed 0 \\
         --variant fused calibration=fused --variant bal head_sampling=balanced
@@ -42,6 +45,7 @@ def run(args: argparse.Namespace) -> None:
     from sklearn.metrics import roc_auc_score
 
     from anomem import AnoMem
+    from anomem.baselines.knn import KNNDetector
     from anomem.config import parse_override
     from anomem.data.convert import to_image_tensor, to_normal_flags
     from anomem.stages.common import RunOptions
@@ -54,8 +58,14 @@ def run(args: argparse.Namespace) -> None:
     for c in args.classes:
         t0 = time.time()
         t = task_of(c)
-        det = AnoMem(preset, seed=args.seed, **budget, **overrides).fit(
-            t.x_train, t.labels_train, validation_fraction=0.0, progress=False)
+        saved = args.models and args.models / f"{args.dataset}_g{args.gamma}_s{args.seed}_c{c}.anomem"
+        if saved is not None and saved.is_file():
+            det = AnoMem.load(saved)
+        else:
+            det = AnoMem(preset, seed=args.seed, **budget, **overrides).fit(
+                t.x_train, t.labels_train, validation_fraction=0.0, progress=False)
+            if saved is not None:
+                det.save(saved)
         fitted = det.network
         x = to_image_tensor(t.x_train, fitted.config.image_size, "x_train")
         y = to_normal_flags(t.labels_train, len(x), "labels_train")
@@ -73,10 +83,13 @@ def run(args: argparse.Namespace) -> None:
                 net.config = dataclasses.replace(net.config, **kv)
                 if net.config.semi_score == "heads+oc":
                     calibrate_scales(net, x[y == 1], RunOptions())
+                torch.manual_seed(args.seed)  # the heads' initialisation, as in a fit
                 train_heads(net, x, y, {}, RunOptions())
             det.model = net
             row[name] = det.decision_function(t.x_test)
         det.model = fitted
+        knn = KNNDetector(preset, k=1, encoder=det).fit(t.x_train, t.labels_train)
+        row["knn"] = knn.decision_function(t.x_test)
         print(json.dumps({"name": args.name, "ds": args.dataset, "seed": args.seed, "c": c,
                           **{k: round(100 * roc_auc_score(t.labels_test, v), 2) for k, v in row.items()},
                           "t": round(time.time() - t0)}), flush=True)
@@ -90,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gamma", type=float, default=0.05)
     p.add_argument("--classes", type=int, nargs="+", default=list(range(10)))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--models", type=Path, default=None,
+                   help="folder of fitted detectors: one is loaded from there when present (its --set "
+                        "is then the saved one's), else fitted and saved there")
     p.add_argument("--variant", nargs=2, action="append", default=[], metavar=("NAME", "KEY=VALUE,..."))
     run(p.parse_args(argv))
     return 0
