@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> None:
     for c in args.classes:
         t0 = time.time()
         t = task_of(c)
-        saved = args.models and args.models / f"{args.dataset}_g{args.gamma}_s{args.seed}_c{c}.anomem"
+        stem = f"{args.name}_{args.dataset}_g{args.gamma}_s{args.seed}_c{c}"
+        saved = args.models and args.models / f"{stem}.anomem"
         if saved is not None and saved.is_file():
             det = AnoMem.load(saved)
         else:
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> None:
                 net.config = dataclasses.replace(net.config, **kv)
                 if net.config.semi_score == "heads+oc":
                     calibrate_scales(net, x[y == 1], RunOptions())
-                torch.manual_seed(args.seed)  # the heads' initialisation, as in a fit
+                torch.manual_seed(args.seed)  # the same heads' start whether the fit was run or loaded
                 train_heads(net, x, y, {}, RunOptions())
             det.model = net
             row[name] = det.decision_function(t.x_test)
@@ -104,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--classes", type=int, nargs="+", default=list(range(10)))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--models", type=Path, default=None,
-                   help="folder of fitted detectors: one is loaded from there when present (its --set "
-                        "is then the saved one's), else fitted and saved there")
+                   help="folder of fitted detectors, one per --name, image set, gamma, seed and class: "
+                        "loaded from there when present, else fitted and saved there")
     p.add_argument("--variant", nargs=2, action="append", default=[], metavar=("NAME", "KEY=VALUE,..."))
     run(p.parse_args(argv))
     return 0
