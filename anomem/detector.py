@@ -351,10 +351,12 @@ class AnoMem(Detector):
         require_checksum(blob, "model file", path)
         try:
             # files from before a key existed were made without it: memories that never grew,
-            # a stage 1 without pseudo-anomalies, one view, image-level scales weighed last
+            # a stage 1 without pseudo-anomalies, one view, image-level scales weighed last,
+            # the one-class score weighed as much as the heads
             cfg = from_dict({"consolidate_factor": 1, "pseudo_anomalies": "none",
                              "score_views": "single", "image_alpha": "last", **blob["config"]})
             (threshold, bound, normals), state = _threshold_fields(blob), blob["state_dict"]
+            state = {"oc_weight": torch.ones(()), **state}   # heads and one-class weighed alike
             if not all(isinstance(blob[k], bool) for k in ("kmeans", "semi_supervised")):
                 raise TypeError("kmeans / semi_supervised flags are not booleans")
             if not all(isinstance(t, torch.Tensor) and (not t.is_floating_point()

@@ -125,6 +125,7 @@ class AnoMemModel(nn.Module):
         self.register_buffer("alphas", alphas / alphas.sum())
         self.register_buffer("score_mean", torch.zeros(len(self.dims)))
         self.register_buffer("score_std", torch.ones(len(self.dims)))
+        self.register_buffer("oc_weight", torch.ones(()))
 
     @classmethod
     def build(cls, config: AnoMemConfig, semi_supervised: bool = False) -> AnoMemModel:
@@ -271,8 +272,9 @@ class AnoMemModel(nn.Module):
             # outside [0, M] a head extrapolates, so it is clipped there before the one-class
             # score is added (measured in docs/design.md).
             m = self.config.margin
-            return (heads.clamp(0.0, m) + oc) @ self.alphas, [
-                h.clamp(0.0, m) + o for h, o in zip(maps, oc_maps)]
+            w = self.oc_weight
+            return (heads.clamp(0.0, m) + w * oc) @ self.alphas, [
+                h.clamp(0.0, m) + w * o for h, o in zip(maps, oc_maps)]
         return heads @ self.alphas, maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> None:
         x = to_image_tensor(t.x_train, fitted.config.image_size, "x_train")
         y = to_normal_flags(t.labels_train, len(x), "labels_train")
         row = {"default": det.decision_function(t.x_test)}
+        weighted = {"default": fitted}
         for name, kv in {"oc": None, **variants}.items():
             net = copy.deepcopy(fitted)
             net.heads = None
@@ -86,14 +87,25 @@ def run(args: argparse.Namespace) -> None:
                     calibrate_scales(net, x[y == 1], RunOptions())
                 torch.manual_seed(args.seed)  # the same heads' start whether the fit was run or loaded
                 train_heads(net, x, y, {}, RunOptions())
+                weighted[name] = net
             det.model = net
             row[name] = det.decision_function(t.x_test)
+        for name, net in weighted.items():
+            if net.config.semi_score != "heads+oc":
+                continue
+            kept = net.oc_weight.clone()
+            det.model = net
+            for w in args.oc_weights:
+                net.oc_weight.fill_(w)
+                row[f"{name}@{w:g}"] = det.decision_function(t.x_test)
+            net.oc_weight.copy_(kept)
         det.model = fitted
         knn = KNNDetector(preset, k=1, encoder=det).fit(t.x_train, t.labels_train)
         row["knn"] = knn.decision_function(t.x_test)
         print(json.dumps({"name": args.name, "ds": args.dataset, "seed": args.seed, "c": c,
                           **{k: round(100 * roc_auc_score(t.labels_test, v), 2) for k, v in row.items()},
-                          "t": round(time.time() - t0)}), flush=True)
+                          "n_anomalies": int((y == 0).sum()), "t": round(time.time() - t0)}),
+              flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", type=Path, default=None,
                    help="folder of fitted detectors, one per --name, image set, gamma, seed and class: "
                         "loaded from there when present, else fitted and saved there")
+    p.add_argument("--oc-weights", type=float, nargs="*", default=[],
+                   help="also score every heads+oc row with the one-class score weighted by each of "
+                        "these (the model's oc_weight), as rows NAME@W")
     p.add_argument("--variant", nargs=2, action="append", default=[], metavar=("NAME", "KEY=VALUE,..."))
     run(p.parse_args(argv))
     return 0
