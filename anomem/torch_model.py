@@ -33,7 +33,8 @@ import torch
 from torch import nn
 
 from anomem.backbone import ResNet
-from anomem.config import SCORE_VIEWS, AnoMemConfig
+from anomem.config import AnoMemConfig
+from anomem.config_checks import SCORE_VIEWS
 from anomem.memory import HopfieldMemory, KMeansMemory
 
 

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from anomem import AnoMem
-from anomem.config import SCORE_VIEWS, ConfigError, get_config
+from anomem.config import ConfigError, get_config
+from anomem.config_checks import SCORE_VIEWS
 from anomem.data.convert import to_image_tensor
 from anomem.localisation import anomaly_map
 from anomem.stages.common import RunOptions
