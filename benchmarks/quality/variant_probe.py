@@ -53,12 +53,14 @@ import numpy as np
 def task_source(dataset: str, seed: int, gamma: float = 0.0) -> tuple[Any, str, dict[str, Any]]:
     """(a function class -> task, preset, preset overrides) for one image set and seed.
 
-    ``gamma`` adds labelled anomalies to the one-vs-all tasks (digits, CIFAR-10).
+    ``gamma`` adds labelled anomalies to the one-vs-all tasks (digits, CIFAR-10); on
+    Magnetic Tile Defects, ``mtd-kK`` moves K labelled defects of every type into training.
     """
     from anomem.protocols.one_vs_all import make_one_vs_all
-    if dataset == "mtd":
+    if dataset.startswith("mtd"):   # "mtd-kK": K labelled defects of every type in training
         from anomem.data.mtd import read_mtd, split_mtd
-        sp = split_mtd(read_mtd(side=64), seed=seed)
+        k = int(dataset.removeprefix("mtd-k")) if dataset.startswith("mtd-k") else 0
+        sp = split_mtd(read_mtd(side=64), seed=seed, labelled_per_type=k)
         task = SimpleNamespace(x_train=sp.train.images, labels_train=sp.train.labels,
                                x_test=sp.test.images, labels_test=sp.test.labels)
         return (lambda c: task), "mtd", {"stage1_epochs": 6, "image_size": 64}
