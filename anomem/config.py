@@ -89,10 +89,13 @@ class AnoMemConfig:
     ranking), ``image_alpha`` (the confidence alpha of an image-level scale in
     Eq. 13: ``stage``, that of the stage it pools; ``last``, after every map,
     the largest; see :attr:`AnoMemConfig.alphas`), ``semi_score`` (``heads+oc``:
-    the heads clipped to [0, M] plus the standardised one-class score;
-    ``heads``: the heads alone) and ``head_sampling`` (``balanced``: each batch
-    draws normal and anomalous images with equal probability; ``uniform``: every
-    image alike, the paper's).
+    the heads clipped to [0, M] plus the standardised one-class score, weighted
+    by ``oc_evidence``; ``heads``: the heads alone), ``oc_evidence`` (the
+    one-class score counts as this many labelled anomalies: its weight is
+    sqrt(oc_evidence / n_anomalies), see
+    :func:`anomem.stages.stage2.one_class_weight`; ``null``: weight 1) and
+    ``head_sampling`` (``balanced``: each batch draws normal and anomalous
+    images with equal probability; ``uniform``: every image alike, the paper's).
 
     Decision: ``target_frr`` is the false-rejection rate on normals that sets the
     threshold at fit time.
@@ -149,12 +152,13 @@ class AnoMemConfig:
     variance: str = "components"
     scale_norm: str = "rms"
     semi_score: str = "heads+oc"
+    oc_evidence: float | None = 4.0
     margin: float = 2.0
     head_hidden: int = 128
     head_pool: int = 2
     stage2_epochs: int = 50
     stage2_lr: float = 0.05
-    head_sampling: str = "uniform"
+    head_sampling: str = "balanced"
     calibrate: bool = False
     calibration: str = "scales"
     image_alpha: str = "stage"

@@ -87,6 +87,8 @@ def validate(c: AnoMemConfig) -> None:
             _fail(key, f"must be true or false, got {getattr(c, key)!r}")
     if not _is_number(c.pseudo_fraction) or not 0.0 < c.pseudo_fraction <= 1.0:
         _fail("pseudo_fraction", f"must be in (0, 1], got {c.pseudo_fraction!r}")
+    if c.oc_evidence is not None and (not _is_number(c.oc_evidence) or c.oc_evidence < 0):
+        _fail("oc_evidence", f"must be null or a non-negative finite number, got {c.oc_evidence!r}")
     if not _is_number(c.target_frr) or not 0.0 <= c.target_frr < 1.0:
         _fail("target_frr", f"must be in [0, 1), got {c.target_frr!r}")
     n = len(c.memory_stages)

@@ -352,9 +352,10 @@ class AnoMem(Detector):
         try:
             # files from before a key existed were made without it: memories that never grew,
             # a stage 1 without pseudo-anomalies, one view, image-level scales weighed last,
-            # the one-class score weighed as much as the heads
+            # uniform batches for the heads and the one-class score weighed as much as they are
             cfg = from_dict({"consolidate_factor": 1, "pseudo_anomalies": "none",
-                             "score_views": "single", "image_alpha": "last", **blob["config"]})
+                             "score_views": "single", "image_alpha": "last", "head_sampling": "uniform",
+                             "oc_evidence": None, **blob["config"]})
             (threshold, bound, normals), state = _threshold_fields(blob), blob["state_dict"]
             state = {"oc_weight": torch.ones(()), **state}   # heads and one-class weighed alike
             if not all(isinstance(blob[k], bool) for k in ("kmeans", "semi_supervised")):

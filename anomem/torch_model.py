@@ -80,7 +80,9 @@ class AnoMemModel(nn.Module):
     (0 / 1, i.e. the plain Eq. 13, unless ``calibrate`` or a semi-supervised
     ``semi_score="heads+oc"`` model set them from the training normals); with
     ``"heads+oc"`` the semi-supervised score is the fused heads plus that fused,
-    standardised one-class score, each head clipped to [0, M] (the range Eq. 11 trains).
+    standardised one-class score times ``oc_weight`` (set by the fit, see
+    :func:`anomem.stages.stage2.one_class_weight`), each head clipped to [0, M]
+    (the range Eq. 11 trains).
 
     Example:
         >>> from anomem.config import get_config

@@ -173,18 +173,19 @@ def test_projector_sits_at_eq4_inputs_in_stage1_and_never_in_scoring():
     assert loss_of(proj).item() == loss_of(plain).item()          # the head is all that differs
 
 
-def test_semi_supervised_score_is_the_clipped_heads_plus_the_standardised_one_class_score():
+def test_semi_supervised_score_is_the_clipped_heads_plus_the_weighted_one_class_score():
     torch.manual_seed(0)
     model = AnoMemModel(get_config("digits", {"width": 4, "score_views": "single"})).eval()
     model.score_mean.copy_(torch.tensor([0.5, 0.2, 0.1, 0.3]))
     model.score_std.copy_(torch.tensor([2.0, 0.5, 0.25, 0.125]))
+    model.oc_weight.fill_(0.3)
     model.add_heads()
     x = torch.rand(3, 3, 16, 16)
     with torch.no_grad():
         deltas = model.deviation_maps(x)
         heads = torch.stack([h(d) for h, d in zip(model.heads, deltas)], 1)
         oc = (model.oc_scores(deltas) - model.score_mean) / model.score_std
-        want = (heads.clamp(0, model.config.margin) + oc) @ model.alphas
+        want = (heads.clamp(0, model.config.margin) + 0.3 * oc) @ model.alphas
         torch.testing.assert_close(model(x), want)
         model.config = model.config.replace(semi_score="heads")
         torch.testing.assert_close(model(x), heads @ model.alphas)
@@ -275,23 +276,29 @@ def test_consolidation_grows_the_memory_into_prototypes_that_each_answer_vectors
 
 
 def test_model_files_from_before_a_key_load_with_what_they_were_made_with(digits, tmp_path):
-    # consolidate_factor, pseudo_anomalies, score_views and image_alpha came later: a file
-    # without them was made with memories that never grew, a stage 1 without pseudo-anomalies,
-    # one view and the image-level scales weighed last
+    # consolidate_factor, pseudo_anomalies, score_views, image_alpha, head_sampling and
+    # oc_evidence (with the oc_weight buffer) came later: a file without them was made with
+    # memories that never grew, a stage 1 without pseudo-anomalies, one view, the image-level
+    # scales weighed last, uniform batches for the heads and the one-class score weighed 1
     from anomem.serialization import atomic_torch_save, safe_torch_load
 
     det = AnoMem("digits", stage1_epochs=1, stage2_epochs=1, consolidate_factor=1,
-                 pseudo_anomalies="none", score_views="single", image_alpha="last").fit(
-        digits.x_train[:40], validation_fraction=0.0)
+                 pseudo_anomalies="none", score_views="single", image_alpha="last",
+                 head_sampling="uniform", oc_evidence=None).fit(
+        digits.x_train[:40], (digits.y_train[:40] == 1).astype(int), validation_fraction=0.0)
+    assert det.semi_supervised and det.network.oc_weight.item() == 1.0
     path = det.save(tmp_path / "m.anomem")
     blob = safe_torch_load(path, "model file")
-    for key in ("consolidate_factor", "pseudo_anomalies", "score_views", "image_alpha"):
+    for key in ("consolidate_factor", "pseudo_anomalies", "score_views", "image_alpha",
+                "head_sampling", "oc_evidence"):
         del blob["config"][key]
+    del blob["state_dict"]["oc_weight"]
     blob.pop("checksum", None)
     atomic_torch_save(blob, path)
     back = AnoMem.load(path)
     assert back.config.consolidate_factor == 1 and back.config.pseudo_anomalies == "none"
     assert back.config.score_views == "single" and back.config.image_alpha == "last"
+    assert back.config.head_sampling == "uniform" and back.config.oc_evidence is None
     np.testing.assert_array_equal(back.decision_function(digits.x_test[:20]),
                                   det.decision_function(digits.x_test[:20]))
 

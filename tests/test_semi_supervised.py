@@ -1,6 +1,6 @@
 """Semi-supervised fitting choices (see docs/design.md): which stage sees the labelled
 anomalies, how the one-class score is standardised before the heads are added, and how
-the heads' batches are drawn."""
+the heads' batches are drawn and how much the one-class score weighs beside them."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from anomem.config import ConfigError, get_config
 from anomem.losses import sup_loss
 from anomem.stages import stage2
 from anomem.stages.common import RunOptions
-from anomem.stages.stage2 import balanced_weights, calibrate_scales
+from anomem.stages.stage2 import balanced_weights, calibrate_scales, one_class_weight
 from anomem.torch_model import AnoMemModel
 
 TINY = {"width": 4, "stage1_epochs": 1, "stage2_epochs": 1, "batch_size": 8, "consolidate": 0}
@@ -78,3 +78,21 @@ def test_balanced_sampling_gives_each_class_half_the_mass(monkeypatch, sampling,
     # 40 batches of 8 from 9 normal and 3 anomalous images: a quarter anomalous when every
     # image is alike (exactly: 8 of a permutation of 12), a half (std 0.028) when balanced
     assert anomalous == pytest.approx(share, abs=0.1)
+
+
+def test_one_class_weight_falls_as_one_over_the_root_of_the_labelled_anomalies():
+    # hand-worked: sqrt(4 / 16) = 0.5, sqrt(4 / 4) = 1, sqrt(6 / 150) = 0.2; null keeps 1
+    assert one_class_weight(4.0, 16) == 0.5 and one_class_weight(4.0, 4) == 1.0
+    assert one_class_weight(6.0, 150) == pytest.approx(0.2, rel=1e-12)
+    assert one_class_weight(None, 150) == 1.0 and one_class_weight(0.0, 9) == 0.0
+    with pytest.raises(ConfigError, match="oc_evidence"):
+        get_config("digits", {"oc_evidence": -1})
+
+
+@pytest.mark.parametrize("evidence, want", [(None, 1.0), (1.0, 0.5), (9.0, 1.5)])
+def test_fit_weighs_the_one_class_score_by_its_labelled_anomalies(evidence, want):
+    # 4 labelled anomalies: sqrt(1 / 4) = 0.5, sqrt(9 / 4) = 1.5
+    det = AnoMem("digits", **TINY, oc_evidence=evidence).fit(
+        np.concatenate([_images(12, 3), _images(4, 4)]), np.r_[np.zeros(12), np.ones(4)],
+        validation_fraction=0.0, progress=False)
+    assert det.network.oc_weight.item() == pytest.approx(want, rel=1e-6)

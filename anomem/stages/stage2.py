@@ -10,13 +10,16 @@ std during training, then the standardisation is folded into the first layer
 (the paper is silent; measured on digits, gamma = 0.05, same stage 1: AUROC
 standardised vs raw, class 3 0.91 vs 0.45, class 5 0.91 vs 0.63, class 0 0.99
 vs 0.99).
-Batches are drawn uniformly from all labelled images (the paper does not
-balance them).
+Batches draw the normal and the anomalous images with equal total probability
+(``head_sampling="balanced"``; the paper draws every image alike, ``uniform``).
+With ``semi_score="heads+oc"`` the fit also sets the weight of the one-class
+score beside the heads (:func:`one_class_weight`).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import torch
@@ -191,8 +194,29 @@ def train_heads(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
                                 {"history": history, "running": running})
     for head, (mu, sd) in zip(heads, stats):
         fold_standardisation(head.mlp[0], mu, sd)
+    model.oc_weight.fill_(one_class_weight(cfg.oc_evidence, int((y == 0).sum())))
     model.eval()
     return history
+
+
+def one_class_weight(evidence: float | None, n_anomalies: int) -> float:
+    """The one-class score's weight beside the clipped heads: sqrt(evidence / n_anomalies).
+
+    The heads learn from ``n_anomalies`` labelled anomalies; the standardised
+    one-class score needs none and counts as ``evidence`` of them.  The
+    uncertainty of what the heads learned shrinks as 1 / sqrt(n_anomalies), so
+    the one-class score's share falls the same way: weight 1 (the two alike)
+    at ``n_anomalies = evidence``, and with 25 times as many anomalies a fifth
+    of it.  ``None`` keeps weight 1 whatever the count.  The paper is silent
+    (its score is the heads alone); measured in ``docs/design.md``.
+
+    Example:
+        >>> one_class_weight(4.0, 16), one_class_weight(None, 16)
+        (0.5, 1.0)
+    """
+    if evidence is None:
+        return 1.0
+    return math.sqrt(evidence / max(n_anomalies, 1))
 
 
 def balanced_weights(y: torch.Tensor) -> torch.Tensor:
