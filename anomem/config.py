@@ -152,7 +152,7 @@ class AnoMemConfig:
     variance: str = "components"
     scale_norm: str = "rms"
     semi_score: str = "heads+oc"
-    oc_evidence: float | None = 4.0
+    oc_evidence: float | None = 2.0
     margin: float = 2.0
     head_hidden: int = 128
     head_pool: int = 2
