@@ -8,7 +8,10 @@ heads removed: row ``oc``, the calibrated fusion the heads are added to, and
 a copy of the fitted network calibrated (with ``semi_score="heads+oc"``) and
 its heads trained again (:func:`anomem.stages.stage2.train_heads`) under the
 variant's configuration; row ``knn`` is a 1-NN on the fitted encoder over the
-training normals.  Stage 1 and consolidation are shared, so the rows
+training normals, ``pixel`` one on raw pixels at the images' own side.
+``--oc-weights W ...`` adds rows ``NAME@W``: every ``heads+oc`` row scored again
+with the one-class score weighted W beside the clipped heads (the model's
+``oc_weight``, which a fit sets by ``oc_evidence``).  Stage 1 and consolidation are shared, so the rows
 differ only in stage 2.  With ``--models DIR`` each fit is saved there and
 later runs load it, so new head variants cost no stage 1.  One JSON line per
 class holds every row's test AUROC.
@@ -46,8 +49,10 @@ def run(args: argparse.Namespace) -> None:
 
     from anomem import AnoMem
     from anomem.baselines.knn import KNNDetector
+    from anomem.baselines.pixel_knn import PixelKNN
     from anomem.config import parse_override
     from anomem.data.convert import to_image_tensor, to_normal_flags
+    from anomem.presets import input_side
     from anomem.stages.common import RunOptions
     from anomem.stages.stage2 import calibrate_scales, train_heads
 
@@ -102,6 +107,8 @@ def run(args: argparse.Namespace) -> None:
         det.model = fitted
         knn = KNNDetector(preset, k=1, encoder=det).fit(t.x_train, t.labels_train)
         row["knn"] = knn.decision_function(t.x_test)
+        pixel = PixelKNN(size=input_side(t.x_train), k=1).fit(t.x_train, t.labels_train)
+        row["pixel"] = pixel.decision_function(t.x_test)
         print(json.dumps({"name": args.name, "ds": args.dataset, "seed": args.seed, "c": c,
                           **{k: round(100 * roc_auc_score(t.labels_test, v), 2) for k, v in row.items()},
                           "n_anomalies": int((y == 0).sum()), "t": round(time.time() - t0)}),
