@@ -129,7 +129,7 @@ def test_a_retrieval_tie_is_left_out_of_the_check_and_the_rest_still_compared(on
     # image's vector make it so; the other images are still compared, and a real difference
     # in their scores is still caught.
     model = one_class.model
-    mem = model.memory(len(model.dims) - 1)
+    mem = model.memory(len(model.dims) // len(model.views) - 1)   # the image's own view's last scale
     kept = mem.patterns.detach().clone()
     with torch.no_grad():
         z = model.features(test_images[:1].float().div(255))[-1].flatten()
