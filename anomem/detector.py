@@ -37,7 +37,7 @@ from anomem.progress import auto_progress
 from anomem.serialization import atomic_torch_save, require_checksum, safe_torch_load
 from anomem.stages.common import RunOptions, map_batches
 from anomem.stages.stage1 import train_stage1
-from anomem.stages.stage2 import calibrate_scales, fit_kmeans_prototypes, train_heads
+from anomem.stages.stage2 import calibrate_scales, fit_heads, fit_kmeans_prototypes
 from anomem.threshold import (
     ThresholdWarning,
     frr_upper_bound,
@@ -217,9 +217,7 @@ class AnoMem(Detector):
         if cfg.prototypes == "kmeans":
             fit_kmeans_prototypes(self.model, normals, opts)
         if bool((y_train == 0).any()):
-            if cfg.semi_score == "heads+oc":
-                calibrate_scales(self.model, normals, opts)
-            self.history_["stage2"] = train_heads(self.model, x_train, y_train, fingerprint, opts)
+            self.history_["stage2"] = fit_heads(self.model, x_train, y_train, fingerprint, opts)
         elif cfg.calibrate:
             calibrate_scales(self.model, normals, opts)
         ref = x_held if len(held) else normals

@@ -139,6 +139,19 @@ def out_of_fold_scores(model: AnoMemModel, normals: torch.Tensor, opts: RunOptio
     return torch.cat([torch.cat(scores, dim=1) for scores in out])
 
 
+def fit_heads(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
+              fingerprint: dict[str, Any], opts: RunOptions) -> list[dict[str, float]]:
+    """Stage 2 of a semi-supervised fit on a trained stage 1: the heads and what they add to.
+
+    With ``semi_score="heads+oc"`` the one-class scale scores the heads are
+    added to are first calibrated on the normal ``images`` (:func:`calibrate_scales`);
+    then :func:`train_heads`.  Returns the heads' loss history.
+    """
+    if model.config.semi_score == "heads+oc":
+        calibrate_scales(model, images[y == 1], opts)
+    return train_heads(model, images, y, fingerprint, opts)
+
+
 def train_heads(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
                 fingerprint: dict[str, Any], opts: RunOptions) -> list[dict[str, float]]:
     """Train the per-scale heads on frozen deviations of ``images`` with y (1 = normal)."""

@@ -9,6 +9,10 @@ Protocols (one seeded split, see :func:`anomem.data.mtd.split_mtd`):
   the per-position heads.
 * **cross-type**: labelled defects of four types only, tested on the fifth.
 
+Beside AnoMem's one-class rows stand two 1-NN references on the same split:
+on the fitted encoder's features and on raw pixels (:func:`encoder_knn`,
+:func:`pixel_knn`).
+
 To fit the CPU budget, the semi-supervised and cross-type detectors reuse the
 one-class stage 1 (trained on normals only) and train only their heads; the
 estimator's own semi-supervised ``fit`` would also show the labelled defects
@@ -39,15 +43,20 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from anomem import AnoMem, __version__
+from anomem.baselines.knn import KNNDetector
+from anomem.baselines.pixel_knn import PixelKNN
 from anomem.config import parse_override, to_dict
 from anomem.data.convert import to_image_tensor, to_normal_flags
 from anomem.data.mtd import MTD_TYPES, MTDImages, read_mtd, split_mtd
-from anomem.localisation import gaussian_smooth
+from anomem.localisation import fuse_maps, gaussian_smooth
 from anomem.reports.pixel_metrics import localisation_metrics
 from anomem.reports.report import overlay
 from anomem.serialization import atomic_write_bytes, atomic_write_text
 from anomem.stages.common import RunOptions
-from anomem.stages.stage2 import train_heads
+from anomem.stages.stage2 import fit_heads
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scoring_probe import feature_maps, nearest_patch  # noqa: E402
 
 SIGMAS = (0.0, 4.0, 8.0)
 
@@ -77,8 +86,48 @@ def with_heads(oc: AnoMem, train: MTDImages, seed_note: dict[str, Any]) -> AnoMe
     x = to_image_tensor(train.images, cfg.image_size, "train images")
     y = to_normal_flags(train.labels, len(x), "train labels")
     torch.manual_seed(cfg.seed)
-    det.history_ = {"stage2": train_heads(det.model, x, y, seed_note, RunOptions())}
+    det.history_ = {"stage2": fit_heads(det.model, x, y, seed_note, RunOptions())}
     return det
+
+
+def encoder_knn(oc: AnoMem, train: MTDImages, test: MTDImages, sigma: float, bank: int,
+                seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """1-NN on the one-class detector's own encoder: image scores and heatmaps of ``test``.
+
+    Image score: :class:`~anomem.baselines.knn.KNNDetector` (k = 1, the pooled
+    scales).  Heatmap: each position's distance to the nearest of ``bank``
+    normalised training vectors of its scale, fused and smoothed as AnoMem's
+    heatmap is (:func:`anomem.localisation.fuse_maps`, the spatial scales' alphas).
+    """
+    scores = KNNDetector(oc.config, k=1, encoder=oc).fit(train.images).decision_function(test.images)
+    n_maps = len(oc.model.stages)
+    unit = [torch.nn.functional.normalize(z, dim=1) for z in feature_maps(oc, train.images)[0][:n_maps]]
+    query = [torch.nn.functional.normalize(z, dim=1) for z in feature_maps(oc, test.images)[0][:n_maps]]
+    alphas = oc.model.alphas[:n_maps]
+    maps = fuse_maps([nearest_patch(a, b, bank, seed) for a, b in zip(unit, query)],
+                     alphas / alphas.sum(), test.images.shape[1:], sigma)
+    return scores, maps.numpy()
+
+
+def pixel_knn(train: MTDImages, test: MTDImages, sigma: float, bank: int, patch: int,
+              seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """1-NN on raw pixels: image scores and heatmaps of ``test``, nothing learnt.
+
+    Image score: :class:`~anomem.baselines.pixel_knn.PixelKNN` (k = 1) at the
+    tiles' own side.  Heatmap: each ``patch`` x ``patch`` cell's (stride
+    ``patch``) distance to the nearest of ``bank`` training cells, upsampled and
+    smoothed like AnoMem's.
+    """
+    side = test.images.shape[1]
+    scores = PixelKNN(size=side, k=1).fit(train.images).decision_function(test.images)
+
+    def cells(images: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(images).float().div(255).unsqueeze(1)
+        return torch.nn.functional.unfold(x, patch, stride=patch).view(
+            len(x), patch * patch, side // patch, side // patch)
+
+    near = nearest_patch(cells(train.images), cells(test.images), bank, seed)
+    return scores, fuse_maps([near], torch.ones(1), (side, side), sigma).numpy()
 
 
 def sigma_sweep(test: MTDImages, scores: np.ndarray, raw: np.ndarray) -> dict[str, dict[str, float]]:
@@ -138,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--labelled-per-type", type=int, default=5)
     p.add_argument("--sigma", type=float, default=4.0, help="heatmap smoothing (input pixels)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--bank", type=int, default=20_000,
+                   help="training vectors (or pixel cells) in the 1-NN baselines' heatmap bank")
+    p.add_argument("--patch", type=int, default=8, help="side of the raw-pixel baseline's cells")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
@@ -162,6 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     s, m, r = oc_on(oc_split.test)
     results["one-class"] = evaluate(oc_split.test, s, m)
     sweeps = {"one-class": sigma_sweep(oc_split.test, s, r)}
+    for name, (sc, mp) in {
+            "1-NN on the encoder": encoder_knn(oc, oc_split.train, oc_split.test, args.sigma,
+                                               args.bank, args.seed),
+            "1-NN on raw pixels": pixel_knn(oc_split.train, oc_split.test, args.sigma, args.bank,
+                                            args.patch, args.seed)}.items():
+        results[name] = evaluate(oc_split.test, sc, mp)
     note = {"config": to_dict(oc.config), "seed": args.seed}
     ss_split = split_mtd(data, args.train_fraction, args.seed, args.labelled_per_type)
     ss = with_heads(oc, ss_split.train, note)
@@ -192,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/localisation/run_mtd.py " + " ".join(sys.argv[1:] if argv is None
                                                                              else argv),
         "anomem_version": __version__, "seed": args.seed, "train_fraction": args.train_fraction,
-        "labelled_per_type": args.labelled_per_type, "sigma": args.sigma,
+        "labelled_per_type": args.labelled_per_type, "sigma": args.sigma, "bank": args.bank,
+        "patch": args.patch,
         "config": to_dict(oc.config), "threads": args.threads,
         "machine": f"2-core CPU shared with other jobs, no GPU ({platform.processor() or 'cpu'}, "
                    f"torch {torch.__version__})",

@@ -6,7 +6,7 @@ is scored as fitted (row ``default``), one-class on the same memories (the
 heads removed: row ``oc``, the calibrated fusion the heads are added to, and
 ``oc_raw``, the plain Eq. 13), and once per ``--variant NAME KEY=VALUE[,KEY=VALUE]``:
 a copy of the fitted network calibrated (with ``semi_score="heads+oc"``) and
-its heads trained again (:func:`anomem.stages.stage2.train_heads`) under the
+its heads trained again (:func:`anomem.stages.stage2.fit_heads`) under the
 variant's configuration; row ``knn`` is a 1-NN on the fitted encoder over the
 training normals, ``pixel`` one on raw pixels at the images' own side.
 ``--oc-weights W ...`` adds rows ``NAME@W``: every ``heads+oc`` row scored again
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> None:
     from anomem.data.convert import to_image_tensor, to_normal_flags
     from anomem.presets import input_side
     from anomem.stages.common import RunOptions
-    from anomem.stages.stage2 import calibrate_scales, train_heads
+    from anomem.stages.stage2 import fit_heads
 
     torch.set_num_threads(1)
     overrides = dict(parse_override(o) for o in args.set)
@@ -88,10 +88,8 @@ def run(args: argparse.Namespace) -> None:
                 row["oc_raw"] = det.decision_function(t.x_test)
             else:
                 net.config = dataclasses.replace(net.config, **kv)
-                if net.config.semi_score == "heads+oc":
-                    calibrate_scales(net, x[y == 1], RunOptions())
                 torch.manual_seed(args.seed)  # the same heads' start whether the fit was run or loaded
-                train_heads(net, x, y, {}, RunOptions())
+                fit_heads(net, x, y, {}, RunOptions())
                 weighted[name] = net
             det.model = net
             row[name] = det.decision_function(t.x_test)
