@@ -225,6 +225,20 @@ def test_demo_prints_anomem_beside_both_nearest_neighbour_references(tmp_path, c
     assert "--seeds" in capsys.readouterr().err
 
 
+def test_demo_side_resizes_the_digits_and_fits_the_preset_auto_picks(tmp_path, capsys):
+    from anomem.cli.main import main
+    out = tmp_path / "demo28.json"
+    rc = main(["demo", "--side", "28", "--classes", "0", "--gammas", "0", "--seeds", "0",
+               "--set", "stage1_epochs=1", "--set", "width=4", "--out", str(out)])
+    assert rc == 0
+    assert "28x28 px, preset 'cpu'" in capsys.readouterr().out
+    record = json.loads(out.read_text())
+    assert (record["side"], record["preset"]) == (28, "cpu")
+    assert record["cells"][0]["knn_pixels"] > 0.9  # digit 0 on 28x28 upscaled pixels stays easy
+    assert main(["demo", "--side", "4"]) == 2
+    assert "--side" in capsys.readouterr().err
+
+
 def test_grown_memories_hold_copies_that_change_no_retrieval():
     cfg = get_config("digits", {"width": 4, "consolidate_factor": 3,      # mem_sizes (32, 16)
                                 "score_views": "single"})

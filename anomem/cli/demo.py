@@ -7,7 +7,9 @@ a nearest neighbour on AnoMem's own encoder (``KNNDetector(k=1)`` on the
 one-class model's pooled features) and a nearest neighbour on raw pixels
 (``PixelKNN``), so a reader sees where AnoMem stands.  With several
 ``--seeds``, cells are means over seeds and the last row gives mean ± std
-over seeds of the class means.
+over seeds of the class means.  ``--side N`` first resizes the 8x8 digits to
+N x N (bilinear) and fits the preset ``auto`` picks for N-pixel images (``cpu``
+for 25-64 px), as a user with digits of that size gets it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from anomem.baselines.knn import KNNDetector
 from anomem.baselines.pixel_knn import PixelKNN
@@ -26,6 +29,7 @@ from anomem.config import parse_override
 from anomem.data.digits import load_digits_split
 from anomem.detector import AnoMem
 from anomem.errors import ConfigError
+from anomem.presets import auto_preset
 from anomem.protocols.one_vs_all import auroc, make_one_vs_all
 from anomem.serialization import atomic_write_text
 
@@ -40,25 +44,39 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0],
                    help="seeds of the split, the draw and training (default: 0)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of the 'digits' preset, e.g. --set stage1_epochs=10")
+                   help="override a key of the preset, e.g. --set stage1_epochs=10")
+    p.add_argument("--side", type=int, default=8,
+                   help="resize the 8x8 digits to this side and fit the preset 'auto' picks for it "
+                        "(default 8: the 'digits' preset)")
     p.add_argument("--out", type=Path, default=None,
                    help="also write every cell (class, seed, column, AUROC) to this JSON file")
 
 
-def run_cell(normal_class: int, seed: int, gammas: list[float], overrides: dict) -> dict[str, float]:
+def resized(images: np.ndarray, side: int) -> np.ndarray:
+    """uint8 (N, h, w) images resized to (N, side, side), bilinear (unchanged at their own side)."""
+    if images.shape[1:] == (side, side):
+        return images
+    return np.stack([np.asarray(Image.fromarray(im).resize((side, side), Image.BILINEAR))
+                     for im in images])
+
+
+def run_cell(normal_class: int, seed: int, gammas: list[float], overrides: dict,
+             side: int = 8) -> dict[str, float]:
     """Every column of one (class, seed) row: AnoMem per gamma, kNN on its encoder, pixel kNN."""
     split = load_digits_split(seed=seed)
+    split.x_train, split.x_test = resized(split.x_train, side), resized(split.x_test, side)
+    preset = auto_preset(side)
     row: dict[str, float] = {}
     for g in gammas:
         task = make_one_vs_all(split, normal_class, g, seed)
-        det = AnoMem("digits", seed=seed, **overrides).fit(task.x_train, task.labels_train,
-                                                           validation_fraction=0.0)
+        det = AnoMem(preset, seed=seed, **overrides).fit(task.x_train, task.labels_train,
+                                                         validation_fraction=0.0)
         row[f"gamma={g:g}"] = auroc(task.labels_test, det.decision_function(task.x_test))
         if g == 0:
-            knn = KNNDetector("digits", k=1, encoder=det).fit(task.x_train, task.labels_train)
+            knn = KNNDetector(preset, k=1, encoder=det).fit(task.x_train, task.labels_train)
             row["knn_encoder"] = auroc(task.labels_test, knn.decision_function(task.x_test))
     task = make_one_vs_all(split, normal_class, 0.0, seed)
-    pix = PixelKNN(size=8, k=1).fit(task.x_train)
+    pix = PixelKNN(size=side, k=1).fit(task.x_train)
     row["knn_pixels"] = auroc(task.labels_test, pix.decision_function(task.x_test))
     return row
 
@@ -68,13 +86,16 @@ def run(args: argparse.Namespace) -> int:
     if "seed" in overrides:
         raise ConfigError("demo: the seed is not a --set key here; use --seeds N [N ...]")
     t0 = time.perf_counter()
+    if not 8 <= args.side <= 512:
+        raise ConfigError(f"demo: --side must be between 8 and 512 pixels, got {args.side}")
     split = load_digits_split(seed=args.seeds[0])
     print(f"anomem demo: digits one-vs-all, {len(split.x_train)} train / {len(split.x_test)} test "
-          f"images, seeds {args.seeds}, torch threads={torch.get_num_threads()}")
+          f"images at {args.side}x{args.side} px, preset {auto_preset(args.side)!r}, seeds "
+          f"{args.seeds}, torch threads={torch.get_num_threads()}")
     cells: list[dict] = []
     columns: list[str] = []
     for c in args.classes:
-        rows = [run_cell(c, s, args.gammas, overrides) for s in args.seeds]
+        rows = [run_cell(c, s, args.gammas, overrides, args.side) for s in args.seeds]
         columns = [f"gamma={g:g}" for g in args.gammas] + ["knn_encoder", "knn_pixels"]
         columns = [k for k in columns if k in rows[0]]
         if c == args.classes[0]:
@@ -87,9 +108,10 @@ def run(args: argparse.Namespace) -> int:
     print(" mean " + "".join(f"{100 * np.mean(v):8.1f} ± {100 * np.std(v):3.1f}"
                              for v in means.values()))
     print(f"AUROC in %; kNN columns: 1-nearest neighbour on AnoMem's encoder (gamma 0 model) and "
-          f"on 8x8 raw pixels; wall time {time.perf_counter() - t0:.0f} s")
+          f"on {args.side}x{args.side} raw pixels; wall time {time.perf_counter() - t0:.0f} s")
     if args.out is not None:
         atomic_write_text(args.out, json.dumps({"overrides": overrides, "seeds": args.seeds,
+                                                "side": args.side, "preset": auto_preset(args.side),
                                                 "threads": torch.get_num_threads(),
                                                 "cells": cells}, indent=1))
     return 0
