@@ -217,7 +217,8 @@ class AnoMem(Detector):
         if cfg.prototypes == "kmeans":
             fit_kmeans_prototypes(self.model, normals, opts)
         if bool((y_train == 0).any()):
-            self.history_["stage2"] = fit_heads(self.model, x_train, y_train, fingerprint, opts)
+            self.history_["stage2"] = fit_heads(self.model, x_train, y_train, fingerprint, opts,
+                                                normals)
         elif cfg.calibrate:
             calibrate_scales(self.model, normals, opts)
         ref = x_held if len(held) else normals

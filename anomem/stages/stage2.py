@@ -140,15 +140,17 @@ def out_of_fold_scores(model: AnoMemModel, normals: torch.Tensor, opts: RunOptio
 
 
 def fit_heads(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
-              fingerprint: dict[str, Any], opts: RunOptions) -> list[dict[str, float]]:
+              fingerprint: dict[str, Any], opts: RunOptions,
+              normals: torch.Tensor | None = None) -> list[dict[str, float]]:
     """Stage 2 of a semi-supervised fit on a trained stage 1: the heads and what they add to.
 
     With ``semi_score="heads+oc"`` the one-class scale scores the heads are
-    added to are first calibrated on the normal ``images`` (:func:`calibrate_scales`);
+    added to are first calibrated on the normal ``images`` (:func:`calibrate_scales`;
+    ``normals``, when the caller already holds ``images[y == 1]``, saves a copy);
     then :func:`train_heads`.  Returns the heads' loss history.
     """
     if model.config.semi_score == "heads+oc":
-        calibrate_scales(model, images[y == 1], opts)
+        calibrate_scales(model, images[y == 1] if normals is None else normals, opts)
     return train_heads(model, images, y, fingerprint, opts)
 
 
