@@ -1,8 +1,9 @@
-"""Where the shared benchmark data lives.
+"""Where benchmark data files are read from: a folder the caller names, or ``ANOMEM_DATA``.
 
-Looked up, in order: the ``ANOMEM_DATA`` environment variable, then the
-``shared/data`` folder beside the project checkout (``../shared/data`` seen
-from the repository root).  Nothing is downloaded.
+The package knows no data location of its own.  A caller passes a file's path
+(``read_mtd(path)``, a benchmark dataset's ``path``) or a folder, or sets the
+``ANOMEM_DATA`` environment variable to the folder that holds the archives.
+Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -16,19 +17,30 @@ CIFAR10_JPEG = "cifar10_jpeg.tar.gz"
 MAGNETIC_TILES = "magnetic_tile_defects.tar.gz"
 
 
-def data_root() -> Path | None:
-    """The shared data folder, or None when it is absent."""
+def data_root(folder: str | Path | None = None) -> Path | None:
+    """``folder`` if given, else the ``ANOMEM_DATA`` folder; None when neither is set."""
+    if folder is not None:
+        return Path(folder)
     env = os.environ.get("ANOMEM_DATA")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-    return here.resolve() if here.is_dir() else None
+    return Path(env) if env else None
 
 
-def shared_file(name: str) -> Path:
-    """Path of a shared data file; raises :class:`InvalidInputError` naming the fix if missing."""
-    root = data_root()
-    if root is None or not (root / name).is_file():
-        raise InvalidInputError(f"{name} not found (looked in {root or 'no data folder'}); set "
-                                f"ANOMEM_DATA to the folder holding it")
+def data_file(name: str, folder: str | Path | None = None) -> Path:
+    """Path of the data file ``name`` in ``folder`` (default: ``ANOMEM_DATA``).
+
+    Raises:
+        InvalidInputError: no folder is given and ``ANOMEM_DATA`` is unset, or
+            the file is not in the folder; the message names the fix.
+    """
+    root = data_root(folder)
+    if root is None:
+        raise InvalidInputError(f"{name}: no data folder given; set ANOMEM_DATA to the folder "
+                                f"holding it (or pass its path)")
+    if not (root / name).is_file():
+        raise InvalidInputError(f"{name} not found in {root}; set ANOMEM_DATA to the folder "
+                                f"holding it (or pass its path)")
     return root / name
+
+
+#: The same function under the name its first callers use.
+shared_file = data_file
