@@ -1,26 +1,53 @@
-"""Configuration of the AnoMem model and its two training stages, with presets.
+"""Configuration of the AnoMem model and its two training stages: presets and recipes.
 
-A configuration is one flat, validated dataclass.  It is built from a preset
-name (``paper``, ``cpu``, ``digits``), optionally a YAML file, and ``key=value``
-overrides; unknown keys and out-of-range values raise :class:`ConfigError`
-naming the key.
+A configuration is one flat, validated dataclass.  It is built from a size
+preset (``digits``, ``cpu``, ``mtd``, ``gpu``, ``paper``), a recipe (``tuned``,
+the defaults, or ``paper``, every choice where this package departs from the
+paper set back to the paper's literal reading), optionally a YAML file, and
+``key=value`` overrides; unknown keys and out-of-range values raise
+:class:`ConfigError` naming the key.
+
+Each key that is a choice beyond the paper carries its literal value in its
+field metadata (:func:`choices`); the ``paper`` recipe and the table of
+choices in ``docs/design.md`` are both made from it (:func:`choices_table`).
 
 Example:
     >>> cfg = get_config("cpu", overrides={"stage1_epochs": 2})
     >>> cfg.arch, cfg.mem_sizes
     ('resnet18', (64, 32))
+    >>> lit = get_config("cpu", overrides={"recipe": "paper"})
+    >>> lit.normalize, lit.beta, lit.score_views
+    (False, 2.0, 'single')
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from anomem.config_checks import validate
 from anomem.errors import ConfigError
+
+#: Metadata value of a choice the paper has no counterpart of (it has no effect, or the
+#: paper is silent and there is nothing literal to return to): the literal recipe leaves it.
+NOT_IN_PAPER = "n/a"
+#: Eq. 1 iterated "until convergence" (paper, §3.1) needs a bound: updates stop when no
+#: component moves by hopfield_tol, or after this many.
+HOPFIELD_STEPS_CAP = 100
+
+
+def choice(default: Any, literal: Any, what: str) -> Any:
+    """A config field that is a choice of this package, with the paper's ``literal`` value.
+
+    ``literal`` is the value that reads the paper literally (:data:`NOT_IN_PAPER`
+    when the paper has no counterpart); ``what`` is the one-line description the
+    choices table shows.
+    """
+    return field(default=default, metadata={"literal": literal, "what": what})
 
 
 @dataclass(frozen=True)
@@ -28,10 +55,11 @@ class AnoMemConfig:
     """Every hyper-parameter of AnoMem; defaults are the paper's where it gives one.
 
     Where the paper is silent, each default and its measurement is in
-    ``docs/design.md``; the paper read literally is ``global_memory="none",
-    reseed_dead=False, consolidate=0, score_retrieval="hopfield",
-    scale_norm="frobenius", semi_score="heads", pseudo_anomalies="none",
-    score_views="single"`` (and ``beta=2``).
+    ``docs/design.md``.  The fields made with :func:`choice` are this package's
+    choices, each with the paper's literal value; ``recipe="paper"`` (through
+    :func:`get_config` or :meth:`replace`) sets them all to it, and
+    :meth:`beyond_paper` lists where a configuration departs from it.
+    ``recipe`` records the recipe asked for.
 
     Backbone: ``arch``, ``width`` (channels of the first stage; 64 is the standard
     ResNet), ``stem`` (``cifar``: 3x3 conv, no max-pool; ``imagenet``: 7x7/2 conv +
@@ -97,6 +125,13 @@ class AnoMemConfig:
     ``head_sampling`` (``balanced``: each batch draws normal and anomalous
     images with equal probability; ``uniform``: every image alike, the paper's).
 
+    ``head_inputs``: phi(Delta) ``standardised`` per feature for the heads'
+    training (folded into their first layer afterwards) or ``raw``, the paper's.
+    ``head_deviations``: the heads train on the deviations of the training
+    images from memories consolidated without them (``out_of_fold``, see
+    :func:`anomem.stages.stage2.head_features`) or from the fitted memories
+    (``in_sample``, the paper's; without consolidation it is the only reading).
+
     Decision: ``target_frr`` is the false-rejection rate on normals that sets the
     threshold at fit time.
 
@@ -118,16 +153,17 @@ class AnoMemConfig:
     memory_stages: tuple[int, ...] = (3, 4)
     mem_sizes: tuple[int, ...] = (512, 256)
     ratios: tuple[float, ...] = (0.3, 1.0)
-    beta: float = 10.0
-    normalize: bool = True
-    hopfield_steps: int = 3
+    beta: float = choice(10.0, 2.0, "inverse temperature of Eq. 1")
+    normalize: bool = choice(True, False, "L2-normalised queries and patterns (cosine attention)")
+    hopfield_steps: int = choice(3, HOPFIELD_STEPS_CAP, "most updates of Eq. 1; literal: until it "
+                                 f"converges (moves < hopfield_tol), capped at {HOPFIELD_STEPS_CAP}")
     hopfield_tol: float = 1e-3
     use_memory: bool = True
     prototypes: str = "hopfield"
-    memory_init: str = "random"
+    memory_init: str = choice("random", NOT_IN_PAPER, "initial patterns, N(0, 1/d) or first-batch features")
     tau: float = 0.1
     lambda_v: float = 0.05
-    negatives: str = "all"
+    negatives: str = choice("all", "all", "Eq. 7's negatives: every sampled vector or the same position's")
     batch_size: int = 1024
     stage1_epochs: int = 200
     stage1_lr: float = 0.5
@@ -137,32 +173,36 @@ class AnoMemConfig:
     jitter: float = 0.4
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     noise_std: float = 0.05
-    view_geometry: str = "independent"
-    global_memory: str = "every"
-    global_mem_factor: int = 1
-    projector: str = "none"
-    pseudo_anomalies: str = "rotation"
+    view_geometry: str = choice("independent", "independent", "crops and flips of the two views")
+    global_memory: str = choice("every", "none", "image-level scale(s) beside the maps")
+    global_mem_factor: int = choice(1, NOT_IN_PAPER, "patterns of an image-level memory, x N_mem")
+    projector: str = choice("none", "none", "an MLP head before Eq. 4 in stage 1")
+    pseudo_anomalies: str = choice("rotation", "none", "rotated copies labelled anomalous in Eq. 3")
     pseudo_fraction: float = 0.5
-    contrast_anomalies: bool = True
-    reseed_dead: bool = True
-    consolidate: int = 10
-    consolidate_factor: int = 4
-    score_retrieval: str = "nearest"
-    score_views: str = "mirror"
-    variance: str = "components"
-    scale_norm: str = "rms"
-    semi_score: str = "heads+oc"
-    oc_evidence: float | None = 2.0
+    contrast_anomalies: bool = choice(True, True, "labelled anomalies enter stage 1 (Eq. 3, y = 0)")
+    reseed_dead: bool = choice(True, False, "patterns that answered no normal query restart")
+    consolidate: int = choice(10, 0, "Lloyd steps of the patterns on the training normals")
+    consolidate_factor: int = choice(4, 1, "memories grow this many times before consolidation")
+    score_retrieval: str = choice("nearest", "hopfield", "Eq. 8 retrieves the nearest pattern or Eq. 1")
+    score_views: str = choice("mirror", "single", "test-time views the image score averages")
+    variance: str = choice("components", "components", "Eq. 6's Var over components or the batch")
+    scale_norm: str = choice("rms", "frobenius", "Eq. 9's norm of the whole map or per position")
+    semi_score: str = choice("heads+oc", "heads", "the semi-supervised score: heads, + one-class")
+    oc_evidence: float | None = choice(2.0, NOT_IN_PAPER, "the one-class score's weight, in anomalies")
     margin: float = 2.0
     head_hidden: int = 128
     head_pool: int = 2
     stage2_epochs: int = 50
     stage2_lr: float = 0.05
-    head_sampling: str = "balanced"
-    calibrate: bool = False
-    calibration: str = "scales"
-    image_alpha: str = "stage"
+    head_sampling: str = choice("balanced", "uniform", "the heads' batches: classes balanced or not")
+    head_inputs: str = choice("standardised", "raw", "phi(Delta) standardised before the heads")
+    head_deviations: str = choice("out_of_fold", "in_sample",
+                                  "the heads train on deviations from memories without the image")
+    calibrate: bool = choice(False, False, "one-class scales standardised before Eq. 13")
+    calibration: str = choice("scales", NOT_IN_PAPER, "standardise each scale or the fused score")
+    image_alpha: str = choice("stage", NOT_IN_PAPER, "Eq. 13's alpha of an image-level scale")
     target_frr: float = 0.05
+    recipe: str = "tuned"
     seed: int = 0
     device: str = "auto"
     amp: bool = False
@@ -213,8 +253,67 @@ class AnoMemConfig:
         return self.consolidate_factor if self.consolidates else 1
 
     def replace(self, **changes: Any) -> AnoMemConfig:
-        """A copy with ``changes`` applied and validated."""
-        return from_dict({**to_dict(self), **changes})
+        """A copy with ``changes`` applied and validated; a ``recipe`` among them sets its values
+        first (the other changes win over it)."""
+        recipe = changes.get("recipe")
+        return from_dict({**to_dict(self), **recipe_values(recipe), **changes})
+
+    def beyond_paper(self) -> dict[str, tuple[Any, Any]]:
+        """The choices where this configuration departs from the paper: key -> (value, literal).
+
+        Example:
+            >>> sorted(get_config("cpu", {"recipe": "paper"}).beyond_paper())
+            []
+            >>> get_config("cpu", {"recipe": "paper", "beta": 10.0}).beyond_paper()
+            {'beta': (10.0, 2.0)}
+        """
+        lit = recipe_values("paper")
+        return {k: (getattr(self, k), v) for k, v in lit.items() if _plain(getattr(self, k)) != v}
+
+
+def _plain(v: Any) -> Any:
+    """A value as YAML and the choices table hold it (lists for tuples)."""
+    return list(v) if isinstance(v, tuple) else v
+
+
+def choices() -> dict[str, dataclasses.Field]:
+    """The fields of :class:`AnoMemConfig` that are choices beyond the paper, in field order."""
+    return {f.name: f for f in dataclasses.fields(AnoMemConfig) if "literal" in f.metadata}
+
+
+#: The recipes: ``tuned`` keeps every default of this package; ``paper`` sets every
+#: choice to the paper's literal reading (its field metadata).  A recipe applies over a
+#: size preset and under explicit overrides.
+from anomem.config_checks import RECIPE_NAMES as RECIPES  # noqa: E402
+
+
+def recipe_values(recipe: str | None) -> dict[str, Any]:
+    """The key values a recipe sets (none for ``tuned`` or None).
+
+    Raises:
+        ConfigError: not a recipe name.
+    """
+    if recipe is None or recipe == "tuned":
+        return {}
+    if recipe != "paper":
+        raise ConfigError(f"config key 'recipe': got {recipe!r}, expected one of {', '.join(RECIPES)}")
+    return {k: f.metadata["literal"] for k, f in choices().items()
+            if f.metadata["literal"] != NOT_IN_PAPER}
+
+
+def choices_table() -> str:
+    """The markdown table of choices in ``docs/design.md``: key, default, literal value, what.
+
+    Generated from the fields' metadata, so the table and the ``paper`` recipe
+    read the same source (``tests/test_recipe.py`` checks the document holds it).
+    """
+    def cell(v: Any) -> str:
+        return "—" if v == NOT_IN_PAPER else f"`{'null' if v is None else str(_plain(v)).lower() if isinstance(v, bool) else _plain(v)}`"
+
+    rows = ["| key | default | literal (`recipe=paper`) | what it is |", "|---|---|---|---|"]
+    rows += [f"| [`{k}`](#{k}) | {cell(f.default)} | {cell(f.metadata['literal'])} "
+             f"| {f.metadata['what']} |" for k, f in choices().items()]
+    return "\n".join(rows)
 
 
 _TUPLE_KEYS = {f.name for f in dataclasses.fields(AnoMemConfig)
@@ -228,8 +327,10 @@ def from_dict(d: Mapping[str, Any]) -> AnoMemConfig:
     known = {f.name for f in dataclasses.fields(AnoMemConfig)}
     unknown = sorted(set(d) - known, key=repr)
     if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(map(repr, unknown))}; "
-                          f"known keys: {', '.join(sorted(known))}")
+        hints = [f"{k!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(
+            str(k), known, n=1)) else repr(k) for k in unknown]
+        raise ConfigError(f"unknown config key(s) {', '.join(hints)}; the keys are listed in "
+                          f"anomem.config.AnoMemConfig")
     kw = {}
     for k, v in d.items():
         if k in _TUPLE_KEYS:
@@ -246,8 +347,12 @@ def to_dict(c: AnoMemConfig) -> dict[str, Any]:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Paper §4.2: ResNet-50, two memory scales after stages 3 and 4, beta = 2.
-    "paper": {"beta": 20.0},
+    # Paper §4.2 read literally: ResNet-50, memories of 512 and 256 patterns after stages 3
+    # and 4, batch 1024, 200 epochs, and the paper's recipe (beta = 2, raw features, ...).
+    "paper": {"recipe": "paper"},
+    # The paper's network and budget with this package's choices (the tuned recipe); at
+    # beta = 20 every stored pattern of these memories is a fixed point of Eq. 1.
+    "gpu": {"beta": 20.0},
     # A narrow ResNet-18 that trains one CIFAR-10 class in minutes on 2 CPU cores; tensors
     # of 8 MiB and more in pages of their own keep a fit on 5,000 images under 1 GB.
     "cpu": {"arch": "resnet18", "width": 16, "mem_sizes": [64, 32], "batch_size": 128,
@@ -304,7 +409,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def get_config(preset: str | Path = "cpu", overrides: Mapping[str, Any] | None = None
                ) -> AnoMemConfig:
-    """A preset name or YAML path (which may name a ``preset`` to start from), plus overrides."""
+    """A preset name or YAML path (which may name a ``preset`` to start from), plus overrides.
+
+    The recipe (``recipe`` among the overrides, else the file's or the preset's,
+    else ``tuned``) sets its values over the preset; the overrides win over both.
+    """
     if not isinstance(preset, (str, Path)):
         raise ConfigError(f"config must be a preset name ({', '.join(PRESETS)}), a YAML path or "
                           f"an AnoMemConfig, got {type(preset).__name__}")
@@ -322,4 +431,14 @@ def get_config(preset: str | Path = "cpu", overrides: Mapping[str, Any] | None =
                 raise ConfigError(f"config file {str(preset)!r}: unknown preset {parent!r}; "
                                   f"choose one of {', '.join(PRESETS)}")
             base = {**PRESETS[parent], **base}
-    return from_dict({**base, **dict(overrides or {})})
+    overrides = dict(overrides or {})
+    recipe = overrides.get("recipe", base.get("recipe"))
+    return from_dict({**base, **recipe_values(recipe), **overrides})
+
+
+if __name__ == "__main__":   # python -m anomem.config --choices-table
+    import sys
+
+    if sys.argv[1:] != ["--choices-table"]:
+        sys.exit("usage: python -m anomem.config --choices-table")
+    print(choices_table())

@@ -28,6 +28,9 @@ SEMI_SCORES = ("heads", "heads+oc")
 PROJECTORS = ("none", "mlp")
 PSEUDO_ANOMALIES = ("none", "rotation")
 HEAD_SAMPLINGS = ("uniform", "balanced")
+HEAD_INPUTS = ("standardised", "raw")
+HEAD_DEVIATIONS = ("out_of_fold", "in_sample")
+RECIPE_NAMES = ("tuned", "paper")
 #: Test-time views of ``score_views``: the image dimensions each view flips, (B, C, H, W).
 SCORE_VIEWS = {"single": ((),), "mirror": ((), (3,)), "flips": ((), (3,), (2,), (2, 3))}
 CALIBRATIONS = ("scales", "fused")
@@ -59,7 +62,9 @@ def validate(c: AnoMemConfig) -> None:
                          ("semi_score", SEMI_SCORES), ("score_retrieval", SCORE_RETRIEVALS),
                          ("projector", PROJECTORS), ("pseudo_anomalies", PSEUDO_ANOMALIES),
                          ("head_sampling", HEAD_SAMPLINGS), ("score_views", tuple(SCORE_VIEWS)),
-                         ("calibration", CALIBRATIONS), ("image_alpha", IMAGE_ALPHAS)):
+                         ("calibration", CALIBRATIONS), ("image_alpha", IMAGE_ALPHAS),
+                         ("head_inputs", HEAD_INPUTS), ("head_deviations", HEAD_DEVIATIONS),
+                         ("recipe", RECIPE_NAMES)):
         if getattr(c, key) not in allowed:
             _fail(key, f"got {getattr(c, key)!r}, expected one of {', '.join(allowed)}")
     for key in ("width", "image_size", "batch_size", "hopfield_steps", "head_hidden", "head_pool",

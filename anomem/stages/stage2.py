@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -109,34 +110,72 @@ def _oc_scores(model: AnoMemModel, x: torch.Tensor) -> torch.Tensor:
 def out_of_fold_scores(model: AnoMemModel, normals: torch.Tensor, opts: RunOptions) -> torch.Tensor:
     """Eq. 9 per scale (n, S) of each half of ``normals``, memories consolidated on the other half.
 
-    The features of the normals are computed once per ``score_views`` view
-    (one view's maps are held at a time; a view's memories serve its scales
-    alone): each half's consolidation and the other half's scores use them.
+    Rows come half after half (the order of :func:`out_of_fold`'s folds), which
+    the statistics of :func:`calibrate_scales` do not depend on.
     """
-    g = torch.Generator().manual_seed(stream_seed(model.config.seed, "calibrate"))
-    order = torch.randperm(len(normals), generator=g)
+    flags = torch.ones(len(normals), dtype=torch.bool)
+    folds, per_view = out_of_fold(model, normals, flags, opts,
+                                  lambda deltas, v: model.oc_scores(deltas), "calibrate")
+    scores = torch.cat(per_view, dim=1)
+    return torch.cat([scores[f] for f in folds])
+
+
+@torch.no_grad()
+def out_of_fold(model: AnoMemModel, images: torch.Tensor, normal: torch.Tensor, opts: RunOptions,
+                fn: Callable[[list[torch.Tensor], int], Any], stream: str
+                ) -> tuple[tuple[torch.Tensor, torch.Tensor], list[Any]]:
+    """``fn`` of each image's deviations (Eq. 8) from memories consolidated without it.
+
+    The images are split in two halves at random (seed stream ``stream``); each
+    half is compared with a copy of the memories consolidated on the normal
+    images (``normal``, bool (n,)) of the other half, so a training normal is
+    never compared with prototypes fitted to it, as a new image is not; the
+    anomalies are compared with the same half-memories, so both classes see
+    memories of one quality.  The features are computed once per
+    ``score_views`` view (one view's maps are held at a time; a view's memories
+    serve its scales alone).  ``fn(deviations, view)`` maps the deviations of a
+    batch at one view's scales to a tensor or a list of tensors with one row per
+    image; returns the folds and, per view, ``fn``'s output for every image in
+    the order of ``images``.  The model's own memories are untouched.
+    """
+    g = torch.Generator().manual_seed(stream_seed(model.config.seed, stream))
+    order = torch.randperm(len(images), generator=g)
     folds = (order[0::2], order[1::2])
     # per half: a copy of the memories and one consolidation stream, drawn from memory after
     # memory across the views (a view's consolidation moves only that view's memories)
     copies = [copy.deepcopy(model.memories) for _ in folds]
     streams = [consolidation_stream(model) for _ in folds]
-    kept, out = model.memories, [[] for _ in folds]
+    kept, out = model.memories, []
     try:
         for v in range(len(model.views)):
-            maps = feature_maps(model, normals, opts, v)
-            for fold, memories, stream, scores in zip(folds, copies, streams, out):
+            maps, parts = feature_maps(model, images, opts, v), {}
+            for fold, memories, g_fold in zip(folds, copies, streams):
                 model.memories = memories
-                others = torch.ones(len(normals), dtype=torch.bool)
+                others = normal.clone()
                 others[fold] = False
                 consolidate_on_maps(model, [z[others.to(z.device)] for z in maps], opts,
-                                    scales=model.view_scales(v), generator=stream)
+                                    scales=model.view_scales(v), generator=g_fold)
                 held = [z[fold.to(z.device)] for z in maps]
-                scores.append(torch.cat([model.oc_scores(model.deviations([z[sl] for z in held], v))
-                                         for sl in batches(len(fold), SCORE_BATCH)]))
+                for sl, idx in zip(batches(len(fold), SCORE_BATCH),
+                                   fold.split(SCORE_BATCH)):
+                    parts[idx] = fn(model.deviations([z[sl] for z in held], v), v)
+            out.append(_in_order(parts, len(images)))
     finally:
         model.memories = kept
         model.eval()
-    return torch.cat([torch.cat(scores, dim=1) for scores in out])
+    return folds, out
+
+
+def _in_order(parts: dict[torch.Tensor, Any], n: int) -> Any:
+    """Rows ``parts[idx]`` (a tensor, or a list of tensors) placed at ``idx`` of n rows."""
+    first = next(iter(parts.values()))
+    if isinstance(first, torch.Tensor):
+        return _in_order({i: [p] for i, p in parts.items()}, n)[0]
+    out = [torch.empty((n, *t.shape[1:]), dtype=t.dtype, device=t.device) for t in first]
+    for idx, values in parts.items():
+        for o, t in zip(out, values):
+            o[idx.to(o.device)] = t
+    return out
 
 
 def fit_heads(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
@@ -159,12 +198,11 @@ def train_heads(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
     """Train the per-scale heads on frozen deviations of ``images`` with y (1 = normal)."""
     cfg = model.config
     heads = model.add_heads().to(opts.device)
-    feats = map_batches(model, images, opts,
-                        lambda m, x: [h.phi(d) for h, d in zip(heads, m.deviation_maps(x))])
-    phis = [torch.cat([b[s] for b in feats]) for s in range(len(heads))]
-    stats = [(p.mean(0), p.std(0).clamp_min(1e-6) if len(p) > 1 else torch.ones_like(p[0]))
-             for p in phis]
-    phis = [(p - mu) / sd for p, (mu, sd) in zip(phis, stats)]
+    phis = head_features(model, images, y, opts)
+    if cfg.head_inputs == "standardised":
+        stats = [(p.mean(0), p.std(0).clamp_min(1e-6) if len(p) > 1 else torch.ones_like(p[0]))
+                 for p in phis]
+        phis = [(p - mu) / sd for p, (mu, sd) in zip(phis, stats)]
     weights = balanced_weights(y) if cfg.head_sampling == "balanced" else None
     y = y.to(opts.device)
     n = len(y)
@@ -207,11 +245,40 @@ def train_heads(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
             if opts.is_main:
                 save_checkpoint(ckpt, step + 1, modules, fingerprint,
                                 {"history": history, "running": running})
-    for head, (mu, sd) in zip(heads, stats):
-        fold_standardisation(head.mlp[0], mu, sd)
+    if cfg.head_inputs == "standardised":
+        for head, (mu, sd) in zip(heads, stats):
+            fold_standardisation(head.mlp[0], mu, sd)
     model.oc_weight.fill_(one_class_weight(cfg.oc_evidence, int((y == 0).sum())))
     model.eval()
     return history
+
+
+@torch.no_grad()
+def head_features(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
+                  opts: RunOptions) -> list[torch.Tensor]:
+    """phi(Delta(s)) (Eq. 10) of every training image at every scale: the heads' inputs.
+
+    ``head_deviations="out_of_fold"`` (with consolidation and at least two normal
+    images): each image's deviations come from memories consolidated without it
+    (:func:`out_of_fold`, seed stream ``"heads"``).  Consolidation makes the
+    memories prototypes of the training normals, so their in-sample deviations
+    are biased towards 0 (measured on digits: every training normal had
+    Delta = 0 at the pooled stage-3 scale, while new normals did not, and the
+    heads called 39 % of new normals anomalous); out of fold, a training
+    normal deviates as a new normal does.  ``"in_sample"`` (the paper's
+    reading; the only one without consolidation): the fitted memories.
+    """
+    heads = model.heads
+    if (model.config.head_deviations == "out_of_fold" and model.config.consolidates
+            and int((y == 1).sum()) > 1):
+        def phi(deltas: list[torch.Tensor], v: int) -> list[torch.Tensor]:
+            return [heads[s].phi(d) for s, d in zip(model.view_scales(v), deltas)]
+
+        _, per_view = out_of_fold(model, images, (y == 1).cpu(), opts, phi, "heads")
+        return [p for view in per_view for p in view]
+    feats = map_batches(model, images, opts,
+                        lambda m, x: [h.phi(d) for h, d in zip(heads, m.deviation_maps(x))])
+    return [torch.cat([b[s] for b in feats]) for s in range(len(heads))]
 
 
 def one_class_weight(evidence: float | None, n_anomalies: int) -> float:
