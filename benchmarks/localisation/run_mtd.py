@@ -52,13 +52,35 @@ from anomem.localisation import fuse_maps, gaussian_smooth
 from anomem.reports.pixel_metrics import localisation_metrics
 from anomem.reports.report import overlay
 from anomem.serialization import atomic_write_bytes, atomic_write_text
-from anomem.stages.common import RunOptions
+from anomem.stages.common import RunOptions, map_batches
 from anomem.stages.stage2 import fit_heads
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scoring_probe import feature_maps, nearest_patch  # noqa: E402
-
 SIGMAS = (0.0, 4.0, 8.0)
+
+
+def feature_maps(det: AnoMem, images: np.ndarray) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """z(s) and Delta(s) of every image, per memory scale, (N, C, H, W) each."""
+    model = det.model
+    x = to_image_tensor(images, model.config.image_size, "images")
+
+    def both(m: torch.nn.Module, b: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        zs = m.features(b)
+        return zs, [m.memory(s).deviation(z) for s, z in enumerate(zs)]
+
+    out = map_batches(model, x, RunOptions(), both, batch_size=64)
+    scales = range(len(out[0][0]))
+    return ([torch.cat([z[s] for z, _ in out]) for s in scales],
+            [torch.cat([d[s] for _, d in out]) for s in scales])
+
+
+def nearest_patch(train: torch.Tensor, test: torch.Tensor, bank: int, seed: int) -> torch.Tensor:
+    """Distance of every normalised test vector to the closest of ``bank`` training vectors."""
+    g = torch.Generator().manual_seed(seed)
+    vecs = train.permute(0, 2, 3, 1).reshape(-1, train.shape[1])
+    vecs = vecs[torch.randperm(len(vecs), generator=g)[:bank]]
+    q = test.permute(0, 2, 3, 1).reshape(-1, test.shape[1])
+    d = torch.cat([torch.cdist(q[i:i + 4096], vecs).min(1).values for i in range(0, len(q), 4096)])
+    return d.view(test.shape[0], *test.shape[2:])
 
 
 def evaluate(test: MTDImages, scores: np.ndarray, maps: np.ndarray,

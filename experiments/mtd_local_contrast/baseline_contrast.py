@@ -5,7 +5,7 @@ blur (sigma 8 px), smoothed (sigma 2 px); the image score is its maximum.  It
 tells how much of the localisation metrics plain local contrast already gives.
 
 Example (the committed run):
-    python benchmarks/localisation/baseline_contrast.py --out benchmarks/localisation
+    python -m experiments.mtd_local_contrast.baseline_contrast --out experiments/mtd_local_contrast
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from anomem.serialization import atomic_write_text
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="benchmarks/localisation")
+    p.add_argument("--out", default="experiments/mtd_local_contrast")
     p.add_argument("--side", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-fraction", type=float, default=0.7)
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     heat = gaussian_smooth((x - gaussian_smooth(x, 8.0)).abs(), 2.0).numpy()
     res = localisation_metrics(test.labels, heat.reshape(len(heat), -1).max(1), test.masks, heat,
                                test.pixel_valid)
-    record = {"command": "python benchmarks/localisation/baseline_contrast.py "
+    record = {"command": "python -m experiments.mtd_local_contrast.baseline_contrast "
                          + " ".join(sys.argv[1:] if argv is None else argv),
               "side": args.side, "seed": args.seed, "train_fraction": args.train_fraction,
               "results": res}

@@ -2,7 +2,9 @@
 
 Fits a one-class detector (``mtd`` preset plus ``--set`` overrides, stage 1
 for ``--epochs`` epochs; 0 = the untrained, randomly initialised encoder) on
-the training defect-free tiles of the seeded split of ``run_mtd.py``, then
+the training defect-free tiles of the seeded split of
+``benchmarks/localisation/run_mtd.py`` (whose :func:`feature_maps` and
+:func:`nearest_patch` it uses), then
 scores the test split with five heatmaps built on the same feature maps z(s):
 
 * ``deviation``: ||Delta(s)_ij||, AnoMem's one-class heatmap (Eq. 8 per position);
@@ -23,8 +25,8 @@ so its BatchNorm layers are the identity).  One JSON line per command is kept in
 (a rerun of the same command replaces its line).
 
 Example (the committed rows):
-    python benchmarks/localisation/scoring_probe.py --epochs 0
-    python benchmarks/localisation/scoring_probe.py --epochs 6
+    python -m experiments.mtd_scoring_rules.scoring_probe --epochs 0
+    python -m experiments.mtd_scoring_rules.scoring_probe --epochs 6
 """
 
 from __future__ import annotations
@@ -46,21 +48,7 @@ from anomem.localisation import fuse_maps
 from anomem.protocols.results import append_result
 from anomem.reports.pixel_metrics import localisation_metrics
 from anomem.stages.common import RunOptions, map_batches
-
-
-def feature_maps(det: AnoMem, images: np.ndarray) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """z(s) and Delta(s) of every image, per memory scale, (N, C, H, W) each."""
-    model = det.model
-    x = to_image_tensor(images, model.config.image_size, "images")
-
-    def both(m: torch.nn.Module, b: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        zs = m.features(b)
-        return zs, [m.memory(s).deviation(z) for s, z in enumerate(zs)]
-
-    out = map_batches(model, x, RunOptions(), both, batch_size=64)
-    scales = range(len(out[0][0]))
-    return ([torch.cat([z[s] for z, _ in out]) for s in scales],
-            [torch.cat([d[s] for _, d in out]) for s in scales])
+from benchmarks.localisation.run_mtd import feature_maps, nearest_patch
 
 
 @torch.no_grad()
@@ -81,16 +69,6 @@ def recalibrate_batchnorm(det: AnoMem, images: np.ndarray) -> None:
     for m, momentum in zip(layers, momenta):
         m.momentum = momentum
     det.model.eval()
-
-
-def nearest_patch(train: torch.Tensor, test: torch.Tensor, bank: int, seed: int) -> torch.Tensor:
-    """Distance of every normalised test vector to the closest of ``bank`` training vectors."""
-    g = torch.Generator().manual_seed(seed)
-    vecs = train.permute(0, 2, 3, 1).reshape(-1, train.shape[1])
-    vecs = vecs[torch.randperm(len(vecs), generator=g)[:bank]]
-    q = test.permute(0, 2, 3, 1).reshape(-1, test.shape[1])
-    d = torch.cat([torch.cdist(q[i:i + 4096], vecs).min(1).values for i in range(0, len(q), 4096)])
-    return d.view(test.shape[0], *test.shape[2:])
 
 
 def rules(det: AnoMem, train: MTDImages, test: MTDImages, bank: int,
@@ -120,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--recalibrate-bn", action="store_true",
                    help="recompute BatchNorm statistics on the clean training tiles before scoring")
-    p.add_argument("--results", default="benchmarks/localisation/scoring_probe.jsonl")
+    p.add_argument("--results", default="experiments/mtd_scoring_rules/scoring_probe.jsonl")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     split = split_mtd(read_mtd(side=128), 0.7, args.seed)
@@ -142,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         out[name] = res
         print(f"{name:24s} image {res['image_auroc']:.3f}  pixel {res['pixel_auroc']:.3f}  "
               f"AUPRO {res['aupro']:.3f}", flush=True)
-    row = {"command": "python benchmarks/localisation/scoring_probe.py "
+    row = {"command": "python -m experiments.mtd_scoring_rules.scoring_probe "
                       + " ".join(sys.argv[1:] if argv is None else argv),
            "epochs": args.epochs, "seed": args.seed, "bank": args.bank,
            "recalibrate_bn": args.recalibrate_bn, "fit_s": round(fit_s, 1),
