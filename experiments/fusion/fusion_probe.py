@@ -1,7 +1,7 @@
 """Per-scale normalisation and fusion rules of the one-class score, on one encoder per fit.
 
 Each fit (``AnoMem`` one-class defaults, no hold-out; image sets and budgets
-of ``variant_probe.py``) keeps every scale's Eq. 9 score on the test images
+of :mod:`experiments.tasks`) keeps every scale's Eq. 9 score on the test images
 and the out-of-fold scores of the training normals
 (:func:`anomem.stages.stage2.out_of_fold_scores`, what ``calibrate`` uses).
 One JSON line per class gives the AUROC of each rule, all on the same scores:
@@ -24,8 +24,9 @@ With ``score_views``, every rule fuses the scales of every view (the mean over
 views of the rule's weighted sum; ``z_max`` and ``fisher`` take every view's
 scales as scales of their own).  ``--set`` overrides the fit's config.
 
-    python benchmarks/quality/fusion_probe.py --dataset digits --seed 0 >> fusion_probe.jsonl
-    python benchmarks/quality/variant_probe.py --summary fusion_probe.jsonl
+    python -m experiments.fusion.fusion_probe --dataset digits --seed 0 \\
+        >> experiments/fusion/fusion_probe.jsonl
+    python -m experiments.variants.variant_probe --summary experiments/fusion/fusion_probe.jsonl
 
 (the rows of seeds 0-2 on every image set are in ``fusion_probe.jsonl`` beside this file;
 ``name`` tells the defaults they ran with.)
@@ -37,13 +38,11 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from variant_probe import task_source  # noqa: E402
+from experiments.tasks import task_source
 
 
 def rules(test: np.ndarray, oof: np.ndarray, stage_of: list[int], n_maps: int,

@@ -3,16 +3,9 @@
 Each run fits ``AnoMem`` (one-class, no hold-out) with ``--set`` overrides and
 prints one JSON line per class: the fused score (Eq. 13), every scale alone,
 the image-level scales alone (alpha-fused), and a 1-nearest-neighbour on the
-same encoder (``KNNDetector(k=1, encoder=det)``).  The image sets and budgets:
-
-* ``digits``: scikit-learn's digits, the ``digits`` preset, one-vs-all split of ``--seed``;
-* ``cifar``: CIFAR-10 (shared JPEG archive), the ``cpu`` preset at the ``cpu``
-  grid's budget (3 stage-1 epochs, 1,000 training images per class, 200 test
-  images per class), one-vs-all of ``--seed``;
-* ``cifar-full``: the same at the full ``cpu`` preset (10 stage-1 epochs, all
-  5,000 training images of the class, the whole 10,000-image test split);
-* ``mtd``: Magnetic Tile Defects at 64 x 64, the ``mtd`` preset with 6
-  stage-1 epochs, defect-free tiles vs every defect (``split_mtd(seed)``).
+same encoder (``KNNDetector(k=1, encoder=det)``).  The image sets and budgets
+(``--dataset``: ``digits``, ``cifar``, ``cifar-full``, ``mtd``) are those of
+:mod:`experiments.tasks`.
 
 Unless ``--set score_views=...`` says otherwise, the fit holds every test-time
 view (``score_views=flips``: the image, its mirror, upside down, both), whose
@@ -30,11 +23,11 @@ every variant stands beside (rows named ``pixel_knn``).
 :func:`anomem.stages.consolidate.restart_empty` (empty patterns stay where they
 are), the behaviour before it existed.
 
-    python benchmarks/quality/variant_probe.py --name r1 --dataset digits --seed 0
-    python benchmarks/quality/variant_probe.py --name r4 --dataset cifar --seed 0 --classes 0 1 \\
+    python -m experiments.variants.variant_probe --name r1 --dataset digits --seed 0
+    python -m experiments.variants.variant_probe --name r4 --dataset cifar --seed 0 --classes 0 1 \\
         --set global_mem_factor=4
-    python benchmarks/quality/variant_probe.py --pixel --dataset mtd --seed 0 --classes 0
-    python benchmarks/quality/variant_probe.py --summary benchmarks/quality/variant_probe.jsonl
+    python -m experiments.variants.variant_probe --pixel --dataset mtd --seed 0 --classes 0
+    python -m experiments.variants.variant_probe --summary experiments/variants/variant_probe.jsonl
 """
 
 from __future__ import annotations
@@ -44,36 +37,11 @@ import json
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
-
-def task_source(dataset: str, seed: int, gamma: float = 0.0) -> tuple[Any, str, dict[str, Any]]:
-    """(a function class -> task, preset, preset overrides) for one image set and seed.
-
-    ``gamma`` adds labelled anomalies to the one-vs-all tasks (digits, CIFAR-10); on
-    Magnetic Tile Defects, ``mtd-kK`` moves K labelled defects of every type into training.
-    """
-    from anomem.protocols.one_vs_all import make_one_vs_all
-    if dataset.startswith("mtd"):   # "mtd-kK": K labelled defects of every type in training
-        from anomem.data.mtd import read_mtd, split_mtd
-        k = int(dataset.removeprefix("mtd-k")) if dataset.startswith("mtd-k") else 0
-        sp = split_mtd(read_mtd(side=64), seed=seed, labelled_per_type=k)
-        task = SimpleNamespace(x_train=sp.train.images, labels_train=sp.train.labels,
-                               x_test=sp.test.images, labels_test=sp.test.labels)
-        return (lambda c: task), "mtd", {"stage1_epochs": 6, "image_size": 64}
-    if dataset == "digits":
-        from anomem.data.digits import load_digits_split
-        split = load_digits_split(seed=seed)
-        return (lambda c: make_one_vs_all(split, c, gamma, seed)), "digits", {}
-    from anomem.protocols.runner import load_dataset, subsample
-    _, split = load_dataset("cifar10_jpeg")
-    if dataset == "cifar-full":
-        return (lambda c: make_one_vs_all(split, c, gamma, seed)), "cpu", {}
-    split = subsample(split, 1000, 200, 0)
-    return (lambda c: make_one_vs_all(split, c, gamma, seed)), "cpu", {"stage1_epochs": 3}
+from experiments.tasks import task_source
 
 
 def run(args: argparse.Namespace) -> None:

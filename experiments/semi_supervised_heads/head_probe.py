@@ -1,7 +1,7 @@
 """Semi-supervised heads (Eq. 10-12) trained several ways on one stage-1 encoder per fit.
 
 Each fit (``AnoMem`` defaults with ``--set`` overrides, labelled anomalies at
-ratio ``--gamma``, no hold-out; image sets and budgets of ``variant_probe.py``)
+ratio ``--gamma``, no hold-out; image sets and budgets of :mod:`experiments.tasks`)
 is scored as fitted (row ``default``), one-class on the same memories (the
 heads removed: row ``oc``, the calibrated fusion the heads are added to, and
 ``oc_raw``, the plain Eq. 13), and once per ``--variant NAME KEY=VALUE[,KEY=VALUE]``:
@@ -16,9 +16,9 @@ differ only in stage 2.  With ``--models DIR`` each fit is saved there and
 later runs load it, so new head variants cost no stage 1.  One JSON line per
 class holds every row's test AUROC.
 
-    python benchmarks/quality/head_probe.py --dataset digits --seed 0 \\
+    python -m experiments.semi_supervised_heads.head_probe --dataset digits --seed 0 \\
         --variant fused calibration=fused --variant bal head_sampling=balanced
-    python benchmarks/quality/variant_probe.py --summary head_probe.jsonl
+    python -m experiments.variants.variant_probe --summary experiments/semi_supervised_heads/head_probe.jsonl
 
 The rows (digits seeds 0-2; CIFAR-10 at the full ``cpu`` preset, ``--dataset
 cifar-full``, seeds 0-2) are in ``head_probe.jsonl`` beside this file.  Its ``rot``
@@ -39,8 +39,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from variant_probe import task_source  # noqa: E402
+from experiments.tasks import task_source
 
 
 def run(args: argparse.Namespace) -> None:

@@ -1,6 +1,6 @@
 """How large should consolidation grow the memories? One encoder, several ``consolidate_factor``.
 
-For each task of ``variant_probe.py``'s image sets (same splits and budgets) it
+For each task of the image sets of :mod:`experiments.tasks` (same splits and budgets) it
 fits AnoMem once with ``consolidate_factor=1`` (stage 1 and its consolidation
 do not depend on the factor before the growth), then, for each factor f,
 grows a copy of the consolidated memories to f x N_mem and runs the
@@ -8,10 +8,10 @@ consolidation again (``consolidate`` Lloyd steps from those patterns) and
 scores it.  ``f=1`` is that second consolidation alone (the control).  The
 kNN column is the 1-NN on the same encoder.  One JSON line per class.
 
-    python benchmarks/quality/growth_probe.py --dataset digits --seed 0
-    python benchmarks/quality/growth_probe.py --dataset cifar --seed 0 --classes 0 1
-    python benchmarks/quality/growth_probe.py --dataset cifar-full --seed 0 --classes 1
-    python benchmarks/quality/variant_probe.py --summary benchmarks/quality/growth_probe.jsonl
+    python -m experiments.memory_growth.growth_probe --dataset digits --seed 0
+    python -m experiments.memory_growth.growth_probe --dataset cifar --seed 0 --classes 0 1
+    python -m experiments.memory_growth.growth_probe --dataset cifar-full --seed 0 --classes 1
+    python -m experiments.variants.variant_probe --summary experiments/memory_growth/growth_probe.jsonl
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import copy
 import json
 import sys
 import time
-from pathlib import Path
+
+from experiments.tasks import task_source
 
 FACTORS = (1, 2, 4, 8)
 
@@ -35,9 +36,6 @@ def main(argv: list[str] | None = None) -> int:
     from anomem.data.convert import to_image_tensor
     from anomem.stages.common import RunOptions
     from anomem.stages.consolidate import consolidate_prototypes
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from variant_probe import task_source
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", choices=("digits", "cifar", "cifar-full", "mtd"), default="digits")

@@ -10,7 +10,8 @@ line gives the fitted model's fused score (Eq. 13) on the same test images.
 It shows whether more stage-1 training makes the features better for
 detection on that class.
 
-    python benchmarks/quality/stage1_monitor.py --cls 0 --seed 2 >> stage1_monitor.jsonl
+    python -m experiments.stage1_monitor.stage1_monitor --cls 0 --seed 2 \\
+        >> experiments/stage1_monitor/stage1_monitor.jsonl
 
 ``--init-only`` prints the epoch-0 row alone.  At epoch 0 the BatchNorm
 statistics are those of the training images (:func:`with_data_statistics`).
