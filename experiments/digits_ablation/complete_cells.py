@@ -4,7 +4,8 @@ A partly finished grid (``anomem benchmark ... --report-only`` averages whatever
 cells exist) is summarised here on a common set of cells: for each draw, the
 mean over those classes; then mean ± std over draws, and the worst class.
 
-    python benchmarks/quality/complete_cells.py benchmarks/results/quality_digits_ablation.jsonl
+    python -m experiments.digits_ablation.complete_cells \\
+        experiments/digits_ablation/quality_digits_ablation.jsonl
 """
 
 from __future__ import annotations
