@@ -1,0 +1,142 @@
+"""Re-validate defaults on validation data carved from the training split, never the test split.
+
+For one image set, seed and normal class, the training split is carved
+(:func:`anomem.protocols.validation.carve_validation`, 20 % of every class's
+training images held out) and the one-vs-all task of the class runs on it:
+the class's held-out training images are the validation normals, the other
+classes' held-out training images the validation anomalies.  Rows (AUROC %):
+
+* one-class (gamma 0), one fit with the defaults: ``default``; the same fit
+  scored with one view (``score_views=single``: the first view's scales, which
+  a single-view fit has too, since stage 1 does not depend on the views) and
+  with ``image_alpha=last`` (Eq. 13's alphas of that reading); 1-NN on the
+  fit's encoder (``knn``) and on raw pixels (``pixel``);
+* one-class refits: ``pseudo_none`` (``pseudo_anomalies=none``),
+  ``factor1`` (``consolidate_factor=1``);
+* semi-supervised (``--gamma``, default 0.05), one fit with the defaults:
+  ``ss_default``; the same fit with the one-class score weighed 1
+  (``ss_oc_evidence_null``: ``oc_evidence=null`` changes nothing else), and
+  its heads trained again (same start) with ``head_sampling=uniform``
+  (``ss_uniform``), ``head_deviations=in_sample`` (``ss_in_sample``) and the
+  defaults (``ss_retrained``, the reference of those two).
+
+    python -m experiments.validation.choose --dataset digits --seed 0 >> experiments/validation/rows.jsonl
+    python -m experiments.validation.choose --dataset cifar --seed 0 --classes 0 1 >> ...
+
+``digits``: scikit-learn's digits, the ``digits`` preset; ``cifar``: CIFAR-10
+(``ANOMEM_DATA``), the ``cpu`` preset at the grid budget (3 stage-1 epochs,
+1,000 training and 200 validation images per class, drawn from the carved
+split).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from anomem import AnoMem
+from anomem.baselines.knn import KNNDetector
+from anomem.baselines.pixel_knn import PixelKNN
+from anomem.config import get_config
+from anomem.data.convert import to_image_tensor, to_normal_flags
+from anomem.presets import input_side
+from anomem.protocols.one_vs_all import make_one_vs_all
+from anomem.protocols.validation import carve_validation
+from anomem.stages.common import RunOptions
+from anomem.stages.stage2 import fit_heads
+
+
+def validation_source(dataset: str, seed: int) -> tuple[Any, str, dict[str, Any]]:
+    """(the carved split, preset, overrides) of an image set at its probe budget."""
+    if dataset == "digits":
+        from anomem.data.digits import load_digits_split
+        return carve_validation(load_digits_split(seed=seed), 0.2, seed), "digits", {}
+    from anomem.protocols.runner import load_dataset, subsample
+    _, split = load_dataset("cifar10_jpeg")
+    carved = subsample(carve_validation(split, 0.2, seed), 1000, 200, 0)
+    return carved, "cpu", {"stage1_epochs": 3}
+
+
+def fused(scale_scores: np.ndarray, alphas: tuple[float, ...]) -> np.ndarray:
+    """Eq. 13 over the given scales with the given (unnormalised) alphas."""
+    a = np.asarray(alphas, dtype=np.float64)
+    return scale_scores[:, :len(a)] @ (a / a.sum())
+
+
+def one_class_rows(task: Any, preset: str, budget: dict[str, Any], seed: int) -> dict[str, np.ndarray]:
+    fit = {"validation_fraction": 0.0, "progress": False}
+    det = AnoMem(preset, seed=seed, **budget).fit(task.x_train, **fit)
+    cfg = det.network.config
+    per_scale = det.scale_scores(task.x_test)
+    n_views = len(det.network.views)
+    default = det.decision_function(task.x_test)
+    # the fusion recomputed from the scale scores is the detector's own (one-class, uncalibrated)
+    assert np.allclose(fused(per_scale, cfg.alphas * n_views), default, rtol=1e-5, atol=1e-6)
+    rows = {"default": default,
+            "score_views_single": fused(per_scale, cfg.alphas),
+            "image_alpha_last": fused(per_scale,
+                                      cfg.replace(image_alpha="last").alphas * n_views)}
+    rows["knn"] = KNNDetector(preset, k=1, encoder=det).fit(task.x_train).decision_function(task.x_test)
+    rows["pixel"] = PixelKNN(size=input_side(task.x_train), k=1).fit(task.x_train).decision_function(
+        task.x_test)
+    for name, change in (("pseudo_none", {"pseudo_anomalies": "none"}),
+                         ("factor1", {"consolidate_factor": 1})):
+        rows[name] = AnoMem(preset, seed=seed, **budget, **change).fit(
+            task.x_train, **fit).decision_function(task.x_test)
+    return rows
+
+
+def semi_rows(task: Any, preset: str, budget: dict[str, Any], seed: int) -> dict[str, np.ndarray]:
+    det = AnoMem(preset, seed=seed, **budget).fit(task.x_train, task.labels_train,
+                                                  validation_fraction=0.0, progress=False)
+    fitted = det.network
+    rows = {"ss_default": det.decision_function(task.x_test)}
+    fitted.oc_weight.fill_(1.0)
+    rows["ss_oc_evidence_null"] = det.decision_function(task.x_test)
+    x = to_image_tensor(task.x_train, fitted.config.image_size, "x_train")
+    y = to_normal_flags(task.labels_train, len(x), "labels_train")
+    for name, change in (("ss_retrained", {}), ("ss_uniform", {"head_sampling": "uniform"}),
+                         ("ss_in_sample", {"head_deviations": "in_sample"})):
+        net = copy.deepcopy(fitted)
+        net.heads = None
+        net.config = dataclasses.replace(net.config, **change)
+        torch.manual_seed(seed)   # every retrained variant starts its heads alike
+        fit_heads(net, x, y, {}, RunOptions())
+        det.model = net
+        rows[name] = det.decision_function(task.x_test)
+    det.model = fitted
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", choices=("digits", "cifar"), default="digits")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gamma", type=float, default=0.05)
+    p.add_argument("--classes", type=int, nargs="+", default=list(range(10)))
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    split, preset, budget = validation_source(args.dataset, args.seed)
+    get_config(preset, budget)   # a bad budget fails before any fit
+    for c in args.classes:
+        t0 = time.time()
+        rows = one_class_rows(make_one_vs_all(split, c, 0.0, args.seed), preset, budget, args.seed)
+        semi = make_one_vs_all(split, c, args.gamma, args.seed)
+        rows.update(semi_rows(semi, preset, budget, args.seed))
+        print(json.dumps({"ds": args.dataset, "split": "validation", "seed": args.seed, "c": c,
+                          **{k: round(100 * roc_auc_score(semi.labels_test, v), 2)
+                             for k, v in rows.items()}, "t": round(time.time() - t0)}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
