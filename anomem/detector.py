@@ -26,15 +26,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from anomem import __version__
 from anomem.base import Detector, is_real
-from anomem.config import AnoMemConfig, from_dict, get_config, to_dict
+from anomem.config import AnoMemConfig, get_config, to_dict
 from anomem.data.convert import to_image_tensor, to_normal_flags
-from anomem.errors import InvalidInputError, ModelFileError, RequiresFitting
+from anomem.errors import InvalidInputError, RequiresFitting
 from anomem.localisation import anomaly_map
+from anomem.model_file import MODEL_FORMAT, MODEL_VERSION, model_blob, read_model_file
 from anomem.presets import AUTO, auto_preset, input_side
 from anomem.progress import auto_progress
-from anomem.serialization import atomic_torch_save, require_checksum, safe_torch_load
+from anomem.serialization import atomic_torch_save
 from anomem.stages.common import RunOptions, map_batches
 from anomem.stages.stage1 import train_stage1
 from anomem.stages.stage2 import calibrate_scales, fit_heads, fit_kmeans_prototypes
@@ -47,8 +47,8 @@ from anomem.threshold import (
 )
 from anomem.torch_model import AnoMemModel
 
-MODEL_FORMAT = "anomem-model"
-MODEL_VERSION = 1
+__all__ = ["MODEL_FORMAT", "MODEL_VERSION", "RUNTIME_KEYS", "AnoMem", "data_digest", "holdout_count",
+           "holdout_indices", "resolve_config", "resolve_device", "run_fingerprint"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -88,29 +88,20 @@ def holdout_count(n_normal: int, fraction: float) -> int:
     return int(n_normal * fraction)
 
 
+def holdout_indices(y: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """Which images (y = 1: normal) :meth:`AnoMem.fit` holds out: a seeded draw of the normals."""
+    normal_idx = torch.nonzero(y == 1).squeeze(1)
+    k = holdout_count(len(normal_idx), fraction)
+    g = torch.Generator().manual_seed(seed + 1)
+    return normal_idx[torch.randperm(len(normal_idx), generator=g)[:k]]
+
+
 def data_digest(images: torch.Tensor, y: torch.Tensor) -> str:
     """A short hash of a training set, so a checkpoint is only resumed on the same data."""
     h = hashlib.blake2b(digest_size=16)
     for t in (images, y):   # the tensors' own bytes, without a copy of the training set
         h.update(np.ascontiguousarray(t.numpy()).reshape(-1).view(np.uint8))
     return h.hexdigest()
-
-
-def _threshold_fields(blob: dict[str, Any]) -> tuple[float | None, float | None, int]:
-    """Threshold, its false-alarm bound and held-out count, checked, from a model file.
-
-    Files written before the bound was stored lack the last two: None and 0.
-    """
-    threshold, bound = blob["threshold"], blob.get("threshold_frr_bound")
-    normals = blob.get("threshold_normals", 0)
-    if not (threshold is None or (is_real(threshold) and not np.isnan(threshold))):
-        raise TypeError(f"threshold {threshold!r} is not a number")
-    if not (bound is None or (is_real(bound) and 0 <= bound <= 1)):
-        raise TypeError(f"threshold_frr_bound {bound!r} is not a rate in [0, 1]")
-    if not (isinstance(normals, int) and not isinstance(normals, bool) and normals >= 0):
-        raise TypeError(f"threshold_normals {normals!r} is not a count")
-    return (None if threshold is None else float(threshold), None if bound is None else float(bound),
-            normals)
 
 
 #: Keys that say where and how fast a run goes, never what it computes: a checkpoint
@@ -124,8 +115,43 @@ def run_fingerprint(cfg: AnoMemConfig, images: torch.Tensor, y: torch.Tensor) ->
     return {"config": config, "data": data_digest(images, y)}
 
 
+
+def resolve_config(config: AnoMemConfig | str | Path, overrides: dict[str, Any],
+                   images: Any = None) -> AnoMemConfig:
+    """The configuration :meth:`AnoMem.fit` trains with, from the constructor's arguments.
+
+    ``auto`` picks the preset from the side of ``images`` (:func:`anomem.presets.auto_preset`);
+    without images (a check of the arguments alone) it stands for ``cpu``.
+
+    Raises:
+        ConfigError: not a preset, YAML path or config; an unknown key or a bad value.
+        InvalidInputError: ``auto`` cannot read the side of ``images``.
+    """
+    if isinstance(config, AnoMemConfig):
+        return config.replace(**overrides) if overrides else config
+    if isinstance(config, str) and config == AUTO:
+        return get_config("cpu" if images is None else auto_preset(input_side(images)), overrides)
+    return get_config(config, overrides)
+
+
+def _check_fraction(fraction: Any) -> None:
+    if not is_real(fraction) or not 0.0 <= fraction < 1.0:
+        raise InvalidInputError(f"validation_fraction must be a number in [0, 1), got {fraction!r}")
+
+
+def _score_network(model: AnoMemModel, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    """Fused anomaly scores of uint8 images (N, 3, S, S), float64 (N,)."""
+    opts = RunOptions(device=next(model.parameters()).device)
+    out = map_batches(model, x, opts, lambda m, b: m(b).cpu(), batch_size)
+    return torch.cat(out).numpy().astype(np.float64)
+
+
 class AnoMem(Detector):
     """Multi-scale contrasted-memory anomaly detector (one-class or semi-supervised).
+
+    A scikit-learn style estimator: the constructor only stores its arguments
+    (:meth:`get_params`, :meth:`set_params`, ``sklearn.base.clone`` work), and
+    everything :meth:`fit` or :meth:`load` computes ends with ``_``.
 
     Args:
         config: a preset name, a YAML path or an :class:`~anomem.config.AnoMemConfig`.
@@ -133,8 +159,8 @@ class AnoMem(Detector):
 
             * ``auto`` (default): ``digits``, ``cpu`` or ``mtd`` by the side of the
               training images before resizing (<= 24 px, <= 64 px, larger), chosen
-              in :meth:`fit` (:func:`anomem.presets.auto_preset`); until then
-              :attr:`config` holds the ``cpu`` preset;
+              in :meth:`fit` (:func:`anomem.presets.auto_preset`) and kept in
+              :attr:`config_`;
             * ``digits``: tiny images (8-24 px), ResNet-18 width 8 at 16x16;
             * ``cpu``: small images (25-64 px, e.g. CIFAR-10), ResNet-18 width 16 at 32x32;
             * ``mtd``: larger images and localisation (> 64 px), ResNet-18 width 16 at
@@ -142,31 +168,55 @@ class AnoMem(Detector):
             * ``paper``: the paper's setup, for a GPU: ResNet-50 width 64 at 32x32,
               batch 1024, 200 epochs.
         **overrides: configuration keys to change, e.g. ``stage1_epochs=5`` (with
-            ``auto``, on top of the chosen preset).
+            ``auto``, on top of the chosen preset).  They are checked at once
+            (:class:`~anomem.errors.ConfigError`), and again by :meth:`fit`.
 
     Attributes:
-        config: the configuration (with ``auto``: the chosen preset's, after :meth:`fit`).
+        config: the constructor's ``config``, as given (never changed by :meth:`fit`).
+        config_: the configuration the fit used (with ``auto``: the chosen preset's,
+            with the overrides); after :meth:`load`, the file's.
+        network_: the fitted :class:`~anomem.torch_model.AnoMemModel` (also :attr:`network`).
         threshold_: score above which :meth:`predict` calls an image an anomaly.
         threshold_frr_bound_: upper 95 % confidence bound on the share of new normal
             images that threshold_ flags (:mod:`anomem.threshold`); None when the
             threshold does not come from held-out normals.
         threshold_normals_: how many held-out normal images set threshold_ (0: the
             training normals did, and no bound holds).
+        decision_scores_: float64 (N,) scores of every image given to :meth:`fit`, in
+            their order, by the fitted network (as :meth:`decision_function` gives them):
+            training images, labelled anomalies and the normals held out for the
+            threshold alike.  Not stored in model files: :meth:`load` does not set it.
         history_: per-epoch training statistics of both stages.
     """
 
+    #: until fit or load: no threshold, hence no bound and no held-out normals (see Attributes)
+    threshold_frr_bound_: float | None = None
+    threshold_normals_: int = 0
+
     def __init__(self, config: AnoMemConfig | str | Path = AUTO, **overrides: Any) -> None:
-        self.preset = AUTO if isinstance(config, str) and config == AUTO else None
-        self._overrides = dict(overrides)
-        if isinstance(config, AnoMemConfig):
-            self.config = config.replace(**overrides) if overrides else config
-        else:
-            self.config = get_config("cpu" if self.preset else config, overrides)
-        self.model: AnoMemModel | None = None
-        self.threshold_: float | None = None
-        self.threshold_frr_bound_: float | None = None
-        self.threshold_normals_: int = 0
-        self.history_: dict[str, list[dict[str, float]]] = {}
+        self.config = config
+        self._overrides = overrides
+        resolve_config(config, overrides)   # a bad key or value is refused here already
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor's arguments: ``{"config": ..., **overrides}`` (the objects themselves)."""
+        return {"config": self.config, **self._overrides}
+
+    def set_params(self, **params: Any) -> AnoMem:
+        """Change constructor arguments (``config`` or configuration keys); returns self.
+
+        Raises:
+            ConfigError: the new arguments do not make a valid configuration (nothing changes).
+        """
+        config = params.pop("config", self.config)
+        overrides = {**self._overrides, **params}
+        resolve_config(config, overrides)
+        self.config, self._overrides = config, overrides
+        return self
+
+    def __repr__(self) -> str:
+        args = [repr(self.config)] + [f"{k}={v!r}" for k, v in self._overrides.items()]
+        return f"{type(self).__name__}({', '.join(args)})"
 
     # ------------------------------------------------------------------ fitting
     def fit(self, images: Any, labels: Any = None, *, validation_fraction: float = 0.2,
@@ -182,19 +232,17 @@ class AnoMem(Detector):
         threshold on the training normals, without a bound.  ``progress``:
         progress bars; None shows them on a terminal or in a notebook, not
         in redirected output.  With ``checkpoint_dir``, both stages
-        checkpoint there and a rerun resumes where it stopped.
+        checkpoint there and a rerun resumes where it stopped.  Sets
+        :attr:`config_`, :attr:`network_`, the threshold attributes,
+        :attr:`decision_scores_` and :attr:`history_`.
         """
-        if self.preset == AUTO:
-            self.config = get_config(auto_preset(input_side(images)), self._overrides)
-        cfg = self.config
+        cfg = resolve_config(self.config, self._overrides, images)
         x = to_image_tensor(images, cfg.image_size, "images")
         y = to_normal_flags(labels, len(x), "labels")
-        if not is_real(validation_fraction) or not 0.0 <= validation_fraction < 1.0:
-            raise InvalidInputError(f"validation_fraction must be a number in [0, 1), got "
-                                    f"{validation_fraction!r}")
+        _check_fraction(validation_fraction)
         _check_fit_options(checkpoint_dir, log, options)
         torch.manual_seed(cfg.seed)
-        held = self._holdout(y, validation_fraction)
+        held = holdout_indices(y, validation_fraction, cfg.seed)
         train = torch.ones(len(y), dtype=torch.bool)
         train[held] = False
         x_train, y_train, x_held = x[train], y[train], x[held]
@@ -207,27 +255,37 @@ class AnoMem(Detector):
                                      progress=auto_progress(progress), log=log)
         if checkpoint_dir is not None:
             opts.checkpoint_dir = Path(checkpoint_dir)
+        self.config_ = cfg
+        self.network_ = AnoMemModel(cfg).to(opts.device)
+        normals = self._train(x_train, y_train, opts)
+        ref = x_held if len(held) else normals
+        del normals
+        self._set_threshold(_score_network(self.network_, ref), len(held), validation_fraction)
+        x_all = torch.empty((len(y), *x_train.shape[1:]), dtype=x_train.dtype)
+        x_all[train], x_all[held] = x_train, x_held
+        self.decision_scores_ = _score_network(self.network_, x_all)
+        return self
+
+    def _train(self, x_train: torch.Tensor, y_train: torch.Tensor, opts: RunOptions) -> torch.Tensor:
+        """Stage 1, then the prototypes, heads or calibration of stage 2; returns the normals."""
+        cfg, model = self.config_, self.network_
         fingerprint = run_fingerprint(cfg, x_train, y_train)
-        self.model = AnoMemModel(cfg).to(opts.device)
         x1, y1 = ((x_train, y_train) if cfg.contrast_anomalies
                   else (x_train[y_train == 1], y_train[y_train == 1]))
         self.history_ = {"stage1": self._stage1(x1, y1, fingerprint, opts)}
         del x1, y1
         normals = x_train[y_train == 1]
         if cfg.prototypes == "kmeans":
-            fit_kmeans_prototypes(self.model, normals, opts)
+            fit_kmeans_prototypes(model, normals, opts)
         if bool((y_train == 0).any()):
-            self.history_["stage2"] = fit_heads(self.model, x_train, y_train, fingerprint, opts,
-                                                normals)
+            self.history_["stage2"] = fit_heads(model, x_train, y_train, fingerprint, opts, normals)
         elif cfg.calibrate:
-            calibrate_scales(self.model, normals, opts)
-        ref = x_held if len(held) else normals
-        self._set_threshold(self._scores(ref), len(held), validation_fraction)
-        return self
+            calibrate_scales(model, normals, opts)
+        return normals
 
     def _set_threshold(self, scores: np.ndarray, n_held: int, fraction: float) -> None:
         """threshold_ from ``n_held`` held-out normal scores (or training ones when 0)."""
-        target = self.config.target_frr
+        target = self.config_.target_frr
         self.threshold_ = order_statistic_threshold(scores, target)
         self.threshold_normals_ = n_held
         self.threshold_frr_bound_ = frr_upper_bound(n_held, target) if n_held else None
@@ -242,31 +300,28 @@ class AnoMem(Detector):
                           f"more than target_frr of new normal images; add normal images",
                           ThresholdWarning, stacklevel=3)
 
+    def _holdout(self, y: torch.Tensor, fraction: float) -> torch.Tensor:
+        """The normals the last fit held out (:func:`holdout_indices` with its seed)."""
+        return holdout_indices(y, fraction, self.config_.seed)
+
     def _stage1(self, x: torch.Tensor, y: torch.Tensor, fingerprint: dict[str, Any],
                 opts: RunOptions) -> list[dict[str, float]]:
         """Stage 1 on the training images (:mod:`anomem.distributed` shards it across ranks)."""
         return train_stage1(self._require_model(), x, y, fingerprint, opts)
 
-    def _holdout(self, y: torch.Tensor, fraction: float) -> torch.Tensor:
-        normal_idx = torch.nonzero(y == 1).squeeze(1)
-        k = holdout_count(len(normal_idx), fraction)
-        g = torch.Generator().manual_seed(self.config.seed + 1)
-        return normal_idx[torch.randperm(len(normal_idx), generator=g)[:k]]
-
     # ------------------------------------------------------------------ scoring
     def _require_model(self) -> AnoMemModel:
-        if self.model is None:
+        model = getattr(self, "network_", None)
+        if model is None:
             raise RequiresFitting("this AnoMem detector is not fitted yet; call fit(images) or "
                                   "AnoMem.load(path) first")
-        return self.model
+        return model
 
     def _device(self) -> torch.device:
         return next(self._require_model().parameters()).device
 
     def _scores(self, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
-        opts = RunOptions(device=self._device())
-        out = map_batches(self._require_model(), x, opts, lambda m, b: m(b).cpu(), batch_size)
-        return torch.cat(out).numpy().astype(np.float64)
+        return _score_network(self._require_model(), x, batch_size)
 
     def decision_function(self, images: Any, batch_size: int = 256) -> np.ndarray:
         """Anomaly score of each image (higher = more anomalous), shape (N,)."""
@@ -306,31 +361,29 @@ class AnoMem(Detector):
 
     @property
     def network(self) -> AnoMemModel:
-        """The fitted network (:class:`~anomem.torch_model.AnoMemModel`); RequiresFitting before fit."""
+        """The fitted network, :attr:`network_` (read-only); RequiresFitting before fit."""
         return self._require_model()
 
     @property
     def semi_supervised(self) -> bool:
+        """Whether the fitted network scores with heads trained on labelled anomalies."""
         return self._require_model().semi_supervised
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path) -> Path:
         """Write the fitted detector to one versioned file (atomic, pickle-free to load)."""
-        model = self._require_model()
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        return atomic_torch_save({
-            "format": MODEL_FORMAT, "version": MODEL_VERSION, "anomem_version": __version__,
-            "config": to_dict(model.config), "semi_supervised": model.semi_supervised,
-            "kmeans": self.config.prototypes == "kmeans", "threshold": self.threshold_,
-            "threshold_frr_bound": self.threshold_frr_bound_,
-            "threshold_normals": self.threshold_normals_, "state_dict": state}, path)
+        blob = model_blob(self._require_model(), self.threshold_, self.threshold_frr_bound_,
+                          self.threshold_normals_)
+        return atomic_torch_save(blob, path)
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> AnoMem:
         """Read a detector written by :meth:`save` (tensors and plain values only).
 
-        ``device`` defaults to the saved configuration's, or to ``auto`` when that
-        names CUDA and this machine has none (a GPU-trained model loads on a laptop).
+        The detector's :attr:`config` and :attr:`config_` are the file's
+        configuration.  ``device`` defaults to the saved configuration's, or to
+        ``auto`` when that names CUDA and this machine has none (a GPU-trained
+        model loads on a laptop).
 
         Raises:
             ModelFileError: missing, corrupt, unsafe, inconsistent or other-version file.
@@ -339,48 +392,17 @@ class AnoMem(Detector):
         """
         if not isinstance(path, (str, os.PathLike)):
             raise InvalidInputError(f"path must be a file path, got {type(path).__name__}")
-        blob = safe_torch_load(path, "model file")
-        if blob.get("format") != MODEL_FORMAT:
-            raise ModelFileError(f"{str(path)!r} is not an anomem model file")
-        if blob.get("version") != MODEL_VERSION:
-            raise ModelFileError(
-                f"model file {str(path)!r} has format version {blob.get('version')} (written by "
-                f"anomem {blob.get('anomem_version')}); this anomem {__version__} reads version "
-                f"{MODEL_VERSION}: install the matching anomem or re-fit the model")
-        require_checksum(blob, "model file", path)
-        try:
-            # files from before a key existed were made without it: memories that never grew,
-            # a stage 1 without pseudo-anomalies, one view, image-level scales weighed last,
-            # uniform batches for the heads and the one-class score weighed as much as they are
-            cfg = from_dict({"consolidate_factor": 1, "pseudo_anomalies": "none",
-                             "score_views": "single", "image_alpha": "last", "head_sampling": "uniform",
-                             "oc_evidence": None, **blob["config"]})
-            (threshold, bound, normals), state = _threshold_fields(blob), blob["state_dict"]
-            state = {"oc_weight": torch.ones(()), **state}   # heads and one-class weighed alike
-            if not all(isinstance(blob[k], bool) for k in ("kmeans", "semi_supervised")):
-                raise TypeError("kmeans / semi_supervised flags are not booleans")
-            if not all(isinstance(t, torch.Tensor) and (not t.is_floating_point()
-                                                        or bool(torch.isfinite(t).all()))
-                       for t in state.values()):
-                raise ValueError("the weights are not all finite tensors")
-            if blob["kmeans"] != (cfg.prototypes == "kmeans"):
-                raise ValueError("the kmeans flag contradicts the configuration's prototypes")
-            with torch.device("meta"):   # nothing is allocated until the weights fit the config
-                model = AnoMemModel.build(cfg, semi_supervised=blob["semi_supervised"])
-            wanted = {k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
-            if wanted != {k: (v.shape, v.dtype) for k, v in state.items()}:
-                raise ValueError("the weights do not fit the network its configuration describes")
-            model.load_state_dict(state, assign=True)
-        except (KeyError, IndexError, AttributeError, RuntimeError, TypeError, ValueError) as e:
-            reason = " ".join(str(e).split())[:300]
-            raise ModelFileError(f"model file {str(path)!r} is inconsistent ({reason}); re-fit "
-                                 f"and save the model again") from None
+        found = read_model_file(path)
+        cfg = found.config
         if device is not None:
             cfg = cfg.replace(device=device)
         elif cfg.device.startswith("cuda") and not torch.cuda.is_available():
             cfg = cfg.replace(device="auto")
         det = cls(cfg)
-        det.model = model.to(resolve_device(cfg.device)).eval()
-        det.model.config = cfg
-        det.threshold_, det.threshold_frr_bound_, det.threshold_normals_ = threshold, bound, normals
+        det.config_ = cfg
+        det.network_ = found.network.to(resolve_device(cfg.device)).eval()
+        det.network_.config = cfg
+        det.threshold_ = found.threshold
+        det.threshold_frr_bound_ = found.threshold_frr_bound
+        det.threshold_normals_ = found.threshold_normals
         return det

@@ -248,7 +248,7 @@ class DistributedAnoMem(AnoMem):
                 opts: RunOptions) -> list[dict[str, float]]:
         if not is_distributed():
             return super()._stage1(x, y, fingerprint, opts)
-        cfg, model = self.config, self._require_model()
+        cfg, model = self.config_, self._require_model()
         if cfg.batch_size % opts.world_size:
             raise ConfigError(f"config key 'batch_size': {cfg.batch_size} is not divisible by the "
                               f"{opts.world_size} processes; choose a multiple of {opts.world_size}")

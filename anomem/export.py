@@ -59,7 +59,7 @@ class ExportError(AnoMemError, RuntimeError):
 
 def metadata(det: AnoMem) -> dict[str, str]:
     """What a deployment needs besides the graph: input layout, side, threshold, versions."""
-    side = det.config.image_size
+    side = det.config_.image_size
     return {"anomem_version": __version__, "image_size": str(side),
             "threshold": "" if det.threshold_ is None else repr(float(det.threshold_)),
             "input": f"float32 (N, 3, {side}, {side}) RGB in [0, 1]",
@@ -86,10 +86,10 @@ def export_model(det: AnoMem, path: str | Path, fmt: Format) -> Path:
     """Trace ``det``'s scoring network on the CPU and write it to ``path`` (atomically)."""
     if fmt not in FORMATS:
         raise InvalidInputError(f"export format {fmt!r} is unknown; choose one of {', '.join(FORMATS)}")
-    if det.model is None:
+    if getattr(det, "network_", None) is None:
         raise RequiresFitting("the detector is not fitted; fit it or AnoMem.load it before exporting")
-    model = det.model.to("cpu").eval()
-    side = det.config.image_size
+    model = det.network_.to("cpu").eval()
+    side = det.config_.image_size
     example = torch.rand(2, 3, side, side, generator=torch.Generator().manual_seed(0))
     meta = metadata(det)
     try:
@@ -146,7 +146,7 @@ def score_scale(det: AnoMem, images: torch.Tensor, scores: np.ndarray | None = N
 
 def well_posed(det: AnoMem, images: torch.Tensor) -> np.ndarray:
     """(N,) bool: which uint8 ``images`` are ``TIE_MARGIN`` or more from a retrieval tie everywhere."""
-    model = det.model
+    model = getattr(det, "network_", None)
     if model is None:
         raise RequiresFitting("the detector is not fitted; fit it or AnoMem.load it first")
     opts = RunOptions(device=next(model.parameters()).device)

@@ -305,7 +305,7 @@ def check_class_folders(base: Path) -> Callable[[tuple[list[tuple[str, str, byte
 def tiny_model_file(folder: Path) -> bytes:
     """The bytes of a saved detector with an untrained (random) width-4 network."""
     det = AnoMem("digits", mem_sizes=[4, 4], width=4)
-    det.model = AnoMemModel.build(det.config).eval()
+    det.network_ = AnoMemModel.build(get_config("digits", {"mem_sizes": [4, 4], "width": 4})).eval()
     det.threshold_ = 0.5
     return det.save(folder / "m.anomem").read_bytes()
 
@@ -313,7 +313,7 @@ def tiny_model_file(folder: Path) -> bytes:
 def check_model_file(model_file: bytes) -> Callable[[bytes], bool]:
     """A check of ``AnoMem.load``: damaged copies of ``model_file`` load identically or are refused."""
     original = AnoMem.load(write_tmp(model_file, ".anomem"))
-    reference = original.model.state_dict()
+    reference = original.network_.state_dict()
 
     def check(data: bytes) -> bool:
         path = write_tmp(data, ".anomem")
@@ -325,7 +325,7 @@ def check_model_file(model_file: bytes) -> Callable[[bytes], bool]:
             path.unlink()
         # accepted only if the damage missed the content (e.g. zip metadata torch ignores)
         assert det.threshold_ == original.threshold_ and det.config == original.config
-        state = det.model.state_dict()
+        state = det.network_.state_dict()
         assert state.keys() == reference.keys()
         assert all(torch.equal(state[k], reference[k]) for k in reference)
         return False

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from anomem import AnoMem
+from anomem import AnoMem, get_config
 from anomem.serialization import atomic_write_bytes, atomic_write_text
 from anomem.stages.common import load_checkpoint, save_checkpoint
 from anomem.torch_model import AnoMemModel
@@ -27,7 +27,7 @@ FINGERPRINT = {"config": {"seed": 0}, "data": "abc"}
 def write_model(path: Path, version: int) -> None:
     det = AnoMem("digits", seed=version)
     torch.manual_seed(version)
-    det.model = AnoMemModel.build(det.config).eval()
+    det.network_ = AnoMemModel.build(get_config("digits", {"seed": version})).eval()
     det.threshold_ = float(version)
     det.save(path)
 

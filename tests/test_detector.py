@@ -27,7 +27,7 @@ def test_stage1_lowers_loss_and_keeps_memory_variance(oc):
     last = np.mean([h["loss"] for h in hist[-3:]])
     assert last < first - 0.2, (first, last)
     assert all(-h["var1"] > 1e-3 and -h["var2"] > 1e-3 for h in hist[-3:])
-    assert prototype_spread(det.model) > 1e-3
+    assert prototype_spread(det.network_) > 1e-3
 
 
 def test_one_class_auroc_well_above_chance(oc):
@@ -73,7 +73,7 @@ def test_predict_uses_threshold_at_target_false_rejection(oc):
     det, task = oc
     normals = task.x_train
     frr = det.predict(normals).mean()
-    assert frr <= det.config.target_frr + 0.02
+    assert frr <= det.config_.target_frr + 0.02
     assert set(np.unique(det.predict(task.x_test))) <= {0, 1}
     assert det.predict(task.x_test, threshold=-np.inf).all()
 

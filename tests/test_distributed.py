@@ -101,10 +101,10 @@ def _short_fit(opts: Any) -> dict[str, Any]:
     split = load_digits_split()
     normals = split.x_train[split.y_train == 0][:16]
     det = DistributedAnoMem(_config("all").replace(stage1_epochs=2)).fit(normals, options=opts)
-    params = torch.cat([p.detach().flatten() for p in det.model.parameters()])
+    params = torch.cat([p.detach().flatten() for p in det.network_.parameters()])
     gathered = [torch.empty_like(params) for _ in range(WORLD)]
     torch.distributed.all_gather(gathered, params)
-    norms = {type(m).__name__ for m in det.model.encoder.modules() if "Norm" in type(m).__name__}
+    norms = {type(m).__name__ for m in det.network_.encoder.modules() if "Norm" in type(m).__name__}
     return {"spread": float((gathered[0] - gathered[1]).abs().max()), "bn": sorted(norms),
             "epochs": len(det.history_["stage1"]),
             "scores": torch.as_tensor(det.decision_function(split.x_test[:5]))}

@@ -70,7 +70,7 @@ def test_exported_scores_equal_python_scores(request, tmp_path, test_images, fmt
 def test_traced_graph_runs_every_hopfield_step_like_the_early_exit(one_class, tmp_path, test_images):
     # with a huge tolerance every query converges at step 1 and Python leaves the loop early;
     # the traced graph runs all steps, freezing converged queries, and must agree
-    for mem in one_class.model.memories:
+    for mem in one_class.network_.memories:
         mem.tol = 10.0
     try:
         for fmt in ("torchscript", "onnx"):
@@ -80,8 +80,8 @@ def test_traced_graph_runs_every_hopfield_step_like_the_early_exit(one_class, tm
             np.testing.assert_allclose(got[keep], one_class.decision_function(test_images)[keep],
                                        rtol=0, atol=TOLERANCE * score_scale(one_class, test_images))
     finally:
-        for mem in one_class.model.memories:
-            mem.tol = one_class.config.hopfield_tol
+        for mem in one_class.network_.memories:
+            mem.tol = one_class.config_.hopfield_tol
 
 
 def test_metadata_travels_with_the_file(one_class, tmp_path):
@@ -99,12 +99,12 @@ def test_metadata_travels_with_the_file(one_class, tmp_path):
 
 def test_verify_export_catches_a_model_that_scores_differently(one_class, tmp_path, test_images):
     path = export_model(one_class, tmp_path / "m.onnx", "onnx")
-    one_class.model.score_mean += 0.01  # the Python model changes after export
+    one_class.network_.score_mean += 0.01  # the Python model changes after export
     try:
         with pytest.raises(ExportError, match="differ from the Python model"):
             verify_export(one_class, path, "onnx", test_images)
     finally:
-        one_class.model.score_mean -= 0.01
+        one_class.network_.score_mean -= 0.01
     bound = TOLERANCE * score_scale(one_class, test_images)
     assert verify_export(one_class, path, "onnx", test_images) <= bound
 
@@ -128,7 +128,7 @@ def test_a_retrieval_tie_is_left_out_of_the_check_and_the_rest_still_compared(on
     # is ill-posed: rounding picks either.  Two patterns placed symmetrically about one test
     # image's vector make it so; the other images are still compared, and a real difference
     # in their scores is still caught.
-    model = one_class.model
+    model = one_class.network_
     mem = model.memory(len(model.dims) // len(model.views) - 1)   # the image's own view's last scale
     kept = mem.patterns.detach().clone()
     with torch.no_grad():

@@ -68,7 +68,7 @@ def test_nan_weight_stops_stage1_and_the_checkpoint_resumes_cleanly(data, tmp_pa
     def poison(m: dict[str, Any]) -> None:
         if m["stage"] == 1 and m["step"] == 3:          # after the step-2 checkpoint
             with torch.no_grad():
-                det.model.encoder.parameters().__next__().view(-1)[0] = float("nan")
+                det.network_.encoder.parameters().__next__().view(-1)[0] = float("nan")
     with pytest.raises(TrainingDivergedError, match=r"stage 1: the loss became nan at step 4"):
         fit_with_fault(det, x[:64], None, tmp_path, poison)
     ck = saved(tmp_path / "stage1.ckpt")
@@ -90,7 +90,7 @@ def test_weights_blown_up_at_a_checkpoint_step_are_never_saved(data, tmp_path):
     def blow_up(m: dict[str, Any]) -> None:
         if m["stage"] == 1 and m["step"] == 4:          # the loss of step 4 was finite
             with torch.no_grad():
-                det.model.memories[0].patterns[0, 0] = float("inf")
+                det.network_.memories[0].patterns[0, 0] = float("inf")
     with pytest.raises(TrainingDivergedError, match=r"parameter 'memories.0.patterns' became "
                                                     r"NaN or infinite at step 4"):
         fit_with_fault(det, x[:64], None, tmp_path, blow_up)
@@ -105,7 +105,7 @@ def test_nan_in_stage2_heads_stops_stage2_and_keeps_its_checkpoint(data, tmp_pat
     def poison(m: dict[str, Any]) -> None:
         if m["stage"] == 2 and m["step"] == 3:
             with torch.no_grad():
-                det.model.heads[0].mlp[0].weight.fill_(float("nan"))
+                det.network_.heads[0].mlp[0].weight.fill_(float("nan"))
     with pytest.raises(TrainingDivergedError, match=r"stage 2: the loss became nan at step 4.*"
                                                     r"stage2_lr"):
         fit_with_fault(det, x, labels, tmp_path, poison)
@@ -123,12 +123,12 @@ def test_collapsed_prototypes_stop_stage1_and_keep_the_last_good_checkpoint(data
     def collapse(m: dict[str, Any]) -> None:
         if m["stage"] == 1 and m["step"] == 4:          # the last step of epoch 2
             with torch.no_grad():
-                p = det.model.memories[1].patterns
+                p = det.network_.memories[1].patterns
                 p.copy_(p[:1].expand_as(p))
     with pytest.raises(TrainingDivergedError, match=r"prototypes collapsed to one point at "
                                                     r"epoch 2.*Raise lambda_v") as err:
         fit_with_fault(det, x[:64], None, tmp_path, collapse)
-    assert prototype_spread(det.model) < COLLAPSE_SPREAD
+    assert prototype_spread(det.network_) < COLLAPSE_SPREAD
     assert "\n" not in str(err.value)
     ck = saved(tmp_path / "stage1.ckpt")
     assert ck["step"] == 2

@@ -108,7 +108,7 @@ def test_both_settings_localise_with_their_own_maps(digits, detectors):
 
 @pytest.mark.parametrize("which", [0, 1])
 def test_traced_heatmap_equals_eager(digits, detectors, which):
-    model = detectors[which].model.eval()
+    model = detectors[which].network_.eval()
     net = AnomalyMapNet(model, sigma=1.5)
     x = torch.from_numpy(np.repeat(digits.x_test[:4, None], 3, axis=1)).float() / 255
     x = torch.nn.functional.interpolate(x, size=16, mode="bilinear")
@@ -135,4 +135,4 @@ def test_bad_calls_are_named(digits, detectors):
     with pytest.raises(InvalidInputError, match="images"):
         detectors[0].anomaly_map(np.zeros((0, 8, 8)))
     with pytest.raises(InvalidInputError, match=r"\(B, 3, H, W\)"):
-        anomaly_map(detectors[0].model, torch.zeros(2, 16, 16))
+        anomaly_map(detectors[0].network_, torch.zeros(2, 16, 16))

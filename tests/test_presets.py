@@ -13,7 +13,7 @@ from PIL import Image
 
 from anomem import AnoMem
 from anomem.cli.main import main
-from anomem.config import PRESETS
+from anomem.config import PRESETS, get_config
 from anomem.errors import InvalidInputError
 from anomem.presets import AUTO, PRESET_GUIDE, auto_preset, files_side, input_side
 from anomem.progress import auto_progress
@@ -39,10 +39,10 @@ def test_the_auto_rule_and_the_side_it_reads():
 def test_anomem_defaults_to_auto_and_resolves_it_at_fit(side, preset):
     x = np.random.default_rng(0).integers(0, 256, (12, side, side, 3), dtype=np.uint8)
     det = AnoMem(**NO_TRAINING)
-    assert det.preset == AUTO and det.config.image_size == 32           # the cpu placeholder
+    assert det.config == AUTO and not hasattr(det, "config_")          # resolved at fit
     det.fit(x, validation_fraction=0.0)
-    expected = AnoMem(preset, **NO_TRAINING).config
-    assert det.config == expected and det.config.width == 4             # overrides on top
+    expected = get_config(preset, NO_TRAINING)
+    assert det.config_ == expected and det.config_.width == 4           # overrides on top
     assert det.decision_function(x).shape == (12,)
 
 

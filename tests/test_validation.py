@@ -46,7 +46,7 @@ def refused(call: Callable[[], Any], error: type[AnoMemError], match: str) -> An
 def detector() -> AnoMem:
     """An unfitted-network detector that can score (fitting is not what is tested here)."""
     det = AnoMem("digits")
-    det.model = AnoMemModel.build(det.config).eval()
+    det.network_ = AnoMemModel.build(get_config("digits")).eval()
     det.threshold_ = 0.5
     return det
 
@@ -175,13 +175,13 @@ def test_load_refuses_bad_paths_and_foreign_files(detector, tmp_path):
 
 
 def test_load_refuses_inconsistent_model_files(detector, tmp_path):
-    state = {k: v.clone() for k, v in detector.model.state_dict().items()}
+    state = {k: v.clone() for k, v in detector.network_.state_dict().items()}
     state["memories.0.patterns"][0, 0] = float("nan")
     cases = [({"threshold": "high"}, "threshold"), ({"kmeans": torch.ones(2)}, "booleans"),
              ({"state_dict": state}, "not all finite"), ({"state_dict": [1, 2]}, "inconsistent"),
-             ({"config": {**to_dict(detector.config), "width": 16}}, "do not fit"),
+             ({"config": {**to_dict(detector.network_.config), "width": 16}}, "do not fit"),
              # a crafted config asking for a huge network: refused before any allocation
-             ({"config": {**to_dict(detector.config), "width": 2 ** 16}}, "do not fit"),
+             ({"config": {**to_dict(detector.network_.config), "width": 2 ** 16}}, "do not fit"),
              ({"config": {"arch": "vgg"}}, "'arch'"), ({"config": None}, "inconsistent")]
     for changes, match in cases:
         refused(lambda c=changes: AnoMem.load(saved_blob(detector, tmp_path, **c)), ModelFileError,
@@ -191,14 +191,14 @@ def test_load_refuses_inconsistent_model_files(detector, tmp_path):
 def test_load_device_argument(detector, tmp_path):
     path = detector.save(tmp_path / "m.anomem")
     refused(lambda: AnoMem.load(path, device="tpu"), ConfigError, "'device'")
-    assert AnoMem.load(path, device="cpu").config.device == "cpu"
+    assert AnoMem.load(path, device="cpu").config_.device == "cpu"
 
 
 @NO_CUDA
 def test_a_model_trained_on_cuda_loads_on_a_cpu_machine(detector, tmp_path):
-    path = saved_blob(detector, tmp_path, config={**to_dict(detector.config), "device": "cuda"})
+    path = saved_blob(detector, tmp_path, config={**to_dict(detector.network_.config), "device": "cuda"})
     det = AnoMem.load(path)
-    assert det.config.device == "auto" and det._device().type == "cpu"
+    assert det.config_.device == "auto" and det._device().type == "cpu"
     np.testing.assert_array_equal(det.decision_function(IMAGES), detector.decision_function(IMAGES))
     refused(lambda: AnoMem.load(path, device="cuda"), InvalidInputError, "not available")
 
@@ -214,7 +214,7 @@ def flip_inside(path: Path, tensor: torch.Tensor) -> None:
 
 def test_bit_flipped_model_and_checkpoint_files_are_refused(detector, tmp_path):
     path = detector.save(tmp_path / "m.anomem")
-    flip_inside(path, detector.model.memories[0].patterns.detach())
+    flip_inside(path, detector.network_.memories[0].patterns.detach())
     refused(lambda: AnoMem.load(path), ModelFileError, "corrupt.*checksum")
     layer = torch.nn.Linear(32, 32)
     ckpt = tmp_path / "stage1.ckpt"

@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     det = AnoMem.load(args.model)
     threshold = model_threshold(det, args.threshold, args.model)
     normal_e, anom_e = labelled_sources(args)
-    size, progress = det.config.image_size, not args.quiet and auto_progress()
+    size, progress = det.config_.image_size, not args.quiet and auto_progress()
     normal, normal_e = load_entries(normal_e, size, args.bad_images, progress, "normal images")
     anom, anom_e = load_entries(anom_e, size, args.bad_images, progress, "anomalies")
     if normal.skipped or anom.skipped:
@@ -185,11 +185,11 @@ def _write(args: argparse.Namespace, det: AnoMem, images: torch.Tensor, labels: 
     if args.threshold is not None:
         origin = "given with --threshold"
     elif det.threshold_normals_:
-        origin = f"stored in the model: {describe(det.threshold_normals_, det.config.target_frr)}"
+        origin = f"stored in the model: {describe(det.threshold_normals_, det.config_.target_frr)}"
     else:
         origin = "stored in the model"
-    summary = (f"Model {args.model} ({mode}, {det.config.arch}, {det.config.image_size}x"
-               f"{det.config.image_size} px input). {int((labels == 0).sum())} normal images and "
+    summary = (f"Model {args.model} ({mode}, {det.config_.arch}, {det.config_.image_size}x"
+               f"{det.config_.image_size} px input). {int((labels == 0).sum())} normal images and "
                f"{int(labels.sum())} anomalies from {sources}. Threshold {threshold:.6g} ({origin}).")
     return write_report(out, det, labels=labels, scores=scores, threshold=threshold,
                         names=[str(e.path) for e in entries], images=images, metrics=metrics,

@@ -45,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     det = AnoMem.load(args.model, device="cpu")
-    side = det.config.image_size
+    side = det.config_.image_size
     out = Path(args.output) if args.output else Path(args.model).with_suffix(SUFFIX[args.format])
     if args.check:
         images = load_images(collect_images(args.check), side, "fail", what="check images").images

@@ -143,8 +143,8 @@ def threshold_origin(det: AnoMem, explicit: float | None) -> str:
     if explicit is not None:
         return "set explicitly with --threshold"
     if det.threshold_normals_:
-        return describe(det.threshold_normals_, det.config.target_frr)
-    return (f"flags {100 * det.config.target_frr:g}% of the training normal images; no bound on new "
+        return describe(det.threshold_normals_, det.config_.target_frr)
+    return (f"flags {100 * det.config_.target_frr:g}% of the training normal images; no bound on new "
             f"images: hold out normals with --validation-fraction")
 
 

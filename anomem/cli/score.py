@@ -63,7 +63,7 @@ def model_threshold(det: AnoMem, explicit: float | None, path: str) -> float:
 
 def run(args: argparse.Namespace) -> int:
     det = AnoMem.load(args.model)
-    loaded, entries = load_entries(expand_sources(args.paths), det.config.image_size, args.bad_images,
+    loaded, entries = load_entries(expand_sources(args.paths), det.config_.image_size, args.bad_images,
                                    not args.quiet and auto_progress(), "images")
     if loaded.skipped:
         print(f"anomem score: warning: {format_skipped(loaded.skipped)}", file=sys.stderr)

@@ -45,6 +45,6 @@ def linear_eval(detector: AnoMem, split: LabelledSplit, c: float = 1.0) -> dict[
     """Linear-evaluation accuracy of ``detector``'s encoder on every class of ``split``."""
     acc = linear_accuracy(encoder_features(detector, split.x_train), split.y_train,
                           encoder_features(detector, split.x_test), split.y_test, c,
-                          detector.config.seed)
+                          detector.config_.seed)
     return {"n_classes": len(split.classes), "n_train": len(split.x_train),
             "n_test": len(split.x_test), "accuracy": acc}

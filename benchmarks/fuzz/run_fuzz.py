@@ -101,7 +101,7 @@ def check_fit(arg: tuple[Any, Any]) -> bool:
         det = AnoMem(get_config("digits", TINY)).fit(images, labels)
     except AnoMemError:
         return True
-    assert det.model is not None
+    assert det.network_ is not None
     return False
 
 

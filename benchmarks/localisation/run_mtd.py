@@ -48,6 +48,7 @@ from anomem.baselines.pixel_knn import PixelKNN
 from anomem.config import parse_override, to_dict
 from anomem.data.convert import to_image_tensor, to_normal_flags
 from anomem.data.mtd import MTD_TYPES, MTDImages, read_mtd, split_mtd
+from anomem.detector import resolve_config
 from anomem.localisation import fuse_maps, gaussian_smooth
 from anomem.reports.pixel_metrics import localisation_metrics
 from anomem.reports.report import overlay
@@ -104,11 +105,11 @@ def score_and_map(det: AnoMem, images: np.ndarray, sigma: float) -> tuple[np.nda
 def with_heads(oc: AnoMem, train: MTDImages, seed_note: dict[str, Any]) -> AnoMem:
     """A copy of the one-class detector with scale heads trained on ``train`` (Eq. 10-12)."""
     det = copy.deepcopy(oc)
-    cfg = det.config
+    cfg = det.config_
     x = to_image_tensor(train.images, cfg.image_size, "train images")
     y = to_normal_flags(train.labels, len(x), "train labels")
     torch.manual_seed(cfg.seed)
-    det.history_ = {"stage2": fit_heads(det.model, x, y, seed_note, RunOptions())}
+    det.history_ = {"stage2": fit_heads(det.network_, x, y, seed_note, RunOptions())}
     return det
 
 
@@ -121,11 +122,11 @@ def encoder_knn(oc: AnoMem, train: MTDImages, test: MTDImages, sigma: float, ban
     normalised training vectors of its scale, fused and smoothed as AnoMem's
     heatmap is (:func:`anomem.localisation.fuse_maps`, the spatial scales' alphas).
     """
-    scores = KNNDetector(oc.config, k=1, encoder=oc).fit(train.images).decision_function(test.images)
-    n_maps = len(oc.model.stages)
+    scores = KNNDetector(oc.config_, k=1, encoder=oc).fit(train.images).decision_function(test.images)
+    n_maps = len(oc.network_.stages)
     unit = [torch.nn.functional.normalize(z, dim=1) for z in feature_maps(oc, train.images)[0][:n_maps]]
     query = [torch.nn.functional.normalize(z, dim=1) for z in feature_maps(oc, test.images)[0][:n_maps]]
-    alphas = oc.model.alphas[:n_maps]
+    alphas = oc.network_.alphas[:n_maps]
     maps = fuse_maps([nearest_patch(a, b, bank, seed) for a, b in zip(unit, query)],
                      alphas / alphas.sum(), test.images.shape[1:], sigma)
     return scores, maps.numpy()
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     overrides = dict(parse_override(o) for o in args.overrides)
     oc = AnoMem(args.preset, seed=args.seed, device="cpu", **overrides)
-    data = read_mtd(side=oc.config.image_size)
+    data = read_mtd(side=resolve_config(args.preset, overrides).image_size)
     oc_split = split_mtd(data, args.train_fraction, args.seed)
     t0 = time.perf_counter()
     oc.fit(oc_split.train.images, progress=True, validation_fraction=0.0)
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             "1-NN on raw pixels": pixel_knn(oc_split.train, oc_split.test, args.sigma, args.bank,
                                             args.patch, args.seed)}.items():
         results[name] = evaluate(oc_split.test, sc, mp)
-    note = {"config": to_dict(oc.config), "seed": args.seed}
+    note = {"config": to_dict(oc.config_), "seed": args.seed}
     ss_split = split_mtd(data, args.train_fraction, args.seed, args.labelled_per_type)
     ss = with_heads(oc, ss_split.train, note)
     ss_scores, ss_raw = score_and_map(ss, ss_split.test.images, 0.0)
@@ -274,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         "anomem_version": __version__, "seed": args.seed, "train_fraction": args.train_fraction,
         "labelled_per_type": args.labelled_per_type, "sigma": args.sigma, "bank": args.bank,
         "patch": args.patch,
-        "config": to_dict(oc.config), "threads": args.threads,
+        "config": to_dict(oc.config_), "threads": args.threads,
         "machine": f"2-core CPU shared with other jobs, no GPU ({platform.processor() or 'cpu'}, "
                    f"torch {torch.__version__})",
         "n": {"train_normal": len(oc_split.train), "test_normal": int((oc_split.test.types < 0).sum()),

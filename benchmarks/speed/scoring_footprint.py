@@ -63,7 +63,7 @@ def worker(work: Path, n: int, method: str, reps: int) -> dict[str, Any]:
     torch.set_num_threads(1)
     det = AnoMem.load(work / "anomem.model", device="cpu")
     x_test = safe_torch_load(work / "test.pt", "test images")["x"]
-    knn = KNNDetector(det.config, k=2, encoder=det)
+    knn = KNNDetector(det.config_, k=2, encoder=det)
     knn._net = _PooledScales(det.network)
     det.decision_function(x_test)           # the encoder's working memory is in place for both
     before = _rss_kb("VmRSS")
@@ -94,13 +94,13 @@ def prepare(work: Path, epochs: int, n_test: int, n_bank: int) -> dict[str, Any]
                                                                 validation_fraction=0.0)
     det.save(work / "anomem.model")
     net = _PooledScales(det.network)
-    bank = embed(net, split.x_train[:n_bank], det.config)
-    check = KNNDetector(det.config, k=2, encoder=det).fit(split.x_train[:1000])
+    bank = embed(net, split.x_train[:n_bank], det.config_)
+    check = KNNDetector(det.config_, k=2, encoder=det).fit(split.x_train[:1000])
     assert torch.allclose(check.bank_, bank[:1000], atol=1e-5), "bank slices differ from fit()"
     atomic_torch_save({"bank": bank}, work / "bank.pt")
     x_test = torch.as_tensor(split.x_test[:n_test]).permute(0, 3, 1, 2).contiguous()
     atomic_torch_save({"x": x_test}, work / "test.pt")
-    return {"config": to_dict(det.config), "bank_dim": bank.shape[1]}
+    return {"config": to_dict(det.config_), "bank_dim": bank.shape[1]}
 
 
 def main(argv: list[str] | None = None) -> int:

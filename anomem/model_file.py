@@ -1,0 +1,121 @@
+"""The model file of :meth:`anomem.AnoMem.save`: what it holds and how it is read back.
+
+One versioned dictionary of tensors and plain values (no pickled objects),
+written atomically with a checksum by :func:`anomem.serialization.atomic_torch_save`.
+Reading checks the format, the version, the checksum, every field's type and
+that the weights fit the network the stored configuration describes, before
+anything is allocated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from anomem import __version__
+from anomem.base import is_real
+from anomem.config import AnoMemConfig, from_dict, to_dict
+from anomem.errors import ModelFileError
+from anomem.serialization import require_checksum, safe_torch_load
+from anomem.torch_model import AnoMemModel
+
+MODEL_FORMAT = "anomem-model"
+MODEL_VERSION = 1
+#: What a command or call expecting a model file wants instead of what it was given.
+EXPECTED = "a model file written by 'anomem fit' or AnoMem.save"
+
+#: Keys that files written before they existed lack, with the value those files were made with:
+#: memories that never grew, a stage 1 without pseudo-anomalies, one view, image-level scales
+#: weighed last, uniform batches for the heads and the one-class score weighed as much as they are.
+LEGACY_CONFIG = {"consolidate_factor": 1, "pseudo_anomalies": "none", "score_views": "single",
+                 "image_alpha": "last", "head_sampling": "uniform", "oc_evidence": None}
+
+
+@dataclass
+class ModelFile:
+    """The content of a model file, checked: configuration, network (on the CPU) and threshold."""
+
+    config: AnoMemConfig
+    network: AnoMemModel
+    threshold: float | None
+    threshold_frr_bound: float | None
+    threshold_normals: int
+
+
+def model_blob(network: AnoMemModel, threshold: float | None, frr_bound: float | None,
+               normals: int) -> dict[str, Any]:
+    """The dictionary :meth:`anomem.AnoMem.save` writes for a fitted ``network``."""
+    state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
+    return {"format": MODEL_FORMAT, "version": MODEL_VERSION, "anomem_version": __version__,
+            "config": to_dict(network.config), "semi_supervised": network.semi_supervised,
+            "kmeans": network.config.prototypes == "kmeans", "threshold": threshold,
+            "threshold_frr_bound": frr_bound, "threshold_normals": normals, "state_dict": state}
+
+
+def _threshold_fields(blob: dict[str, Any]) -> tuple[float | None, float | None, int]:
+    """Threshold, its false-alarm bound and held-out count, checked, from a model file.
+
+    Files written before the bound was stored lack the last two: None and 0.
+    """
+    threshold, bound = blob["threshold"], blob.get("threshold_frr_bound")
+    normals = blob.get("threshold_normals", 0)
+    if not (threshold is None or (is_real(threshold) and not np.isnan(threshold))):
+        raise TypeError(f"threshold {threshold!r} is not a number")
+    if not (bound is None or (is_real(bound) and 0 <= bound <= 1)):
+        raise TypeError(f"threshold_frr_bound {bound!r} is not a rate in [0, 1]")
+    if not (isinstance(normals, int) and not isinstance(normals, bool) and normals >= 0):
+        raise TypeError(f"threshold_normals {normals!r} is not a count")
+    return (None if threshold is None else float(threshold), None if bound is None else float(bound),
+            normals)
+
+
+def _network(blob: dict[str, Any], cfg: AnoMemConfig) -> AnoMemModel:
+    """The network of a model file, its weights checked against ``cfg`` before allocation."""
+    state = {"oc_weight": torch.ones(()), **blob["state_dict"]}   # heads and one-class weighed alike
+    if not all(isinstance(blob[k], bool) for k in ("kmeans", "semi_supervised")):
+        raise TypeError("kmeans / semi_supervised flags are not booleans")
+    if not all(isinstance(t, torch.Tensor) and (not t.is_floating_point()
+                                                or bool(torch.isfinite(t).all()))
+               for t in state.values()):
+        raise ValueError("the weights are not all finite tensors")
+    if blob["kmeans"] != (cfg.prototypes == "kmeans"):
+        raise ValueError("the kmeans flag contradicts the configuration's prototypes")
+    with torch.device("meta"):   # nothing is allocated until the weights fit the config
+        model = AnoMemModel.build(cfg, semi_supervised=blob["semi_supervised"])
+    wanted = {k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
+    if wanted != {k: (v.shape, v.dtype) for k, v in state.items()}:
+        raise ValueError("the weights do not fit the network its configuration describes")
+    model.load_state_dict(state, assign=True)
+    return model
+
+
+def read_model_file(path: str | Path) -> ModelFile:
+    """Read and check a file written by :meth:`anomem.AnoMem.save` (tensors and plain values only).
+
+    Raises:
+        ModelFileError: missing, not a model file, corrupt, unsafe, inconsistent or
+            other-version file; the message names the file and the fix.
+    """
+    blob = safe_torch_load(path, "model file")
+    if blob.get("format") != MODEL_FORMAT:
+        raise ModelFileError(f"{str(path)!r} is not an anomem model file (an anomem file of "
+                             f"another kind, e.g. a checkpoint); pass {EXPECTED}")
+    if blob.get("version") != MODEL_VERSION:
+        raise ModelFileError(
+            f"model file {str(path)!r} has format version {blob.get('version')} (written by "
+            f"anomem {blob.get('anomem_version')}); this anomem {__version__} reads version "
+            f"{MODEL_VERSION}: install the matching anomem or re-fit the model")
+    require_checksum(blob, "model file", path)
+    try:
+        cfg = from_dict({**LEGACY_CONFIG, **blob["config"]})
+        threshold, bound, normals = _threshold_fields(blob)
+        network = _network(blob, cfg)
+    except (KeyError, IndexError, AttributeError, RuntimeError, TypeError, ValueError) as e:
+        reason = " ".join(str(e).split())[:300]
+        raise ModelFileError(f"model file {str(path)!r} is inconsistent ({reason}); re-fit "
+                             f"and save the model again") from None
+    return ModelFile(cfg, network, threshold, bound, normals)
