@@ -61,7 +61,7 @@ SIGMAS = (0.0, 4.0, 8.0)
 
 def feature_maps(det: AnoMem, images: np.ndarray) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """z(s) and Delta(s) of every image, per memory scale, (N, C, H, W) each."""
-    model = det.model
+    model = det.network_
     x = to_image_tensor(images, model.config.image_size, "images")
 
     def both(m: torch.nn.Module, b: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

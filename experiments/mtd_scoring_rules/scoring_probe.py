@@ -54,21 +54,22 @@ from benchmarks.localisation.run_mtd import feature_maps, nearest_patch
 @torch.no_grad()
 def recalibrate_batchnorm(det: AnoMem, images: np.ndarray) -> None:
     """Recompute every BatchNorm running mean/variance as the plain average over ``images``."""
-    layers = [m for m in det.model.encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    layers = [m for m in det.network_.encoder.modules()
+              if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in layers]
     for m in layers:
         m.reset_running_stats()
         m.momentum = None                       # cumulative average over the batches
-    x = to_image_tensor(images, det.model.config.image_size, "images")
+    x = to_image_tensor(images, det.network_.config.image_size, "images")
 
     def in_train_mode(m: torch.nn.Module, b: torch.Tensor) -> None:
         m.encoder.train()                       # map_batches sets eval mode; BatchNorm must update
         m.features(b)
 
-    map_batches(det.model, x, RunOptions(), in_train_mode, batch_size=64)
+    map_batches(det.network_, x, RunOptions(), in_train_mode, batch_size=64)
     for m, momentum in zip(layers, momenta):
         m.momentum = momentum
-    det.model.eval()
+    det.network_.eval()
 
 
 def rules(det: AnoMem, train: MTDImages, test: MTDImages, bank: int,
@@ -110,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.recalibrate_bn:
         recalibrate_batchnorm(det, split.train.images)
     print("stage-1 loss per epoch:", [round(h["loss"], 3) for h in det.history_["stage1"]], flush=True)
-    n_maps = len(det.model.stages)              # image-level scales have no position (as in anomaly_map)
-    weights = (det.model.alphas / det.model.score_std)[:n_maps]
+    n_maps = len(det.network_.stages)              # image-level scales have no position (as in anomaly_map)
+    weights = (det.network_.alphas / det.network_.score_std)[:n_maps]
     out = {}
     for name, maps in rules(det, split.train, split.test, args.bank, args.seed).items():
         heat = fuse_maps(maps[:n_maps], weights / weights.sum(), (128, 128), 4.0).numpy()
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
            "epochs": args.epochs, "seed": args.seed, "bank": args.bank,
            "recalibrate_bn": args.recalibrate_bn, "fit_s": round(fit_s, 1),
            "stage1_loss": [round(h["loss"], 3) for h in det.history_["stage1"]],
-           "config": to_dict(det.config), "anomem": __version__, "torch_threads": 1,
+           "config": to_dict(det.config_), "anomem": __version__, "torch_threads": 1,
            "machine": f"{platform.machine()}, CPU only", "results": out}
     append_result(args.results, {"cell": row["command"], **row})   # a rerun replaces its row
     return 0

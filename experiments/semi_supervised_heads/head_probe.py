@@ -83,25 +83,25 @@ def run(args: argparse.Namespace) -> None:
                 raw = copy.deepcopy(net)
                 raw.score_mean.zero_()
                 raw.score_std.fill_(1.0)
-                det.model = raw
+                det.network_ = raw
                 row["oc_raw"] = det.decision_function(t.x_test)
             else:
                 net.config = dataclasses.replace(net.config, **kv)
                 torch.manual_seed(args.seed)  # the same heads' start whether the fit was run or loaded
                 fit_heads(net, x, y, {}, RunOptions())
                 weighted[name] = net
-            det.model = net
+            det.network_ = net
             row[name] = det.decision_function(t.x_test)
         for name, net in weighted.items():
             if net.config.semi_score != "heads+oc":
                 continue
             kept = net.oc_weight.clone()
-            det.model = net
+            det.network_ = net
             for w in args.oc_weights:
                 net.oc_weight.fill_(w)
                 row[f"{name}@{w:g}"] = det.decision_function(t.x_test)
             net.oc_weight.copy_(kept)
-        det.model = fitted
+        det.network_ = fitted
         knn = KNNDetector(preset, k=1, encoder=det).fit(t.x_train, t.labels_train)
         row["knn"] = knn.decision_function(t.x_test)
         pixel = PixelKNN(size=input_side(t.x_train), k=1).fit(t.x_train, t.labels_train)

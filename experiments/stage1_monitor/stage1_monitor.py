@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from anomem import AnoMem
     from anomem.baselines.knn import KNNDetector
-    from anomem.config import parse_override
+    from anomem.config import get_config, parse_override
     from anomem.data.convert import to_image_tensor
     from anomem.protocols.one_vs_all import make_one_vs_all
     from anomem.protocols.runner import load_dataset
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     def knn_auroc(model: torch.nn.Module) -> float:
         """KNNDetector(k=1) on the encoder being trained (wrapped in an unfitted AnoMem)."""
         shell = AnoMem(model.config)
-        shell.model = model
+        shell.network_ = model
         knn = KNNDetector(model.config, k=1, encoder=shell).fit(x_train, t.labels_train)
         return 100 * roc_auc_score(y_test, knn.decision_function(x_test))
 
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
 
     overrides = dict(parse_override(o) for o in args.set)
-    config = AnoMem("cpu", seed=args.seed, **overrides).config
+    config = get_config("cpu", {"seed": args.seed, **overrides})
     torch.manual_seed(config.seed)        # as fit does before it builds the network: its initial weights
     emit(0, with_data_statistics(AnoMemModel(config), x_train), {})
     if args.init_only:

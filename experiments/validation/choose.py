@@ -111,9 +111,9 @@ def semi_rows(task: Any, preset: str, budget: dict[str, Any], seed: int) -> dict
         net.config = dataclasses.replace(net.config, **change)
         torch.manual_seed(seed)   # every retrained variant starts its heads alike
         fit_heads(net, x, y, {}, RunOptions())
-        det.model = net
+        det.network_ = net
         rows[name] = det.decision_function(task.x_test)
-    det.model = fitted
+    det.network_ = fitted
     return rows
 
 
