@@ -54,96 +54,36 @@ def choice(default: Any, literal: Any, what: str) -> Any:
 class AnoMemConfig:
     """Every hyper-parameter of AnoMem; defaults are the paper's where it gives one.
 
-    Where the paper is silent, each default and its measurement is in
-    ``docs/design.md``.  The fields made with :func:`choice` are this package's
-    choices, each with the paper's literal value; ``recipe="paper"`` (through
-    :func:`get_config` or :meth:`replace`) sets them all to it, and
-    :meth:`beyond_paper` lists where a configuration departs from it.
-    ``recipe`` records the recipe asked for.
+    The fields made with :func:`choice` are this package's choices where the
+    paper is silent or read otherwise, each with the paper's literal value;
+    ``recipe="paper"`` (through :func:`get_config` or :meth:`replace`) sets
+    them all to it, :meth:`beyond_paper` lists where a configuration departs
+    from it, and ``docs/design.md`` gives each one's reason and measurement.
 
-    Backbone: ``arch``, ``width`` (channels of the first stage; 64 is the standard
-    ResNet), ``stem`` (``cifar``: 3x3 conv, no max-pool; ``imagenet``: 7x7/2 conv +
-    max-pool) and ``image_size`` (inputs are resized to it, square).
-
-    Memory (Eq. 1, 7, 8): ``memory_stages`` are the ResNet stages (1-4) after
-    which a Hopfield layer sits, with ``mem_sizes`` patterns and first-stage
-    sampling ratios ``ratios`` each; ``beta`` is the inverse temperature,
-    ``hopfield_steps`` and ``hopfield_tol`` bound the retrieval iteration,
-    ``normalize`` L2-normalises queries and patterns (see
-    :class:`anomem.memory.HopfieldMemory`).  ``global_memory``: the image-level
-    scale(s) (``every`` pooled memory stage, the ``own`` last one, the last one
-    ``shared`` with its map's memory, or ``none``); an image-level memory of
-    its own holds ``global_mem_factor`` x N_mem of its stage; ``reseed_dead`` restarts
-    patterns that answer no normal query in an epoch; ``consolidate`` Lloyd
-    steps of the patterns on the clean training normals end stage 1, which
-    first grows every memory to ``consolidate_factor`` x its trained patterns;
-    ``score_retrieval`` is Eq. 1 at beta -> infinity (``nearest``) or at
-    ``beta`` (``hopfield``) in Eq. 8; ``score_views`` scores an image as the
-    mean of Eq. 13 over test-time views (``single``: the image; ``mirror``: and
-    its mirror image; ``flips``: and upside down, and both), each view with
-    memories of its own, copies of the stage-1 memories consolidated on the same
-    view of the training normals (without consolidation, ``consolidate=0``, they
-    stay copies of the image's own, which measured worse; see
-    :meth:`anomem.torch_model.AnoMemModel.copy_view_memories`); ``memory_init`` (``random`` N(0, 1/d) or
-    first-batch features, ``data``).  ``use_memory=False`` trains plain
-    multi-scale contrastive learning and ``prototypes="kmeans"`` scores with
-    nearest k-means centroids (Table 4's ablations).
-
-    Stage 1 (Eq. 2-7): ``tau``, ``lambda_v``, ``variance`` (Eq. 6's Var over
-    the ``components`` of a vector or across the ``batch``), ``negatives``
-    (``all``: every sampled vector of both views; ``same_position``),
-    ``projector`` (``mlp``: Eq. 4 compares the two branches after a per-scale
-    two-layer MLP, used in stage 1 only, as SimCLR's projection head),
-    ``pseudo_anomalies`` (``rotation``: a ``pseudo_fraction`` share of every
-    batch is added again rotated by 90, 180 or 270 degrees and labelled
-    anomalous in Eq. 3, the default; ``none``: the paper's stage 1; see
-    :func:`anomem.augment.rotated_pseudo_anomalies`), ``contrast_anomalies``
-    (true: labelled anomalies enter Eq. 3 with y = 0, the paper's stage 1;
-    false: stage 1 trains on the normal images alone, as a one-class fit does,
-    and only the heads see the labelled anomalies), SGD with
-    Nesterov momentum and cosine annealing (``stage1_*``).  Augmentations:
-    ``crop_scale``, ``jitter``, ``blur_sigma``, ``noise_std`` and
-    ``view_geometry`` (``independent`` or ``shared`` crops and flips, or
-    ``aligned``: independent ones with each map position's positive taken where
-    view 2 shows the same point, see :class:`anomem.augment.TwoViewAugment`).
-
-    Stage 2 (Eq. 8-13): ``scale_norm`` (Eq. 9 as the ``frobenius`` norm of the
-    whole map or its ``rms`` per position), ``margin`` M of the double hinge,
-    ``head_hidden`` and ``head_pool`` (output side of the average pooling phi)
-    of the per-scale MLPs, ``calibrate`` standardises per-scale one-class scores
-    on training normals before the Eq. 13 fusion (``calibration``: ``scales``,
-    each scale by its own mean and std; ``fused``, every scale by the mean and
-    std of the alpha-fused score, which standardises that score and keeps its
-    ranking), ``image_alpha`` (the confidence alpha of an image-level scale in
-    Eq. 13: ``stage``, that of the stage it pools; ``last``, after every map,
-    the largest; see :attr:`AnoMemConfig.alphas`), ``semi_score`` (``heads+oc``:
-    the heads clipped to [0, M] plus the standardised one-class score, weighted
-    by ``oc_evidence``; ``heads``: the heads alone), ``oc_evidence`` (the
-    one-class score counts as this many labelled anomalies: its weight is
-    sqrt(oc_evidence / n_anomalies), see
-    :func:`anomem.stages.stage2.one_class_weight`; ``null``: weight 1) and
-    ``head_sampling`` (``balanced``: each batch draws normal and anomalous
-    images with equal probability; ``uniform``: every image alike, the paper's).
-
-    ``head_inputs``: phi(Delta) ``standardised`` per feature for the heads'
-    training (folded into their first layer afterwards) or ``raw``, the paper's.
-    ``head_deviations``: the heads train on the deviations of the training
-    images from memories consolidated without them (``out_of_fold``, see
-    :func:`anomem.stages.stage2.head_features`) or from the fitted memories
-    (``in_sample``, the paper's; without consolidation it is the only reading).
-
-    Decision: ``target_frr`` is the false-rejection rate on normals that sets the
-    threshold at fit time.
-
-    Speed (CUDA only; ignored on the CPU, off by default): ``amp`` runs the
-    stage-1 encoder forward under bf16 autocast (memories and losses stay in
-    float32); ``channels_last`` stores the encoder's weights and inputs in NHWC.
-
-    Memory (CPU with glibc only; computes the same): during stage 1, tensors of
-    at least ``malloc_mmap_threshold`` bytes get pages of their own, returned
-    when freed, instead of heap holes that a tensor of the same size cannot
-    reuse (0: glibc's default; see :mod:`anomem.heap`).  Less resident memory,
-    more page faults (``benchmarks/memory``).
+    Backbone: ``arch``, ``width`` (channels of the first stage), ``stem``
+    (``cifar``: 3x3 conv, no max-pool; ``imagenet``: 7x7/2 conv + max-pool),
+    ``image_size`` (inputs are resized to it, square).
+    Memory (Eq. 1, 7, 8): ``memory_stages`` (ResNet stages 1-4 followed by a
+    Hopfield layer), ``mem_sizes`` (N_mem), ``ratios`` (sampled share of
+    positions), ``beta``, ``hopfield_steps``, ``hopfield_tol``, ``normalize``,
+    ``global_memory``, ``global_mem_factor``, ``reseed_dead``, ``consolidate``,
+    ``consolidate_factor``, ``memory_init``; ``use_memory=False`` and
+    ``prototypes="kmeans"`` are Table 4's ablations.
+    Stage 1 (Eq. 2-7): ``tau``, ``lambda_v``, ``variance``, ``negatives``,
+    ``projector``, ``pseudo_anomalies`` (with ``pseudo_fraction``),
+    ``contrast_anomalies``, SGD with Nesterov momentum and cosine annealing
+    (``batch_size``, ``stage1_*``) and the augmentations (``crop_scale``,
+    ``jitter``, ``blur_sigma``, ``noise_std``, ``view_geometry``).
+    Stage 2 (Eq. 8-13): ``score_retrieval``, ``score_views``, ``scale_norm``,
+    ``margin``, ``head_hidden``, ``head_pool``, ``stage2_*``, ``head_sampling``,
+    ``head_inputs``, ``head_deviations``, ``semi_score``, ``oc_evidence``,
+    ``calibrate``, ``calibration``, ``image_alpha``.
+    Decision: ``target_frr``, the false-rejection rate on held-out normals that
+    sets the threshold.  ``recipe`` records the recipe asked for; ``seed``.
+    Runtime (never what a fit computes): ``device``; ``amp`` (bf16 autocast of
+    the stage-1 encoder, CUDA only) and ``channels_last`` (NHWC, CUDA only);
+    ``malloc_mmap_threshold`` (CPU with glibc: tensors of at least this many
+    bytes get pages of their own during stage 1, see :mod:`anomem.heap`).
     """
 
     arch: str = "resnet50"
@@ -308,7 +248,10 @@ def choices_table() -> str:
     read the same source (``tests/test_recipe.py`` checks the document holds it).
     """
     def cell(v: Any) -> str:
-        return "—" if v == NOT_IN_PAPER else f"`{'null' if v is None else str(_plain(v)).lower() if isinstance(v, bool) else _plain(v)}`"
+        if v == NOT_IN_PAPER:
+            return "—"
+        text = "null" if v is None else str(v).lower() if isinstance(v, bool) else _plain(v)
+        return f"`{text}`"
 
     rows = ["| key | default | literal (`recipe=paper`) | what it is |", "|---|---|---|---|"]
     rows += [f"| [`{k}`](#{k}) | {cell(f.default)} | {cell(f.metadata['literal'])} "
