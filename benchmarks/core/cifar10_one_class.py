@@ -28,7 +28,7 @@ import torch
 from anomem import AnoMem, __version__
 from anomem.config import parse_override
 from anomem.data.cifar import read_cifar10_jpeg_tar
-from anomem.data.locate import CIFAR10_JPEG, shared_file
+from anomem.data.locate import CIFAR10_JPEG, data_file
 from anomem.protocols.one_vs_all import auroc, make_one_vs_all
 from anomem.serialization import atomic_write_text
 
@@ -40,7 +40,7 @@ VARIANTS = {"anomem": {},
 
 
 def run_cell(cls: int, variant: str, seed: int, overrides: dict) -> dict:
-    split = read_cifar10_jpeg_tar(shared_file(CIFAR10_JPEG))
+    split = read_cifar10_jpeg_tar(data_file(CIFAR10_JPEG))
     task = make_one_vs_all(split, cls, 0.0, seed)
     t0 = time.perf_counter()
     det = AnoMem("cpu", seed=seed, **VARIANTS[variant], **overrides).fit(task.x_train,

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from anomem.augment import TwoViewAugment
 from anomem.config import get_config, parse_override, to_dict
 from anomem.data.folders import read_image
-from anomem.data.locate import CIFAR10_JPEG, shared_file
+from anomem.data.locate import CIFAR10_JPEG, data_file
 from anomem.serialization import atomic_write_bytes
 from anomem.stages.common import sgd_cosine
 from anomem.stages.stage1 import ContrastedMemoryObjective
@@ -61,7 +61,7 @@ class JpegFiles(Dataset):
 def extract(n: int, folder: Path) -> list[Path]:
     """Write the first ``n`` training JPEGs of the shared CIFAR-10 archive as files."""
     paths = []
-    with tarfile.open(shared_file(CIFAR10_JPEG)) as tf:
+    with tarfile.open(data_file(CIFAR10_JPEG)) as tf:
         for m in tf:
             if m.isfile() and m.name.strip("./").startswith("train/") and len(paths) < n:
                 f = tf.extractfile(m)

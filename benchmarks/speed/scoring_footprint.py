@@ -36,7 +36,7 @@ from anomem.baselines.common import embed
 from anomem.baselines.knn import KNNDetector, _PooledScales
 from anomem.config import to_dict
 from anomem.data.cifar import cached_cifar10_jpeg
-from anomem.data.locate import CIFAR10_JPEG, shared_file
+from anomem.data.locate import CIFAR10_JPEG, data_file
 from anomem.detector import AnoMem
 from anomem.serialization import atomic_torch_save, safe_torch_load
 
@@ -89,7 +89,7 @@ def worker(work: Path, n: int, method: str, reps: int) -> dict[str, Any]:
 def prepare(work: Path, epochs: int, n_test: int, n_bank: int) -> dict[str, Any]:
     """Train the AnoMem detector briefly, embed the first ``n_bank`` training images once."""
     torch.set_num_threads(2)
-    split = cached_cifar10_jpeg(shared_file(CIFAR10_JPEG))
+    split = cached_cifar10_jpeg(data_file(CIFAR10_JPEG))
     det = AnoMem("cpu", stage1_epochs=epochs, device="cpu").fit(split.x_train[:1000],
                                                                 validation_fraction=0.0)
     det.save(work / "anomem.model")

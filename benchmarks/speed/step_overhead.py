@@ -34,7 +34,7 @@ from anomem.augment import TwoViewAugment
 from anomem.config import get_config, parse_override, to_dict
 from anomem.data.cifar import cached_cifar10_jpeg
 from anomem.data.convert import to_image_tensor
-from anomem.data.locate import CIFAR10_JPEG, shared_file
+from anomem.data.locate import CIFAR10_JPEG, data_file
 from anomem.stages.common import sgd_cosine
 from anomem.stages.stage1 import ContrastedMemoryObjective
 from anomem.torch_model import AnoMemModel
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = get_config(args.config, dict(parse_override(o) for o in args.overrides))
-    split = cached_cifar10_jpeg(shared_file(CIFAR10_JPEG))
+    split = cached_cifar10_jpeg(data_file(CIFAR10_JPEG))
     x = to_image_tensor(split.x_train[:cfg.batch_size], cfg.image_size).float() / 255
     torch.manual_seed(0)
     v1, v2 = TwoViewAugment(cfg.image_size, cfg.crop_scale, cfg.jitter, cfg.blur_sigma, cfg.noise_std)(x)
