@@ -10,8 +10,8 @@ Example:
     >>> X, t = load_digits(return_X_y=True)
     >>> X = (X.reshape(-1, 8, 8) / 16.0)
     >>> det = AnoMem("digits", stage1_epochs=1).fit(X[t == 0][:40])
-    >>> det.decision_function(X[:3]).shape
-    (3,)
+    >>> det.decision_function(X[:5]).shape
+    (5,)
 """
 
 from __future__ import annotations

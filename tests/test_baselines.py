@@ -90,6 +90,6 @@ def test_every_detector_follows_one_contract(digits):
     det = PixelKNN(size=8).fit(x)
     with pytest.raises(RequiresFitting, match="threshold"):
         det.predict(x)
-    far = np.full((3, 8, 8), 255, np.uint8)
+    far = np.full((3, 8, 8, 1), 255, np.uint8)
     s = det.decision_function(far)
     assert det.predict(far, threshold=float(s.min()) - 1e-9).tolist() == [1, 1, 1]

@@ -95,8 +95,8 @@ def test_scores_before_fit_raise_requires_fitting():
 @pytest.mark.parametrize("images,match", [
     (np.zeros((0, 8, 8)), "empty"),
     (np.zeros((3, 8, 8, 5)), "channels"),
-    (np.full((3, 8, 8), np.nan), "NaN"),
-    (np.full((3, 8, 8), 3.0), r"\[0, 1\]"),
+    (np.full((2, 8, 8), np.nan), "NaN"),
+    (np.full((2, 8, 8), 3.0), r"\[0, 1\]"),
     (np.zeros((8, 8)), "shape"),
 ])
 def test_bad_images_are_refused_with_a_clear_error(images, match):

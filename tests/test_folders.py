@@ -77,7 +77,7 @@ def test_lossless_files_decode_to_the_same_tensor_as_the_arrays(tmp_path, scans)
     loaded = load_images(paths, 16)
     assert loaded.images.dtype == torch.uint8 and loaded.images.shape == (4, 3, 16, 16)
     assert loaded.paths == paths and loaded.skipped == []
-    assert np.array_equal(loaded.images.numpy(), to_image_tensor(scans[:4], 16).numpy())
+    assert np.array_equal(loaded.images.numpy(), to_image_tensor(scans[:4, None], 16).numpy())
 
 
 def test_modes_and_sizes_gray_rgb_rgba_palette_16bit_float(tmp_path, scans):

@@ -67,4 +67,4 @@ def test_errors_name_the_fix(digits):
     with pytest.raises(InvalidInputError, match="at least 3 normal"):
         PixelKNN(k=3).fit(train[:2])
     with pytest.raises(InvalidInputError, match="at least 2 normal"):
-        leave_one_out_scores(train[:3], [0, 1, 1])
+        leave_one_out_scores(train[:3, None], [0, 1, 1])

@@ -104,7 +104,7 @@ def test_out_of_fold_scores_view_by_view_equal_every_view_at_once(flips, digits)
 
 def test_the_heatmap_averages_the_views_flipped_back(flips, digits):
     model = flips.network
-    x = to_image_tensor(digits.x_test[:3], 16).float() / 255
+    x = to_image_tensor(digits.x_test[:3, None], 16).float() / 255
     with torch.no_grad():
         views = [anomaly_map(one_view(model, v), x.flip(dims) if dims else x, sigma=0.0)
                  for v, dims in enumerate(SCORE_VIEWS["flips"])]

@@ -13,8 +13,8 @@ Example:
     >>> X = X.reshape(-1, 8, 8) / 16.0
     >>> lab = (t[:60] != 0).astype(int)
     >>> det = SupervisedClassifier("digits", stage1_epochs=1).fit(X[:60], lab)
-    >>> det.decision_function(X[:3]).shape
-    (3,)
+    >>> det.decision_function(X[:5]).shape
+    (5,)
 """
 
 from __future__ import annotations

@@ -30,42 +30,166 @@ def _is_count(v: Any) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
 
 
+#: Sizes an axis of channels has: gray, RGB, RGBA.
+CHANNELS = (1, 3, 4)
+#: Full scale of 16-bit pixels (16-bit PNG and TIFF files, common in inspection).
+UINT16_MAX = 65535
+
+
+def _is_pil(obj: Any) -> bool:
+    return hasattr(obj, "mode") and hasattr(obj, "convert")
+
+
+def _is_uint16(obj: Any) -> bool:
+    """A numpy array or tensor of 16-bit unsigned pixels."""
+    dtype = getattr(obj, "dtype", None)
+    if isinstance(dtype, np.dtype):
+        return dtype.kind == "u" and dtype.itemsize == 2      # either byte order
+    return hasattr(torch, "uint16") and dtype == torch.uint16
+
+
 def _as_tensor(obj: Any, name: str) -> torch.Tensor:
     if isinstance(obj, torch.Tensor):
         return obj
     try:
+        arr = np.asarray(obj)
+        if arr.dtype.kind in "ui" and not arr.dtype.isnative:   # big-endian, e.g. from "I;16B"
+            arr = arr.astype(arr.dtype.newbyteorder("="))
+        if arr.dtype == np.uint16 and not hasattr(torch, "uint16"):   # torch < 2.3
+            arr = arr.astype(np.int32)
         with warnings.catch_warnings():   # read-only arrays are fine: nothing writes into them
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            return torch.as_tensor(np.asarray(obj))
+            return torch.as_tensor(arr)
     except (TypeError, ValueError, RuntimeError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InvalidInputError(f"{name} must be numeric arrays of images ({reason})") from None
 
 
+def pil_pixels(im: Any) -> np.ndarray:
+    """The pixels of a PIL image: (H, W) or (H, W, 3), uint16 for 16-bit modes, else uint8.
+
+    ``I;16`` modes (16-bit PNG / TIFF) keep their 16 bits (scaled from 0-65535 by
+    :func:`to_image_tensor`); ``I`` (32-bit integers) is read as 16-bit when a value
+    exceeds 255, else as 8-bit; ``F`` as fractions when its maximum is at most 1,
+    else as 0-255 (clipped), as :mod:`anomem.data.folders` reads such files; every
+    other mode is converted to RGB.
+    """
+    if im.mode.startswith("I;16"):
+        return np.asarray(im).astype(np.uint16)
+    if im.mode in ("I", "F"):
+        arr = np.asarray(im).astype(np.float64)
+        if im.mode == "F" and arr.max(initial=0.0) <= 1.0:
+            arr = arr * 255.0
+        elif im.mode == "I" and arr.max(initial=0.0) > 255:
+            arr = arr * 255.0 / UINT16_MAX
+        return np.clip(np.round(arr), 0, 255).astype(np.uint8)
+    return np.asarray(im.convert("RGB"))
+
+
 def _one_image_chw(img: Any, name: str) -> torch.Tensor:
-    if hasattr(img, "mode") and hasattr(img, "convert"):  # a PIL image
-        img = np.asarray(img.convert("RGB"))
-    arr = _as_tensor(img, name)
+    """One image of a list: (H, W) gray, (H, W, C) or (C, H, W) (channels first when the
+    first axis is 1, 3 or 4, else last), or a PIL image, to (C, H, W)."""
+    arr = _as_tensor(pil_pixels(img) if _is_pil(img) else img, name)
     if arr.ndim == 2:
-        arr = arr.unsqueeze(-1)
+        return arr.unsqueeze(0)
     if arr.ndim != 3:
         raise InvalidInputError(f"{name}: each image must be 2-D or 3-D, got shape {tuple(arr.shape)}")
-    if arr.shape[-1] in (1, 3, 4) and arr.shape[0] not in (1, 3, 4):
+    if arr.shape[-1] in CHANNELS and arr.shape[0] not in CHANNELS:
         arr = arr.permute(2, 0, 1)
     return arr
+
+
+def _ambiguity(shape: tuple[int, ...]) -> str | None:
+    """How a 3-D array could be one image as well as N gray images (N, H, W); None if it cannot.
+
+    (1, H, W) is one gray image either way, and a reading as one image less than 2 px
+    high or wide does not count.
+    """
+    n, h, w = shape
+    if w in CHANNELS and min(n, h) >= 2:
+        return (f"{n} gray images of {h}x{w} px, or one {n}x{h} px image with {w} channel(s) last; "
+                f"pass x[None] for one image (H, W, C), or x[..., None] for {n} gray images")
+    if n in (3, 4) and min(h, w) >= 2:
+        return (f"{n} gray images of {h}x{w} px, or one {h}x{w} px image with {n} channels first; "
+                f"pass x[None] for one image (C, H, W), or x[:, None] for {n} gray images")
+    return None
+
+
+def _batch_nchw(x: torch.Tensor, name: str) -> torch.Tensor:
+    """A batch of any accepted layout as (N, C, H, W), its shape checked."""
+    if x.ndim == 3:
+        why = _ambiguity(tuple(x.shape))
+        if why is not None:
+            raise InvalidInputError(f"{name}: a 3-D array of shape {tuple(x.shape)} is ambiguous: "
+                                    f"{why}")
+        x = x.unsqueeze(1)
+    if x.ndim != 4:
+        raise InvalidInputError(
+            f"{name} must have shape (N, H, W), (N, H, W, C) or (N, C, H, W); got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise InvalidInputError(f"{name} is empty; pass at least one image")
+    if x.shape[1] not in CHANNELS and x.shape[-1] in CHANNELS:
+        x = x.permute(0, 3, 1, 2)
+    if x.shape[1] not in CHANNELS:
+        raise InvalidInputError(f"{name}: images need 1 (gray), 3 (RGB) or 4 (RGBA) channels, "
+                                f"got shape {tuple(x.shape)}; convert them to RGB first")
+    if min(x.shape[2:]) < 1:
+        raise InvalidInputError(f"{name}: images have a zero dimension {tuple(x.shape)}")
+    if x.shape[2] * x.shape[3] > MAX_IMAGE_PIXELS:
+        raise InvalidInputError(f"{name}: images of {x.shape[2]}x{x.shape[3]} pixels exceed the "
+                                f"{MAX_IMAGE_PIXELS:,}-pixel limit; downscale them first")
+    return x
+
+
+def _check_values(x: torch.Tensor, name: str) -> None:
+    """Refuse an image dtype, or fractions outside [0, 1] (uint8 and uint16 are always fine)."""
+    if x.dtype == torch.bool or x.is_complex():
+        raise InvalidInputError(f"{name}: dtype {x.dtype} is not an image type; use uint8 or float")
+    if x.dtype == torch.uint8:
+        return
+    # min/max in float32, as the conversion sees them (NaN propagates, overflow becomes inf);
+    # cast first: torch has no min/max for uint16/32/64
+    xf = x if x.is_floating_point() else x.to(torch.float32)
+    lo, hi = float(xf.min().float()), float(xf.max().float())
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise InvalidInputError(f"{name} contain NaN or infinite values")
+    if lo >= 0 and hi <= 1:
+        return
+    if x.is_floating_point():
+        raise InvalidInputError(f"{name}: float images must lie in [0, 1], got range "
+                                f"[{lo:.3g}, {hi:.3g}]; divide uint8 pixels by 255")
+    dtype = str(x.dtype).removeprefix("torch.")
+    raise InvalidInputError(f"{name}: images of dtype {dtype} are read as fractions in [0, 1], got "
+                            f"range [{lo:.3g}, {hi:.3g}]; pass 8-bit pixels as uint8 "
+                            f"(x.astype(np.uint8)), 16-bit ones as uint16, or floats in [0, 1]")
 
 
 def to_image_tensor(images: Any, size: int, name: str = "images") -> torch.Tensor:
     """Validate and convert a batch of images to uint8 (N, 3, size, size).
 
-    Accepts a numpy array or tensor of shape (N, H, W), (N, H, W, C) or
-    (N, C, H, W) with C in {1, 3, 4}, as uint8 (0-255) or float (0-1), or a
-    sequence of such images / PIL images of any sizes.
+    Layouts, read without guessing:
+
+    * a 4-D array or tensor is (N, C, H, W) when its second axis is 1, 3 or 4,
+      else (N, H, W, C) with C in {1, 3, 4};
+    * a 3-D array is N gray images (N, H, W), unless it could as well be one
+      image of at least 2x2 px: last axis 1, 3 or 4 (one (H, W, C) image) or
+      first axis 3 or 4 (one (C, H, W) image).  Such a shape is refused with an
+      :class:`~anomem.errors.InvalidInputError` naming both readings: pass
+      ``x[None]`` for one image, ``x[..., None]`` or ``x[:, None]`` (or any 4-D
+      array) for a batch of gray images.  (1, H, W) is one gray image either way;
+    * a list or tuple holds single images of any sizes: (H, W) gray, (H, W, C)
+      or (C, H, W) (channels first when the first axis is 1, 3 or 4), or PIL
+      images (:func:`pil_pixels`).
+
+    Values: uint8 is 0-255; uint16 (16-bit PNG / TIFF pixels) is 0-65535, scaled
+    by 255/65535; float images lie in [0, 1]; other integer dtypes are read as
+    fractions too, so they may only hold 0 and 1 (a mask), and otherwise are
+    refused with a message naming the dtype.
 
     Raises:
-        InvalidInputError: empty input, wrong rank, unsupported channel count,
-            non-numeric, non-finite or out-of-range values, or an image of more
-            than :data:`MAX_IMAGE_PIXELS` pixels.
+        InvalidInputError: empty input, wrong rank, an ambiguous 3-D shape, an
+            unsupported channel count, non-numeric, non-finite or out-of-range
+            values, or an image of more than :data:`MAX_IMAGE_PIXELS` pixels.
     """
     if not _is_count(size):
         raise InvalidInputError(f"image size must be a positive integer, got {size!r}")
@@ -74,49 +198,26 @@ def to_image_tensor(images: Any, size: int, name: str = "images") -> torch.Tenso
             raise InvalidInputError(f"{name} is empty; pass at least one image")
         return torch.cat([to_image_tensor(_one_image_chw(im, name).unsqueeze(0), size, name)
                           for im in images])
-    if hasattr(images, "mode") and hasattr(images, "convert"):
+    if _is_pil(images):
         return to_image_tensor([images], size, name)
-    x = _as_tensor(images, name)
-    if x.ndim == 3:
-        x = x.unsqueeze(-1)
-    if x.ndim != 4:
-        raise InvalidInputError(
-            f"{name} must have shape (N, H, W), (N, H, W, C) or (N, C, H, W); got {tuple(x.shape)}")
-    if x.shape[0] == 0:
-        raise InvalidInputError(f"{name} is empty; pass at least one image")
-    if x.shape[1] not in (1, 3, 4) and x.shape[-1] in (1, 3, 4):
-        x = x.permute(0, 3, 1, 2)
-    if x.shape[1] not in (1, 3, 4):
-        raise InvalidInputError(f"{name}: images need 1 (gray), 3 (RGB) or 4 (RGBA) channels, "
-                                f"got shape {tuple(x.shape)}; convert them to RGB first")
-    if min(x.shape[2:]) < 1:
-        raise InvalidInputError(f"{name}: images have a zero dimension {tuple(x.shape)}")
-    if x.shape[2] * x.shape[3] > MAX_IMAGE_PIXELS:
-        raise InvalidInputError(f"{name}: images of {x.shape[2]}x{x.shape[3]} pixels exceed the "
-                                f"{MAX_IMAGE_PIXELS:,}-pixel limit; downscale them first")
-    if x.dtype == torch.bool or x.is_complex():
-        raise InvalidInputError(f"{name}: dtype {x.dtype} is not an image type; use uint8 or float")
-    if x.dtype != torch.uint8:
-        # min/max in float32, as the conversion sees them (NaN propagates, overflow becomes inf);
-        # cast first: torch has no min/max for uint16/32/64
-        xf = x if x.is_floating_point() else x.to(torch.float32)
-        lo, hi = float(xf.min().float()), float(xf.max().float())
-        if not (np.isfinite(lo) and np.isfinite(hi)):
-            raise InvalidInputError(f"{name} contain NaN or infinite values")
-        if lo < 0 or hi > 1:
-            raise InvalidInputError(f"{name}: float images must lie in [0, 1], got range "
-                                    f"[{lo:.3g}, {hi:.3g}]; divide uint8 pixels by 255")
-    elif x.shape[1] == 3 and tuple(x.shape[2:]) == (size, size):
+    full_scale = UINT16_MAX if _is_uint16(images) else 1
+    x = _batch_nchw(_as_tensor(images, name), name)
+    if full_scale == 1:
+        _check_values(x, name)
+    if x.dtype == torch.uint8 and x.shape[1] == 3 and tuple(x.shape[2:]) == (size, size):
         return x.contiguous()
     # converted and resized CONVERT_CHUNK images at a time: each image's result is the same,
     # and no float copy of the whole set (4 bytes a pixel, at the output size) is ever held
-    return torch.cat([_uint8_rgb(x[sl], size) for sl in batches(len(x), CONVERT_CHUNK)])
+    return torch.cat([_uint8_rgb(x[sl], size, full_scale)
+                      for sl in batches(len(x), CONVERT_CHUNK)])
 
 
-def _uint8_rgb(x: torch.Tensor, size: int) -> torch.Tensor:
-    """A validated chunk (n, C, H, W) to uint8 RGB (n, 3, size, size)."""
+def _uint8_rgb(x: torch.Tensor, size: int, full_scale: int = 1) -> torch.Tensor:
+    """A validated chunk (n, C, H, W) to uint8 RGB (n, 3, size, size); a pixel value of
+    ``full_scale`` is white (uint8 input is 0-255 whatever it says)."""
     if x.dtype != torch.uint8:
-        x = (x.float() * 255).round().to(torch.uint8)
+        xf = x.float() if full_scale == 1 else x.float() / full_scale
+        x = (xf * 255).round().to(torch.uint8)
     x = x[:, :3].expand(-1, 3, -1, -1) if x.shape[1] == 1 else x[:, :3]
     if tuple(x.shape[2:]) != (size, size):
         x = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True,
