@@ -8,7 +8,8 @@ height and width (for images of mixed sizes, the median over images), and
 * side <= 64 px: ``cpu`` (32x32 input; CIFAR-10, 28x28 MNIST-like images),
 * larger:        ``mtd`` (128x128 input, ImageNet stem; photos, defect tiles).
 
-``paper`` is never chosen automatically: it is the paper's GPU-scale setup.
+``paper`` (the paper read literally) and ``gpu`` (the same network and budget with
+the tuned recipe) are never chosen automatically: they are GPU-scale setups.
 Overrides (``AnoMem(stage1_epochs=5)``, ``--set``) apply on top of the chosen
 preset.
 
@@ -39,7 +40,9 @@ PRESET_GUIDE = {
     "digits": "tiny images (8-24 px): ResNet-18 width 8 at 16x16; seconds to minutes on a CPU",
     "cpu": "small images (25-64 px, e.g. CIFAR-10): ResNet-18 width 16 at 32x32; minutes on 2 cores",
     "mtd": "larger images and localisation (> 64 px): ResNet-18 width 16 at 128x128, ImageNet stem",
-    "paper": "the paper's setup, for a GPU: ResNet-50 width 64 at 32x32, batch 1024, 200 epochs",
+    "paper": "the paper read literally, for a GPU: ResNet-50 width 64 at 32x32, batch 1024, "
+             "200 epochs, recipe paper",
+    "gpu": "the paper's network and budget with the tuned recipe (beta 20), for a GPU",
 }
 
 

@@ -1,6 +1,6 @@
 """Magnetic Tile Defects (MTD): grayscale tiles with pixel masks, five defect types.
 
-The archive (see ``../shared/data/README.md``) holds ``MT_<kind>/Imgs/<id>.jpg``
+The archive ``magnetic_tile_defects.tar.gz`` holds ``MT_<kind>/Imgs/<id>.jpg``
 photographs and ``<id>.png`` masks of the same size: 952 defect-free tiles
 (``MT_Free``) and 392 defects of five types.  :func:`read_mtd` reads it in place
 with :mod:`tarfile` and squashes every image to ``side`` x ``side`` (bilinear,
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from anomem.data.locate import MAGNETIC_TILES, shared_file
+from anomem.data.locate import MAGNETIC_TILES, data_file
 from anomem.errors import InvalidInputError
 
 MTD_TYPES = ("Blowhole", "Break", "Crack", "Fray", "Uneven")
@@ -109,7 +109,7 @@ def read_mtd(path: str | Path | None = None, side: int = 128) -> MTDImages:
     """Read every tile and mask of the MTD archive, resized to ``side`` x ``side``.
 
     Args:
-        path: the ``magnetic_tile_defects.tar.gz`` archive (default: the shared data folder).
+        path: the ``magnetic_tile_defects.tar.gz`` archive (default: in the folder ``ANOMEM_DATA`` names).
         side: output side in pixels.
 
     Raises:
@@ -117,7 +117,7 @@ def read_mtd(path: str | Path | None = None, side: int = 128) -> MTDImages:
     """
     if not isinstance(side, int) or side < 8:
         raise InvalidInputError(f"side must be an integer >= 8, got {side!r}")
-    p = Path(path) if path is not None else shared_file(MAGNETIC_TILES)
+    p = Path(path) if path is not None else data_file(MAGNETIC_TILES)
     if not p.is_file():
         raise InvalidInputError(f"MTD archive {str(p)!r} does not exist; pass the path of "
                                 f"{MAGNETIC_TILES} or set ANOMEM_DATA")

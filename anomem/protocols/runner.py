@@ -83,13 +83,13 @@ def load_dataset(spec: str | dict[str, Any]) -> tuple[str, LabelledSplit]:
     """A dataset of the grid: its label and its split (see the module docstring)."""
     from anomem.data import cifar
     from anomem.data.digits import load_digits_split
-    from anomem.data.locate import CIFAR10_JPEG, shared_file
+    from anomem.data.locate import CIFAR10_JPEG, data_file
 
     d = {"name": spec} if isinstance(spec, str) else dict(spec)
     name, path = d.get("name"), d.get("path")
     label = str(d.get("label", name))
     if name == "cifar10_jpeg":
-        return label, cifar.cached_cifar10_jpeg(path or shared_file(CIFAR10_JPEG))
+        return label, cifar.cached_cifar10_jpeg(path or data_file(CIFAR10_JPEG))
     if name == "digits":
         return label, load_digits_split(seed=int(d.get("seed", 0)))
     if path is None:
