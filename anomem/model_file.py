@@ -100,10 +100,11 @@ def read_model_file(path: str | Path) -> ModelFile:
         ModelFileError: missing, not a model file, corrupt, unsafe, inconsistent or
             other-version file; the message names the file and the fix.
     """
-    blob = safe_torch_load(path, "model file")
+    blob = safe_torch_load(path, "model file", expected=EXPECTED)
     if blob.get("format") != MODEL_FORMAT:
-        raise ModelFileError(f"{str(path)!r} is not an anomem model file (an anomem file of "
-                             f"another kind, e.g. a checkpoint); pass {EXPECTED}")
+        raise ModelFileError(f"{str(path)!r} is a torch file but not an anomem model file (no "
+                             f"format {MODEL_FORMAT!r}: e.g. a training checkpoint or a bare "
+                             f"state_dict); pass {EXPECTED}")
     if blob.get("version") != MODEL_VERSION:
         raise ModelFileError(
             f"model file {str(path)!r} has format version {blob.get('version')} (written by "

@@ -11,10 +11,12 @@ instead of silently yielding other weights.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import io
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,45 @@ import torch
 from anomem.errors import ModelFileError
 
 CHECKSUM_KEY = "checksum"
+#: First bytes of files someone may pass where a model file goes, and what they are.
+MAGIC = ((b"\x89PNG", "an image file (PNG)"), (b"\xff\xd8\xff", "an image file (JPEG)"),
+         (b"BM", "an image file (BMP)"), (b"II*\x00", "an image file (TIFF)"),
+         (b"MM\x00*", "an image file (TIFF)"), (b"\x1f\x8b", "a gzip archive (e.g. a .tar.gz)"))
+TORCH_FILE = "a torch file"
+
+
+def _is_text(head: bytes) -> bool:
+    """UTF-8 without NUL bytes (a cut multi-byte character at the end is fine)."""
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return False
+    return b"\x00" not in head
+
+
+def file_kind(path: str | Path) -> str:
+    """What a path holds, from its first bytes: :data:`TORCH_FILE` (a ``torch.save`` zip
+    archive or pickle, which a model file is), a folder, an image, a text file, etc."""
+    p = Path(path)
+    if p.is_dir():
+        return "a folder"
+    head = b""
+    try:
+        with p.open("rb") as f:
+            head = f.read(512)
+        if head.startswith(b"PK\x03\x04"):
+            with zipfile.ZipFile(p) as z:
+                torch_zip = any(n.endswith("data.pkl") for n in z.namelist())
+            return TORCH_FILE if torch_zip else "a zip archive that torch did not write"
+    except (OSError, zipfile.BadZipFile):
+        return TORCH_FILE if head.startswith(b"PK\x03\x04") else "an unreadable file"
+    if head.startswith(b"\x80"):            # a pickle: torch's legacy format, or a crafted one
+        return TORCH_FILE
+    if not head:
+        return "an empty file"
+    if _is_text(head):
+        return "a text file (e.g. a CSV or a list of image paths)"
+    return next((k for magic, k in MAGIC if head.startswith(magic)), "a file of unknown format")
 
 
 def _new_file_mode(p: Path) -> int:
@@ -104,20 +145,27 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def safe_torch_load(path: str | Path, what: str = "model file") -> dict[str, Any]:
+def safe_torch_load(path: str | Path, what: str = "model file",
+                    expected: str | None = None) -> dict[str, Any]:
     """Load a dict saved by :func:`atomic_torch_save` without executing pickled code.
 
     The ``checksum`` entry, when present, is checked; callers that need one
-    call :func:`require_checksum` on the result.
+    call :func:`require_checksum` on the result.  ``expected`` says what the
+    caller wants instead of a wrong file (default: a ``what`` written by anomem).
 
     Raises:
-        ModelFileError: the file is missing, truncated, not a torch file,
+        ModelFileError: the file is missing, a folder, not a torch file (the
+            message says what it looks like: text, an image...), truncated,
             holds anything but tensors and plain containers (e.g. a pickle
             payload that would run code), or its content fails its checksum.
     """
     p = Path(path)
-    if not p.is_file():
+    wanted = expected or f"a {what} written by anomem"
+    if not p.exists():
         raise ModelFileError(f"{what} {str(p)!r} does not exist; check the path")
+    kind = file_kind(p)
+    if kind != TORCH_FILE:
+        raise ModelFileError(f"{what} {str(p)!r} is {kind}, not a file anomem wrote; pass {wanted}")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - every failure mode becomes one clear error

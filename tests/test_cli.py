@@ -232,7 +232,8 @@ def test_model_file_from_another_version_or_not_a_model(tmp_path, capsys, model_
         assert "old.anomem" in err and "version 99" in err and "re-fit" in err
     junk = tmp_path / "junk.anomem"
     junk.write_text("this is not a model")
-    assert "cannot be loaded safely" in one_line_error(capsys, ["score", str(junk), str(tmp_path)])
+    err = one_line_error(capsys, ["score", str(junk), str(tmp_path)])
+    assert "'" + str(junk) + "' is a text file" in err and "not a model file" in err and "anomem fit" in err
 
 
 def test_bad_config_override_and_explicit_threshold(tmp_path, capsys, model_file, digits):

@@ -136,8 +136,13 @@ def test_evaluate_shows_the_reference_beside_the_model(ws, capsys, model):
         assert f"warning: {note}" in out and f"Warning: {note}." in text
     assert verdict(0.9, 0.8) == []
     assert "below the reference's 0.9000" in verdict(0.7, 0.9)[0]
-    low = verdict(0.4, 0.3)
-    assert len(low) == 1 and "below 0.5" in low[0] and "not swapped" in low[0]
+    low = verdict(0.4, 0.6)
+    assert len(low) == 2 and "below 0.5" in low[0] and "not swapped" in low[0]
+    both = verdict(0.4, 0.3)
+    assert len(both) == 2 and "reference's AUROC 0.3000 is below 0.5 (inverted)" in both[1]
+    inverted = verdict(0.8, 0.7, [("crazing", 6, 0.9, 1.0), ("scratch", 3, 0.25, 0.0)])
+    assert inverted == [next(n for n in inverted if "'scratch'" in n)]
+    assert "AUROC 0.2500 is below 0.5" in inverted[0] and "these 3 anomalies" in inverted[0]
 
 
 def test_heatmaps_mirror_the_input_tree_without_overwriting(ws, capsys, model):
@@ -161,3 +166,22 @@ def _txt(ws: Path) -> Path:
     lst.write_text(f"train/good/0000.png\n{ws.parent / 'outside' / '0000.png'}\n")
     write(ws.parent / "outside", np.zeros((1, 8, 8), np.uint8))
     return lst
+
+
+def test_swapped_arguments_say_what_was_found_and_the_order(ws, capsys, model):
+    good, csv_list = str(ws / "test/good"), ws / "swapped.csv"
+    csv_list.write_text("path,label\ntest/good/0000.png,0\n")
+    err = error(capsys, ["score", good, str(model)])
+    assert f"MODEL '{good}' is a folder, not a model file; '{model}' looks like the model file" in err
+    assert "anomem score MODEL PATH" in err
+    err = error(capsys, ["evaluate", str(csv_list), str(model)])
+    assert "is a text file" in err and f"'{model}' looks like the model file" in err
+    err = error(capsys, ["score", str(model), str(model)])
+    assert f"PATH '{model}' is a model file, not images" in err
+    err = error(capsys, ["fit", str(model), "-q"])
+    assert f"NORMAL '{model}' is a model file" in err and "anomem fit NORMAL" in err
+    err = error(capsys, ["export", good, "--format", "onnx"])
+    assert "is a folder, not a model file" in err and "written by 'anomem fit'" in err
+    image = next((ws / "test/good").glob("*.png"))
+    assert "is an image file (PNG), not a model file" in error(capsys, ["score", str(image), good])
+

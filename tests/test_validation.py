@@ -167,11 +167,14 @@ def saved_blob(detector: AnoMem, tmp_path: Path, **changes: Any) -> Path:
 def test_load_refuses_bad_paths_and_foreign_files(detector, tmp_path):
     refused(lambda: AnoMem.load(5), InvalidInputError, "path must be a file path")
     refused(lambda: AnoMem.load(tmp_path / "missing.anomem"), ModelFileError, "does not exist")
-    refused(lambda: AnoMem.load(tmp_path), ModelFileError, "does not exist")
+    refused(lambda: AnoMem.load(tmp_path), ModelFileError, "is a folder, not a file anomem wrote")
     save_checkpoint(tmp_path / "stage1.ckpt", 1, {"m": torch.nn.Linear(2, 2)}, {})
-    refused(lambda: AnoMem.load(tmp_path / "stage1.ckpt"), ModelFileError, "not an anomem model")
+    refused(lambda: AnoMem.load(tmp_path / "stage1.ckpt"), ModelFileError,
+            "torch file but not an anomem model file.*checkpoint.*written by 'anomem fit'")
     (tmp_path / "text.anomem").write_text("hello")
-    refused(lambda: AnoMem.load(tmp_path / "text.anomem"), ModelFileError, "cannot be loaded safely")
+    refused(lambda: AnoMem.load(tmp_path / "text.anomem"), ModelFileError, "is a text file")
+    (tmp_path / "empty.anomem").write_bytes(b"")
+    refused(lambda: AnoMem.load(tmp_path / "empty.anomem"), ModelFileError, "is an empty file")
 
 
 def test_load_refuses_inconsistent_model_files(detector, tmp_path):

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from anomem.baselines.pixel_knn import leave_one_out_scores
+from anomem.cli.paths import check_image_sources, check_model_argument
 from anomem.cli.score import model_threshold
 from anomem.data.folders import format_skipped
 from anomem.data.sources import Entry, by_label, check_disjoint, expand_source, load_entries
@@ -104,8 +105,10 @@ def labelled_sources(args: argparse.Namespace) -> tuple[list[Entry], list[Entry]
     return normal, anomalies
 
 
-def verdict(model: float, reference: float) -> list[str]:
-    """Plain warnings when the model is no better than the reference or than chance."""
+def verdict(model: float, reference: float,
+            per_type: list[tuple[str, int, float, float]] = ()) -> list[str]:
+    """Plain warnings when the model is no better than the reference or than chance, when an
+    anomaly type (``per_type`` rows of :func:`_per_type`) or the reference is below chance."""
     notes = []
     if model < 0.5:
         notes.append(f"the model's AUROC {model:.4f} is below 0.5: it scores anomalies lower than "
@@ -116,10 +119,26 @@ def verdict(model: float, reference: float) -> list[str]:
                      f"({REFERENCE}): it separates these images worse than comparing raw pixels; "
                      f"train longer (--set stage1_epochs=...), try another preset, or use the "
                      f"reference")
+    for t, n, a, _ in per_type:
+        if a < 0.5 <= model:
+            notes.append(f"anomaly type {t!r}: the model's AUROC {a:.4f} is below 0.5: it scores "
+                         f"these {n} anomalies lower than normal images (inverted), although it "
+                         f"ranks the anomalies as a whole above them")
+    if reference < 0.5:
+        notes.append(f"the reference's AUROC {reference:.4f} is below 0.5 (inverted): on raw pixels "
+                     f"the anomalies lie closer to the normal images than these lie to each other"
+                     + ("; with the model's below 0.5 too, check that --normal and --anomalies "
+                        "are not swapped" if model < 0.5 else ""))
     return notes
 
 
+USAGE = "as in: anomem evaluate MODEL --normal SRC --anomalies SRC (or MODEL LIST.csv)"
+
+
 def run(args: argparse.Namespace) -> int:
+    sources = [("LIST", args.list), ("--normal", args.normal), ("--anomalies", args.anomalies)]
+    check_model_argument(args.model, USAGE, [src for _, src in sources])
+    check_image_sources(sources, f"the model file goes first, {USAGE}")
     det = AnoMem.load(args.model)
     threshold = model_threshold(det, args.threshold, args.model)
     normal_e, anom_e = labelled_sources(args)
@@ -134,8 +153,8 @@ def run(args: argparse.Namespace) -> int:
     scores = det.decision_function(images)
     metrics = detection_metrics(labels, scores, threshold)
     metrics["reference_auroc"] = auroc(labels, leave_one_out_scores(images, labels, REFERENCE_SIZE))
-    notes = verdict(metrics["auroc"], metrics["reference_auroc"])
     per_type = _per_type(labels, scores, threshold, ["normal"] * len(normal_e) + [e.group for e in anom_e])
+    notes = verdict(metrics["auroc"], metrics["reference_auroc"], per_type)
     report = _write(args, det, images, labels, scores, threshold, metrics, per_type, notes,
                     normal_e + anom_e)
     print(f"{len(normal_e)} normal, {len(anom_e)} anomalous images; threshold {threshold:.6g}")

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from anomem.cli.paths import check_model_argument
 from anomem.data.folders import collect_images, load_images
 from anomem.detector import AnoMem
 from anomem.export import FORMATS, SUFFIX, ExportError, export_model, verify_export
@@ -44,6 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_model_argument(args.model, "as in: anomem export MODEL --format onnx", args.check or ())
     det = AnoMem.load(args.model, device="cpu")
     side = det.config_.image_size
     out = Path(args.output) if args.output else Path(args.model).with_suffix(SUFFIX[args.format])

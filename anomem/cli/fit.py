@@ -47,6 +47,7 @@ from typing import Any
 
 import torch
 
+from anomem.cli.paths import check_image_sources
 from anomem.config import AnoMemConfig, get_config, parse_override
 from anomem.data.folders import format_skipped
 from anomem.data.sources import Entry, by_label, check_disjoint, expand_source, load_entries
@@ -149,6 +150,9 @@ def threshold_origin(det: AnoMem, explicit: float | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_image_sources([("NORMAL", args.normal), ("--anomalies", args.anomalies)],
+                        "fit trains a new model from images: anomem fit NORMAL [--anomalies SRC] "
+                        "-o MODEL (score or evaluate take a fitted MODEL)")
     progress = not args.quiet and auto_progress()
     normal_e, anom_e = labelled_entries(args.normal, args.anomalies)
     cfg, preset = resolve_config(args.config, args.overrides, normal_e + anom_e)

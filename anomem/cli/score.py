@@ -24,6 +24,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from anomem.cli.paths import check_image_sources, check_model_argument
 from anomem.data.folders import format_skipped
 from anomem.data.sources import expand_sources, load_entries, mirror_names
 from anomem.detector import AnoMem
@@ -61,7 +62,12 @@ def model_threshold(det: AnoMem, explicit: float | None, path: str) -> float:
     return float(det.threshold_)
 
 
+USAGE = "as in: anomem score MODEL PATH [PATH ...]"
+
+
 def run(args: argparse.Namespace) -> int:
+    check_model_argument(args.model, USAGE, args.paths)
+    check_image_sources([("PATH", p) for p in args.paths], f"the model file goes first, once, {USAGE}")
     det = AnoMem.load(args.model)
     loaded, entries = load_entries(expand_sources(args.paths), det.config_.image_size, args.bad_images,
                                    not args.quiet and auto_progress(), "images")
