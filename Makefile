@@ -21,7 +21,7 @@ demo: install
 	$(BIN)/anomem demo
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -rs
 
 lint: install
 	$(BIN)/ruff check anomem tests

@@ -185,3 +185,16 @@ def test_swapped_arguments_say_what_was_found_and_the_order(ws, capsys, model):
     image = next((ws / "test/good").glob("*.png"))
     assert "is an image file (PNG), not a model file" in error(capsys, ["score", str(image), good])
 
+
+def test_the_demo_shows_a_spread_only_over_several_seeds():
+    from anomem.cli.demo import mean_row
+    one = mean_row([[0.9], [0.8]])
+    assert "±" not in one and one.split() == ["mean", "90.0", "80.0"]
+    several = mean_row([[0.9, 0.8], [0.7, 0.7]])
+    assert several.split() == ["mean", "85.0", "±", "5.0", "70.0", "±", "0.0"]
+    assert len(one) == len(several)                                   # columns stay aligned
+
+
+def test_make_test_says_why_tests_were_skipped():
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    assert "-m pytest -q -rs" in makefile

@@ -81,6 +81,14 @@ def run_cell(normal_class: int, seed: int, gammas: list[float], overrides: dict,
     return row
 
 
+def mean_row(per_seed: list[list[float]]) -> str:
+    """The last line of the table: each column's mean over seeds of the class means (AUROC in %),
+    with its std over seeds when there are several seeds (one seed has no spread to show)."""
+    if len(per_seed[0]) > 1:
+        return " mean " + "".join(f"{100 * np.mean(v):8.1f} ± {100 * np.std(v):3.1f}" for v in per_seed)
+    return " mean " + "".join(f"{100 * np.mean(v):14.1f}" for v in per_seed)
+
+
 def run(args: argparse.Namespace) -> int:
     overrides = dict(parse_override(o) for o in args.overrides)
     if "seed" in overrides:
@@ -105,8 +113,7 @@ def run(args: argparse.Namespace) -> int:
             f"{100 * np.mean([r[k] for r in rows]):14.1f}" for k in columns), flush=True)
     means = {k: [np.mean([x[k] for x in cells if x["seed"] == s]) for s in args.seeds]
              for k in columns}
-    print(" mean " + "".join(f"{100 * np.mean(v):8.1f} ± {100 * np.std(v):3.1f}"
-                             for v in means.values()))
+    print(mean_row(list(means.values())))
     print(f"AUROC in %; kNN columns: 1-nearest neighbour on AnoMem's encoder (gamma 0 model) and "
           f"on {args.side}x{args.side} raw pixels; wall time {time.perf_counter() - t0:.0f} s")
     if args.out is not None:
