@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import warnings
@@ -26,10 +25,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from anomem.base import Detector, is_real
-from anomem.config import AnoMemConfig, get_config, to_dict
+from anomem.base import Detector
+from anomem.config import AnoMemConfig, get_config
 from anomem.data.convert import to_image_tensor, to_normal_flags
 from anomem.errors import InvalidInputError, RequiresFitting
+from anomem.fit_setup import (
+    RUNTIME_KEYS,
+    check_fit_options,
+    check_validation_fraction,
+    data_digest,
+    holdout_count,
+    holdout_indices,
+    resolve_device,
+    run_fingerprint,
+)
 from anomem.localisation import anomaly_map
 from anomem.model_file import MODEL_FORMAT, MODEL_VERSION, model_blob, read_model_file
 from anomem.presets import AUTO, auto_preset, input_side
@@ -51,71 +60,6 @@ __all__ = ["MODEL_FORMAT", "MODEL_VERSION", "RUNTIME_KEYS", "AnoMem", "data_dige
            "holdout_indices", "resolve_config", "resolve_device", "run_fingerprint"]
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when available, else the CPU.
-
-    Raises:
-        InvalidInputError: not a device name, or a CUDA device this machine does not have.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError) as e:
-        raise InvalidInputError(f"device {name!r} is not a device name ({e}); use auto, cpu, "
-                                f"cuda or cuda:N") from None
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if dev.type == "cuda" and (dev.index or 0) >= count:
-        raise InvalidInputError(f"device {name!r} is not available here ({count} CUDA device(s)); "
-                                f"use device='cpu' or 'auto'")
-    return dev
-
-
-def _check_fit_options(checkpoint_dir: Any, log: Any, options: Any) -> None:
-    """The types of :meth:`AnoMem.fit`'s ``checkpoint_dir``, ``log`` and ``options``."""
-    if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
-        raise InvalidInputError(f"checkpoint_dir must be a folder path, got "
-                                f"{type(checkpoint_dir).__name__}")
-    if log is not None and not callable(log):
-        raise InvalidInputError(f"log must be a function taking a dict of metrics, got "
-                                f"{type(log).__name__}")
-    if options is not None and not isinstance(options, RunOptions):
-        raise InvalidInputError(f"options must be a RunOptions, got {type(options).__name__}")
-
-
-def holdout_count(n_normal: int, fraction: float) -> int:
-    """How many of ``n_normal`` normal images :meth:`AnoMem.fit` holds out for the threshold."""
-    return int(n_normal * fraction)
-
-
-def holdout_indices(y: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
-    """Which images (y = 1: normal) :meth:`AnoMem.fit` holds out: a seeded draw of the normals."""
-    normal_idx = torch.nonzero(y == 1).squeeze(1)
-    k = holdout_count(len(normal_idx), fraction)
-    g = torch.Generator().manual_seed(seed + 1)
-    return normal_idx[torch.randperm(len(normal_idx), generator=g)[:k]]
-
-
-def data_digest(images: torch.Tensor, y: torch.Tensor) -> str:
-    """A short hash of a training set, so a checkpoint is only resumed on the same data."""
-    h = hashlib.blake2b(digest_size=16)
-    for t in (images, y):   # the tensors' own bytes, without a copy of the training set
-        h.update(np.ascontiguousarray(t.numpy()).reshape(-1).view(np.uint8))
-    return h.hexdigest()
-
-
-#: Keys that say where and how fast a run goes, never what it computes: a checkpoint
-#: resumes across them (a run started on one device finishes on another).
-RUNTIME_KEYS = ("device", "amp", "channels_last", "malloc_mmap_threshold")
-
-
-def run_fingerprint(cfg: AnoMemConfig, images: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed: the computing configuration and the data."""
-    config = {k: v for k, v in to_dict(cfg).items() if k not in RUNTIME_KEYS}
-    return {"config": config, "data": data_digest(images, y)}
-
-
-
 def resolve_config(config: AnoMemConfig | str | Path, overrides: dict[str, Any],
                    images: Any = None) -> AnoMemConfig:
     """The configuration :meth:`AnoMem.fit` trains with, from the constructor's arguments.
@@ -132,11 +76,6 @@ def resolve_config(config: AnoMemConfig | str | Path, overrides: dict[str, Any],
     if isinstance(config, str) and config == AUTO:
         return get_config("cpu" if images is None else auto_preset(input_side(images)), overrides)
     return get_config(config, overrides)
-
-
-def _check_fraction(fraction: Any) -> None:
-    if not is_real(fraction) or not 0.0 <= fraction < 1.0:
-        raise InvalidInputError(f"validation_fraction must be a number in [0, 1), got {fraction!r}")
 
 
 def _score_network(model: AnoMemModel, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
@@ -239,8 +178,8 @@ class AnoMem(Detector):
         cfg = resolve_config(self.config, self._overrides, images)
         x = to_image_tensor(images, cfg.image_size, "images")
         y = to_normal_flags(labels, len(x), "labels")
-        _check_fraction(validation_fraction)
-        _check_fit_options(checkpoint_dir, log, options)
+        check_validation_fraction(validation_fraction)
+        check_fit_options(checkpoint_dir, log, options)
         torch.manual_seed(cfg.seed)
         held = holdout_indices(y, validation_fraction, cfg.seed)
         train = torch.ones(len(y), dtype=torch.bool)

@@ -79,7 +79,7 @@ def test_enough_held_out_normals_warn_nothing_and_zero_keeps_training_on_all(nor
         zero = AnoMem("digits", **TINY).fit(normals[:40], validation_fraction=0.0)
     assert zero.threshold_normals_ == 0 and zero.threshold_frr_bound_ is None
     with pytest.warns(ThresholdWarning, match="holds out no normal image"):
-        AnoMem("digits", **TINY).fit(normals[:4], validation_fraction=0.2)
+        AnoMem("digits", **TINY).fit(normals[:4, None], validation_fraction=0.2)
 
 
 def test_bound_travels_in_the_model_file_and_older_files_still_load(tmp_path, normals):

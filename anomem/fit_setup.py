@@ -1,0 +1,87 @@
+"""How :meth:`anomem.AnoMem.fit` sets a run up: the device, checks of its arguments, the
+normal images it holds out for the threshold, and what a checkpoint must match to be resumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from anomem.base import is_real
+from anomem.config import AnoMemConfig, to_dict
+from anomem.errors import InvalidInputError
+from anomem.stages.common import RunOptions
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else the CPU.
+
+    Raises:
+        InvalidInputError: not a device name, or a CUDA device this machine does not have.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise InvalidInputError(f"device {name!r} is not a device name ({e}); use auto, cpu, "
+                                f"cuda or cuda:N") from None
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if dev.type == "cuda" and (dev.index or 0) >= count:
+        raise InvalidInputError(f"device {name!r} is not available here ({count} CUDA device(s)); "
+                                f"use device='cpu' or 'auto'")
+    return dev
+
+
+def check_fit_options(checkpoint_dir: Any, log: Any, options: Any) -> None:
+    """The types of :meth:`anomem.AnoMem.fit`'s ``checkpoint_dir``, ``log`` and ``options``."""
+    if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
+        raise InvalidInputError(f"checkpoint_dir must be a folder path, got "
+                                f"{type(checkpoint_dir).__name__}")
+    if log is not None and not callable(log):
+        raise InvalidInputError(f"log must be a function taking a dict of metrics, got "
+                                f"{type(log).__name__}")
+    if options is not None and not isinstance(options, RunOptions):
+        raise InvalidInputError(f"options must be a RunOptions, got {type(options).__name__}")
+
+
+def check_validation_fraction(fraction: Any) -> None:
+    """:meth:`anomem.AnoMem.fit`'s ``validation_fraction``: a number in [0, 1)."""
+    if not is_real(fraction) or not 0.0 <= fraction < 1.0:
+        raise InvalidInputError(f"validation_fraction must be a number in [0, 1), got {fraction!r}")
+
+
+def holdout_count(n_normal: int, fraction: float) -> int:
+    """How many of ``n_normal`` normal images :meth:`anomem.AnoMem.fit` holds out for the threshold."""
+    return int(n_normal * fraction)
+
+
+def holdout_indices(y: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """Which images (y = 1: normal) :meth:`anomem.AnoMem.fit` holds out: a seeded draw of the normals."""
+    normal_idx = torch.nonzero(y == 1).squeeze(1)
+    k = holdout_count(len(normal_idx), fraction)
+    g = torch.Generator().manual_seed(seed + 1)
+    return normal_idx[torch.randperm(len(normal_idx), generator=g)[:k]]
+
+
+def data_digest(images: torch.Tensor, y: torch.Tensor) -> str:
+    """A short hash of a training set, so a checkpoint is only resumed on the same data."""
+    h = hashlib.blake2b(digest_size=16)
+    for t in (images, y):   # the tensors' own bytes, without a copy of the training set
+        h.update(np.ascontiguousarray(t.numpy()).reshape(-1).view(np.uint8))
+    return h.hexdigest()
+
+
+#: Keys that say where and how fast a run goes, never what it computes: a checkpoint
+#: resumes across them (a run started on one device finishes on another).
+RUNTIME_KEYS = ("device", "amp", "channels_last", "malloc_mmap_threshold")
+
+
+def run_fingerprint(cfg: AnoMemConfig, images: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the computing configuration and the data."""
+    config = {k: v for k, v in to_dict(cfg).items() if k not in RUNTIME_KEYS}
+    return {"config": config, "data": data_digest(images, y)}
