@@ -104,8 +104,10 @@ class AnoMem(Detector):
             * ``cpu``: small images (25-64 px, e.g. CIFAR-10), ResNet-18 width 16 at 32x32;
             * ``mtd``: larger images and localisation (> 64 px), ResNet-18 width 16 at
               128x128 with an ImageNet stem;
-            * ``paper``: the paper's setup, for a GPU: ResNet-50 width 64 at 32x32,
-              batch 1024, 200 epochs.
+            * ``paper``: the paper read literally, for a GPU: ResNet-50 width 64 at
+              32x32, batch 1024, 200 epochs;
+            * ``gpu``: the paper's network and budget with the tuned recipe (beta 20),
+              for a GPU.
         **overrides: configuration keys to change, e.g. ``stage1_epochs=5`` (with
             ``auto``, on top of the chosen preset).  They are checked at once
             (:class:`~anomem.errors.ConfigError`), and again by :meth:`fit`.

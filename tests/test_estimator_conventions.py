@@ -52,7 +52,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
 from sklearn.utils import estimator_checks
+from sklearn.utils.validation import check_is_fitted
 
 from anomem import AnoMem, ConfigError, RequiresFitting, get_config
 
@@ -111,6 +113,12 @@ def test_get_params_set_params_round_trip_and_clone():
     twin = clone(AnoMem("cpu", stage1_epochs=2))
     assert type(twin) is AnoMem and twin.get_params() == {"config": "cpu", "stage1_epochs": 2}
     assert repr(twin) == "AnoMem('cpu', stage1_epochs=2)"
+
+
+def test_sklearn_sees_fitted_and_unfitted_detectors(fitted):
+    check_is_fitted(fitted)
+    with pytest.raises(NotFittedError):
+        check_is_fitted(AnoMem("digits"))
 
 
 def test_clone_of_a_fitted_detector_is_unfitted(fitted, images):
