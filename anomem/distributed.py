@@ -266,9 +266,9 @@ def _load_task(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
 
     if args.cifar10_class is not None:
         from anomem.data.cifar import cached_cifar10_jpeg
-        from anomem.data.locate import CIFAR10_JPEG, shared_file
+        from anomem.data.locate import CIFAR10_JPEG, data_file
 
-        split, k = cached_cifar10_jpeg(shared_file(CIFAR10_JPEG)), args.cifar10_class
+        split, k = cached_cifar10_jpeg(data_file(CIFAR10_JPEG)), args.cifar10_class
     else:
         from anomem.data.digits import load_digits_split
 
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="torchrun --nproc_per_node=N -m anomem.distributed",
                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--cifar10-class", type=int, metavar="K", help="normal class of CIFAR-10 (shared data)")
+    src.add_argument("--cifar10-class", type=int, metavar="K", help="normal class of CIFAR-10 (ANOMEM_DATA)")
     src.add_argument("--digits-class", type=int, metavar="K", help="normal class of scikit-learn digits")
     p.add_argument("--gamma", type=float, default=0.0, help="ratio of labelled anomalies (default 0)")
     p.add_argument("--seed", type=int, default=0, help="draw of the labelled anomalies")

@@ -30,9 +30,11 @@ EXPECTED = "a model file written by 'anomem fit' or AnoMem.save"
 
 #: Keys that files written before they existed lack, with the value those files were made with:
 #: memories that never grew, a stage 1 without pseudo-anomalies, one view, image-level scales
-#: weighed last, uniform batches for the heads and the one-class score weighed as much as they are.
+#: weighed last, uniform batches for the heads, the one-class score weighed as much as they are,
+#: and heads trained on the deviations of the memories' own training normals.
 LEGACY_CONFIG = {"consolidate_factor": 1, "pseudo_anomalies": "none", "score_views": "single",
-                 "image_alpha": "last", "head_sampling": "uniform", "oc_evidence": None}
+                 "image_alpha": "last", "head_sampling": "uniform", "oc_evidence": None,
+                 "head_deviations": "in_sample"}
 
 
 @dataclass
