@@ -8,6 +8,7 @@ import torch
 
 from anomem import AnoMem
 from anomem.data.digits import load_digits_split
+from anomem.serialization import atomic_torch_save, safe_torch_load
 
 torch.set_num_threads(1)
 out = Path(sys.argv[1])
@@ -28,6 +29,21 @@ semi = AnoMem("digits", **tiny).fit(x, lab, validation_fraction=0.0, progress=Fa
 semi.save(out / "model_v1_semi.anomem")
 record["model_v1_one_class"] = oc.decision_function(probe).tolist()
 record["model_v1_semi"] = semi.decision_function(probe).tolist()
+
+# a version-1 file from before the keys of LEGACY_CONFIG: fitted with the values those files
+# were made with, then the keys (and the oc_weight buffer) taken out of the file
+legacy_values = {"consolidate_factor": 1, "pseudo_anomalies": "none", "score_views": "single",
+                 "image_alpha": "last", "head_sampling": "uniform", "oc_evidence": None,
+                 "head_deviations": "in_sample"}
+legacy = AnoMem("digits", **tiny, **legacy_values).fit(x, lab, validation_fraction=0.0, progress=False)
+path = legacy.save(out / "model_v1_legacy.anomem")
+blob = safe_torch_load(path, "model file")
+for key in legacy_values:
+    del blob["config"][key]
+del blob["state_dict"]["oc_weight"]
+blob.pop("checksum")
+atomic_torch_save(blob, path)
+record["model_v1_legacy"] = legacy.decision_function(probe).tolist()
 (out / "model_v1_scores.json").write_text(json.dumps(record, indent=1) + "\n")
 
 # fits of today's defaults (digits preset, stage1_epochs=2): one-class and gamma = 0.05
