@@ -20,10 +20,15 @@ part of the image (:func:`corresponding_grid`).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import kornia.augmentation as K
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from anomem.config import Stage1
 
 
 class TwoViewAugment(nn.Module):
@@ -61,6 +66,12 @@ class TwoViewAugment(nn.Module):
             ops.append(K.RandomGaussianNoise(std=noise_std, p=0.5))
         self.photometric = nn.Sequential(*ops)
         self.pipeline = nn.Sequential(self.geometric, self.photometric)
+
+    @classmethod
+    def of(cls, size: int, stage1: Stage1) -> TwoViewAugment:
+        """The views stage 1 draws at side ``size`` with a configuration's ``stage1`` section."""
+        return cls(size, stage1.crop_scale, stage1.jitter, stage1.blur_sigma, stage1.noise_std,
+                   shared_geometry=stage1.view_geometry == "shared")
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,7 +161,7 @@ def rotate_each(images: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
 def rotated_pseudo_anomalies(v1: torch.Tensor, v2: torch.Tensor, y: torch.Tensor, fraction: float,
                              generator: torch.Generator, align: torch.Tensor | None = None
                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Stage 1's ``pseudo_anomalies="rotation"``: the batch plus rotated copies labelled anomalous.
+    """Stage 1's ``extensions.pseudo_anomalies="rotation"``: the batch plus rotated copies labelled anomalous.
 
     The paper is silent; this is the distribution-shifting transformation of
     contrastive anomaly detection (rotated normals as anomalies, as in CSI,
@@ -163,7 +174,7 @@ def rotated_pseudo_anomalies(v1: torch.Tensor, v2: torch.Tensor, y: torch.Tensor
     (the augmentation's output).  ``y`` is 1 for normal images.  Measured in
     ``docs/design.md`` (3 seeds): +9.7 one-class AUROC on CIFAR-10 at the full
     ``cpu`` preset (automobile +20.2, airplane -0.9), +6.4 on magnetic-tile
-    defects at 64 px, level on digits; the default (``pseudo_anomalies``).  With
+    defects at 64 px, level on digits; the default (``extensions.pseudo_anomalies``).  With
     ``align`` (view 1 to view 2 pixel transforms, B x 3 x 3) a copy's transform
     is its image's, conjugated by the turn: R align R^-1; the fourth output is
     ``align`` extended to the copies (None without it).

@@ -108,7 +108,7 @@ class AnoMem(Detector):
               32x32, batch 1024, 200 epochs;
             * ``gpu``: the paper's network and budget with the tuned recipe (beta 20),
               for a GPU.
-        **overrides: configuration keys to change, e.g. ``stage1_epochs=5`` (with
+        **overrides: configuration keys to change, e.g. ``stage1.epochs=5`` (with
             ``auto``, on top of the chosen preset).  They are checked at once
             (:class:`~anomem.errors.ConfigError`), and again by :meth:`fit`.
 
@@ -168,7 +168,7 @@ class AnoMem(Detector):
         ``validation_fraction`` (default 0.2, as ``anomem fit``) of the normal
         images is held out of training and sets :attr:`threshold_`: the
         order statistic of their scores whose expected false-alarm rate is at
-        most ``target_frr`` (:mod:`anomem.threshold`; a ``ThresholdWarning`` says
+        most ``scoring.target_frr`` (:mod:`anomem.threshold`; a ``ThresholdWarning`` says
         when they are too few for that).  0 trains on every image and sets the
         threshold on the training normals, without a bound.  ``progress``:
         progress bars; None shows them on a terminal or in a notebook, not
@@ -178,12 +178,12 @@ class AnoMem(Detector):
         :attr:`decision_scores_` and :attr:`history_`.
         """
         cfg = resolve_config(self.config, self._overrides, images)
-        x = to_image_tensor(images, cfg.image_size, "images")
+        x = to_image_tensor(images, cfg.backbone.image_size, "images")
         y = to_normal_flags(labels, len(x), "labels")
         check_validation_fraction(validation_fraction)
         check_fit_options(checkpoint_dir, log, options)
-        torch.manual_seed(cfg.seed)
-        held = holdout_indices(y, validation_fraction, cfg.seed)
+        torch.manual_seed(cfg.runtime.seed)
+        held = holdout_indices(y, validation_fraction, cfg.runtime.seed)
         train = torch.ones(len(y), dtype=torch.bool)
         train[held] = False
         x_train, y_train, x_held = x[train], y[train], x[held]
@@ -192,7 +192,7 @@ class AnoMem(Detector):
             raise InvalidInputError(f"fit needs at least 2 normal training images, got "
                                     f"{int(y_train.sum())}; add normal images or lower "
                                     f"validation_fraction")
-        opts = options or RunOptions(device=resolve_device(cfg.device),
+        opts = options or RunOptions(device=resolve_device(cfg.runtime.device),
                                      progress=auto_progress(progress), log=log)
         if checkpoint_dir is not None:
             opts.checkpoint_dir = Path(checkpoint_dir)
@@ -211,22 +211,22 @@ class AnoMem(Detector):
         """Stage 1, then the prototypes, heads or calibration of stage 2; returns the normals."""
         cfg, model = self.config_, self.network_
         fingerprint = run_fingerprint(cfg, x_train, y_train)
-        x1, y1 = ((x_train, y_train) if cfg.contrast_anomalies
+        x1, y1 = ((x_train, y_train) if cfg.extensions.contrast_anomalies
                   else (x_train[y_train == 1], y_train[y_train == 1]))
         self.history_ = {"stage1": self._stage1(x1, y1, fingerprint, opts)}
         del x1, y1
         normals = x_train[y_train == 1]
-        if cfg.prototypes == "kmeans":
+        if cfg.memory.prototypes == "kmeans":
             fit_kmeans_prototypes(model, normals, opts)
         if bool((y_train == 0).any()):
             self.history_["stage2"] = fit_heads(model, x_train, y_train, fingerprint, opts, normals)
-        elif cfg.calibrate:
+        elif cfg.scoring.calibrate:
             calibrate_scales(model, normals, opts)
         return normals
 
     def _set_threshold(self, scores: np.ndarray, n_held: int, fraction: float) -> None:
         """threshold_ from ``n_held`` held-out normal scores (or training ones when 0)."""
-        target = self.config_.target_frr
+        target = self.config_.scoring.target_frr
         self.threshold_ = order_statistic_threshold(scores, target)
         self.threshold_normals_ = n_held
         self.threshold_frr_bound_ = frr_upper_bound(n_held, target) if n_held else None
@@ -243,7 +243,7 @@ class AnoMem(Detector):
 
     def _holdout(self, y: torch.Tensor, fraction: float) -> torch.Tensor:
         """The normals the last fit held out (:func:`holdout_indices` with its seed)."""
-        return holdout_indices(y, fraction, self.config_.seed)
+        return holdout_indices(y, fraction, self.config_.runtime.seed)
 
     def _stage1(self, x: torch.Tensor, y: torch.Tensor, fingerprint: dict[str, Any],
                 opts: RunOptions) -> list[dict[str, float]]:
@@ -267,22 +267,22 @@ class AnoMem(Detector):
     def decision_function(self, images: Any, batch_size: int = 256) -> np.ndarray:
         """Anomaly score of each image (higher = more anomalous), shape (N,)."""
         model = self._require_model()
-        return self._scores(to_image_tensor(images, model.config.image_size, "images"), batch_size)
+        return self._scores(to_image_tensor(images, model.config.backbone.image_size, "images"), batch_size)
 
     def scale_scores(self, images: Any, batch_size: int = 256) -> np.ndarray:
-        """Per-scale scores before fusion, shape (N, S) (Eq. 9 or Eq. 10); with ``score_views``,
+        """Per-scale scores before fusion, shape (N, S) (Eq. 9 or Eq. 10); with ``scoring.views``,
         S is the scales of every view, view after view."""
         model = self._require_model()
-        x = to_image_tensor(images, model.config.image_size, "images")
+        x = to_image_tensor(images, model.config.backbone.image_size, "images")
         out = map_batches(model, x, RunOptions(device=self._device()),
                           lambda m, b: m.scale_scores(b).cpu(), batch_size)
         return torch.cat(out).numpy().astype(np.float64)
 
     def deviation_maps(self, images: Any, batch_size: int = 256) -> list[np.ndarray]:
-        """Delta(s) (Eq. 8) of each image at each memory scale (and ``score_views`` view, flipped
+        """Delta(s) (Eq. 8) of each image at each memory scale (and ``scoring.views`` view, flipped
         back onto the image): S arrays (N, C, H, W)."""
         model = self._require_model()
-        x = to_image_tensor(images, model.config.image_size, "images")
+        x = to_image_tensor(images, model.config.backbone.image_size, "images")
         out = map_batches(model, x, RunOptions(device=self._device()),
                           lambda m, b: [d.cpu() for d in m.deviation_maps(b)], batch_size)
         return [torch.cat([o[s] for o in out]).numpy() for s in range(len(model.dims))]
@@ -295,7 +295,7 @@ class AnoMem(Detector):
         :func:`anomem.localisation.anomaly_map`); one-class and semi-supervised.
         """
         model = self._require_model()
-        x = to_image_tensor(images, model.config.image_size, "images")
+        x = to_image_tensor(images, model.config.backbone.image_size, "images")
         out = map_batches(model, x, RunOptions(device=self._device()),
                           lambda m, b: anomaly_map(m, b, sigma).cpu(), batch_size)
         return torch.cat(out).numpy().astype(np.float32)
@@ -337,11 +337,11 @@ class AnoMem(Detector):
         cfg = found.config
         if device is not None:
             cfg = cfg.replace(device=device)
-        elif cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        elif cfg.runtime.device.startswith("cuda") and not torch.cuda.is_available():
             cfg = cfg.replace(device="auto")
         det = cls(cfg)
         det.config_ = cfg
-        det.network_ = found.network.to(resolve_device(cfg.device)).eval()
+        det.network_ = found.network.to(resolve_device(cfg.runtime.device)).eval()
         det.network_.config = cfg
         det.threshold_ = found.threshold
         det.threshold_frr_bound_ = found.threshold_frr_bound

@@ -12,7 +12,7 @@ What runs where:
   it returns single-process options and joins nothing.
 * Sampling is sharded: rank r trains on training images r, r + W, r + 2W, ...
   (:func:`shard_indices`) with ``batch_size / W`` images a step, so a step sees
-  a global batch of ``batch_size`` images whatever the number of processes W.
+  a global batch of ``stage1.batch_size`` images whatever the number of processes W.
 * The encoder and the memories are wrapped in DDP (gradients averaged over
   ranks).  BatchNorm statistics are taken over the global batch
   (:class:`torch.nn.SyncBatchNorm` on CUDA, :class:`GlobalBatchNorm2d` on
@@ -230,7 +230,7 @@ def wrap_objective(model: AnoMemModel, opts: RunOptions) -> nn.Module:
     if not is_distributed():
         return objective
     return DistributedDataParallel(objective, device_ids=[opts.device.index] if cuda else None,
-                                   find_unused_parameters=not model.config.use_memory)
+                                   find_unused_parameters=not model.config.memory.use_memory)
 
 
 class DistributedAnoMem(AnoMem):
@@ -249,15 +249,16 @@ class DistributedAnoMem(AnoMem):
         if not is_distributed():
             return super()._stage1(x, y, fingerprint, opts)
         cfg, model = self.config_, self._require_model()
-        if cfg.batch_size % opts.world_size:
-            raise ConfigError(f"config key 'batch_size': {cfg.batch_size} is not divisible by the "
+        if cfg.stage1.batch_size % opts.world_size:
+            raise ConfigError(f"config key 'stage1.batch_size': {cfg.stage1.batch_size} is not "
+                              f"divisible by the "
                               f"{opts.world_size} processes; choose a multiple of {opts.world_size}")
         idx = shard_indices(len(x), opts.rank, opts.world_size)
         objective = wrap_objective(model, opts)
-        torch.manual_seed(cfg.seed + 1_000_003 * (opts.rank + 1))   # independent augmentations
+        torch.manual_seed(cfg.runtime.seed + 1_000_003 * (opts.rank + 1))   # independent augmentations
         history = train_stage1(model, x[idx], y[idx], fingerprint, opts, objective)
         swap_batchnorm(model.encoder, nn.BatchNorm2d)
-        torch.manual_seed(cfg.seed + 1)                             # stage 2 identical on all ranks
+        torch.manual_seed(cfg.runtime.seed + 1)                             # stage 2 identical on all ranks
         return history
 
 

@@ -59,7 +59,7 @@ class ExportError(AnoMemError, RuntimeError):
 
 def metadata(det: AnoMem) -> dict[str, str]:
     """What a deployment needs besides the graph: input layout, side, threshold, versions."""
-    side = det.config_.image_size
+    side = det.config_.backbone.image_size
     return {"anomem_version": __version__, "image_size": str(side),
             "threshold": "" if det.threshold_ is None else repr(float(det.threshold_)),
             "input": f"float32 (N, 3, {side}, {side}) RGB in [0, 1]",
@@ -89,7 +89,7 @@ def export_model(det: AnoMem, path: str | Path, fmt: Format) -> Path:
     if getattr(det, "network_", None) is None:
         raise RequiresFitting("the detector is not fitted; fit it or AnoMem.load it before exporting")
     model = det.network_.to("cpu").eval()
-    side = det.config_.image_size
+    side = det.config_.backbone.image_size
     example = torch.rand(2, 3, side, side, generator=torch.Generator().manual_seed(0))
     meta = metadata(det)
     try:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from anomem.base import is_real
-from anomem.config import AnoMemConfig, to_dict
+from anomem.config import AnoMemConfig, to_dotted
 from anomem.errors import InvalidInputError
 from anomem.stages.common import RunOptions
 
@@ -78,10 +78,11 @@ def data_digest(images: torch.Tensor, y: torch.Tensor) -> str:
 
 #: Keys that say where and how fast a run goes, never what it computes: a checkpoint
 #: resumes across them (a run started on one device finishes on another).
-RUNTIME_KEYS = ("device", "amp", "channels_last", "malloc_mmap_threshold")
+RUNTIME_KEYS = ("runtime.device", "runtime.amp", "runtime.channels_last",
+                "runtime.malloc_mmap_threshold")
 
 
 def run_fingerprint(cfg: AnoMemConfig, images: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
     """What a checkpoint must match to be resumed: the computing configuration and the data."""
-    config = {k: v for k, v in to_dict(cfg).items() if k not in RUNTIME_KEYS}
+    config = {k: v for k, v in to_dotted(cfg).items() if k not in RUNTIME_KEYS}
     return {"config": config, "data": data_digest(images, y)}

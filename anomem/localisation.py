@@ -56,7 +56,7 @@ from anomem.torch_model import AnoMemModel
 
 def position_scores(model: AnoMemModel, images: torch.Tensor) -> list[torch.Tensor]:
     """Per-position scale scores m(s), one (B, H(s), W(s)) tensor per spatial memory scale
-    (and ``score_views`` view, each flipped back onto the image)."""
+    (and ``scoring.views`` view, each flipped back onto the image)."""
     maps = model.score_and_maps(images)[1]
     return [maps[s] for s in model.spatial_scales]
 

@@ -9,10 +9,10 @@ N_mem stored patterns X learnable.  Choices where the paper is silent:
   frozen, which changes nothing but time, so a traced/exported graph (which
   always runs ``steps`` updates) gives the same outputs.
 * **Gradient.** Back-propagated through every update taken (unrolled).
-* **Normalisation.** ``normalize=True`` (the library default) L2-normalises
+* **Normalisation.** ``memory.normalize=True`` (the library default) L2-normalises
   queries and patterns first: cosine attention, outputs inside the unit ball,
   and Eq. 8 compares the normalised query with its recollection.  With
-  ``normalize=False`` (the paper read literally) raw features meet raw
+  ``memory.normalize=False`` (the paper read literally) raw features meet raw
   patterns; then ||z|| dominates ||z - HF(z)|| and the one-class score was
   measured to be inverted (see docs/design.md).
 * **Initialisation.** Patterns ~ N(0, 1/d), so that beta * x^T z is O(1) on

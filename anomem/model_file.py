@@ -4,7 +4,11 @@ One versioned dictionary of tensors and plain values (no pickled objects),
 written atomically with a checksum by :func:`anomem.serialization.atomic_torch_save`.
 Reading checks the format, the version, the checksum, every field's type and
 that the weights fit the network the stored configuration describes, before
-anything is allocated.
+anything is allocated.  A file of an earlier version is first brought to the
+current one (:func:`upgrade`).
+
+Versions: 1 held the configuration with flat keys (``stage1_epochs``); 2 holds
+it by section (``{"stage1": {"epochs": ...}}``, :func:`anomem.config.to_dict`).
 """
 
 from __future__ import annotations
@@ -18,20 +22,21 @@ import torch
 
 from anomem import __version__
 from anomem.base import is_real
-from anomem.config import AnoMemConfig, from_dict, to_dict
+from anomem.config import AnoMemConfig, from_dict, migrate, to_dict
 from anomem.errors import ModelFileError
 from anomem.serialization import require_checksum, safe_torch_load
 from anomem.torch_model import AnoMemModel
 
 MODEL_FORMAT = "anomem-model"
-MODEL_VERSION = 1
+MODEL_VERSION = 2
 #: What a command or call expecting a model file wants instead of what it was given.
 EXPECTED = "a model file written by 'anomem fit' or AnoMem.save"
 
-#: Keys that files written before they existed lack, with the value those files were made with:
-#: memories that never grew, a stage 1 without pseudo-anomalies, one view, image-level scales
-#: weighed last, uniform batches for the heads, the one-class score weighed as much as they are,
-#: and heads trained on the deviations of the memories' own training normals.
+#: Keys (flat, as version 1 named them) that version-1 files written before they existed lack,
+#: with the value those files were made with: memories that never grew, a stage 1 without
+#: pseudo-anomalies, one view, image-level scales weighed last, uniform batches for the heads,
+#: the one-class score weighed as much as they are, and heads trained on the deviations of the
+#: memories' own training normals.
 LEGACY_CONFIG = {"consolidate_factor": 1, "pseudo_anomalies": "none", "score_views": "single",
                  "image_alpha": "last", "head_sampling": "uniform", "oc_evidence": None,
                  "head_deviations": "in_sample"}
@@ -54,8 +59,22 @@ def model_blob(network: AnoMemModel, threshold: float | None, frr_bound: float |
     state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
     return {"format": MODEL_FORMAT, "version": MODEL_VERSION, "anomem_version": __version__,
             "config": to_dict(network.config), "semi_supervised": network.semi_supervised,
-            "kmeans": network.config.prototypes == "kmeans", "threshold": threshold,
+            "kmeans": network.config.memory.prototypes == "kmeans", "threshold": threshold,
             "threshold_frr_bound": frr_bound, "threshold_normals": normals, "state_dict": state}
+
+
+def upgrade(blob: dict[str, Any]) -> dict[str, Any]:
+    """A model file's dictionary brought from its version to :data:`MODEL_VERSION`.
+
+    Version 1 to 2: the flat configuration, completed with :data:`LEGACY_CONFIG`,
+    goes to the sections' form (:func:`anomem.config.migrate`).  A file of the
+    current version is returned as it is.
+    """
+    if blob.get("version") == 1:
+        if not isinstance(blob.get("config"), dict):
+            raise TypeError("the configuration is not a mapping")
+        blob = {**blob, "version": 2, "config": migrate({**LEGACY_CONFIG, **blob["config"]}, version=1)}
+    return blob
 
 
 def _threshold_fields(blob: dict[str, Any]) -> tuple[float | None, float | None, int]:
@@ -84,7 +103,7 @@ def _network(blob: dict[str, Any], cfg: AnoMemConfig) -> AnoMemModel:
                                                 or bool(torch.isfinite(t).all()))
                for t in state.values()):
         raise ValueError("the weights are not all finite tensors")
-    if blob["kmeans"] != (cfg.prototypes == "kmeans"):
+    if blob["kmeans"] != (cfg.memory.prototypes == "kmeans"):
         raise ValueError("the kmeans flag contradicts the configuration's prototypes")
     with torch.device("meta"):   # nothing is allocated until the weights fit the config
         model = AnoMemModel.build(cfg, semi_supervised=blob["semi_supervised"])
@@ -107,14 +126,15 @@ def read_model_file(path: str | Path) -> ModelFile:
         raise ModelFileError(f"{str(path)!r} is a torch file but not an anomem model file (no "
                              f"format {MODEL_FORMAT!r}: e.g. a training checkpoint or a bare "
                              f"state_dict); pass {EXPECTED}")
-    if blob.get("version") != MODEL_VERSION:
+    if blob.get("version") not in range(1, MODEL_VERSION + 1):
         raise ModelFileError(
             f"model file {str(path)!r} has format version {blob.get('version')} (written by "
             f"anomem {blob.get('anomem_version')}); this anomem {__version__} reads version "
-            f"{MODEL_VERSION}: install the matching anomem or re-fit the model")
+            f"1 to {MODEL_VERSION}: install the matching anomem or re-fit the model")
     require_checksum(blob, "model file", path)
     try:
-        cfg = from_dict({**LEGACY_CONFIG, **blob["config"]})
+        blob = upgrade(blob)
+        cfg = from_dict(blob["config"])
         threshold, bound, normals = _threshold_fields(blob)
         network = _network(blob, cfg)
     except (KeyError, IndexError, AttributeError, RuntimeError, TypeError, ValueError) as e:

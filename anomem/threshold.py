@@ -1,7 +1,7 @@
 """The decision threshold from held-out normal scores, with a distribution-free guarantee.
 
 Given the scores of ``n`` held-out normal images and a target false-alarm
-(false-rejection) rate ``a`` (``target_frr``), the threshold is the ``k``-th
+(false-rejection) rate ``a`` (``scoring.target_frr``), the threshold is the ``k``-th
 highest held-out score with ``k = floor((n + 1) * a)`` (conformal / order-
 statistic choice), and an image is an anomaly when its score is *above* it.
 For a new normal image exchangeable with the held-out ones (drawn from the
@@ -33,7 +33,7 @@ CONFIDENCE = 0.95
 
 
 class ThresholdWarning(UserWarning):
-    """The threshold cannot hold ``target_frr``: too few held-out normal images, or none."""
+    """The threshold cannot hold ``scoring.target_frr``: too few held-out normal images, or none."""
 
 
 def rank(n: int, target: float) -> int:

@@ -5,19 +5,19 @@ array handling (see :mod:`anomem.detector`); its ``forward`` maps a batch of
 images in [0, 1] to anomaly scores, higher = more anomalous, and can be traced
 for TorchScript / ONNX export.
 
-Scales.  One memory scale per entry of ``memory_stages`` (the H(s) x W(s)
+Scales.  One memory scale per entry of ``memory.stages`` (the H(s) x W(s)
 feature map after that ResNet stage, a set of C(s)-dimensional vectors), and,
-unless ``global_memory="none"``, the image-level scale: the flattened 1D output
+unless ``extensions.global_memory="none"``, the image-level scale: the flattened 1D output
 z of the encoder (the last memory stage's map, average-pooled), which the
 paper contrasts "not only [...] but also" the intermediate maps (§3.1).  It is
 held as a 1 x 1 map, so every per-scale operation applies to it unchanged, and
-it comes last (largest alpha).  ``global_memory="own"`` gives it a Hopfield
-layer of its own (``global_mem_factor`` x N_mem of the last map scale); ``"shared"`` retrieves it from
-the last map scale's memory; ``"every"`` adds the pooled output of every memory
-stage as an image-level scale, each with a memory of its own (``global_mem_factor``
+it comes last (largest alpha).  ``extensions.global_memory="own"`` gives it a Hopfield
+layer of its own (``extensions.global_mem_factor`` x N_mem of the last map scale);
+``"shared"`` retrieves it from the last map scale's memory; ``"every"`` adds the pooled output of every memory
+stage as an image-level scale, each with a memory of its own (``extensions.global_mem_factor``
 x N_mem of its stage).
 
-Views.  ``score_views`` repeats every scale for each test-time view of the
+Views.  ``scoring.views`` repeats every scale for each test-time view of the
 image (its mirror image, and with ``"flips"`` upside down and both), each view
 with memories of its own; scales are numbered view after view, and Eq. 13's
 alphas are split evenly between the views, so the score is the mean of the
@@ -34,7 +34,7 @@ from torch import nn
 
 from anomem.backbone import ResNet
 from anomem.config import AnoMemConfig
-from anomem.config_checks import SCORE_VIEWS
+from anomem.config.checks import SCORE_VIEWS
 from anomem.memory import HopfieldMemory, KMeansMemory
 
 
@@ -73,12 +73,12 @@ class AnoMemModel(nn.Module):
     """Encoder f, the memory layers, optional scale heads, and the scoring of every scale.
 
     One-class score of a scale, s(s) = ||Delta(s)||_2 over the whole map (Eq. 9;
-    ``scale_norm="rms"`` divides by sqrt(H(s) W(s)) so that every scale is a
+    ``scoring.scale_norm="rms"`` divides by sqrt(H(s) W(s)) so that every scale is a
     per-position magnitude); semi-supervised, s(s) = g(s)(phi(Delta(s)))
     (Eq. 10).  Fusion: sum_s alpha(s) s(s) / sum_s alpha(s) (Eq. 13).  The
     one-class scores are first standardised by ``score_mean`` / ``score_std``
-    (0 / 1, i.e. the plain Eq. 13, unless ``calibrate`` or a semi-supervised
-    ``semi_score="heads+oc"`` model set them from the training normals); with
+    (0 / 1, i.e. the plain Eq. 13, unless ``scoring.calibrate`` or a semi-supervised
+    ``scoring.semi_score="heads+oc"`` model set them from the training normals); with
     ``"heads+oc"`` the semi-supervised score is the fused heads plus that fused,
     standardised one-class score times ``oc_weight`` (set by the fit, see
     :func:`anomem.stages.stage2.one_class_weight`), each head clipped to [0, M]
@@ -94,23 +94,25 @@ class AnoMemModel(nn.Module):
     def __init__(self, config: AnoMemConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder = ResNet(config.arch, config.width, config.stem)
-        self.stages = tuple(s - 1 for s in config.memory_stages)
+        self.encoder = ResNet(config.backbone.arch, config.backbone.width, config.backbone.stem)
+        self.stages = tuple(s - 1 for s in config.memory.stages)
         map_dims = tuple(self.encoder.channels[i] for i in self.stages)
-        n_maps, g = len(self.stages), config.global_memory
+        n_maps, g = len(self.stages), config.extensions.global_memory
         self.pooled_of = config.pooled_of
         self.dims = map_dims + tuple(map_dims[i] for i in self.pooled_of)
         own = g in ("own", "every")
-        sizes = tuple(config.mem_sizes) + (tuple(config.global_mem_factor * config.mem_sizes[i]
-                                                 for i in self.pooled_of) if own else ())
+        factor = config.extensions.global_mem_factor
+        sizes = tuple(config.memory.sizes) + (tuple(factor * config.memory.sizes[i]
+                                                    for i in self.pooled_of) if own else ())
         self.memories = nn.ModuleList(
-            HopfieldMemory(d, n, config.beta, config.hopfield_steps, config.hopfield_tol,
-                           config.normalize, config.score_retrieval) for d, n in zip(self.dims, sizes))
+            HopfieldMemory(d, n, config.memory.beta, config.memory.hopfield_steps,
+                           config.memory.hopfield_tol, config.memory.normalize, config.scoring.retrieval)
+            for d, n in zip(self.dims, sizes))
         self.memory_of = tuple(range(n_maps)) + (tuple(range(n_maps, len(sizes))) if own
                                                  else self.pooled_of)
         # score_views: every view adds the scales of one view (dims, memory_of, alphas) once more,
         # with memories of its own that stage 1 does not train (copy_view_memories fills them)
-        self.views = SCORE_VIEWS[config.score_views]
+        self.views = SCORE_VIEWS[config.scoring.views]
         per_view, n_mem = len(self.dims), len(self.memories)
         for _ in self.views[1:]:
             self.memories.extend(copy.deepcopy(self.memories[k]).requires_grad_(False)
@@ -123,7 +125,7 @@ class AnoMemModel(nn.Module):
         # projector="mlp": stage 1's projection head per scale (Eq. 4 after it); scoring never uses it
         self.projectors = (nn.ModuleList(nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d))
                                          for d in self.dims[:per_view])
-                           if config.projector == "mlp" else None)
+                           if config.extensions.projector == "mlp" else None)
         alphas = torch.tensor(config.alphas * len(self.views))
         self.register_buffer("alphas", alphas / alphas.sum())
         self.register_buffer("score_mean", torch.zeros(len(self.dims)))
@@ -134,12 +136,12 @@ class AnoMemModel(nn.Module):
     def build(cls, config: AnoMemConfig, semi_supervised: bool = False) -> AnoMemModel:
         """The network a fit leaves: ``AnoMem.load`` is ``build`` + ``load_state_dict``.
 
-        K-means memories (zero centroids, N_mem x d per scale) when ``prototypes="kmeans"``,
+        K-means memories (zero centroids, N_mem x d per scale) when ``memory.prototypes="kmeans"``,
         the heads of Eq. 10 when ``semi_supervised``.
         """
         model = cls(config)
         model.grow_memories()
-        if config.prototypes == "kmeans":
+        if config.memory.prototypes == "kmeans":
             model.use_kmeans([torch.zeros(model.memory(s).patterns.shape)
                               for s in range(len(model.dims))])
         if semi_supervised:
@@ -164,7 +166,7 @@ class AnoMemModel(nn.Module):
 
     @torch.no_grad()
     def copy_view_memories(self) -> None:
-        """``score_views``: every view after the first gets a copy of the first view's memories.
+        """``scoring.views``: every view after the first gets a copy of the first view's memories.
 
         Stage 1 trains the memories of the image itself; at its end each other
         view (a flip of the image) gets a copy of them, which consolidation
@@ -188,13 +190,13 @@ class AnoMemModel(nn.Module):
     def add_heads(self) -> nn.ModuleList:
         """Create (and return) the per-scale MLPs of the semi-supervised detector (Eq. 10)."""
         c = self.config
-        pools = ([c.head_pool] * len(self.stages) + [1] * len(self.pooled_of)) * len(self.views)
-        self.heads = nn.ModuleList(ScaleHead(d, p, c.head_hidden) for d, p in zip(self.dims, pools))
+        pools = ([c.stage2.head_pool] * len(self.stages) + [1] * len(self.pooled_of)) * len(self.views)
+        self.heads = nn.ModuleList(ScaleHead(d, p, c.stage2.head_hidden) for d, p in zip(self.dims, pools))
         return self.heads
 
     def use_kmeans(self, centroids: list[torch.Tensor]) -> None:
         """Replace every memory by nearest-k-means-centroid retrieval, one per scale (Table 4 ablation)."""
-        self.memories = nn.ModuleList(KMeansMemory(c, self.config.normalize) for c in centroids)
+        self.memories = nn.ModuleList(KMeansMemory(c, self.config.memory.normalize) for c in centroids)
         self.memory_of = tuple(range(len(centroids)))
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -205,7 +207,7 @@ class AnoMemModel(nn.Module):
         return out
 
     def view_features(self, x: torch.Tensor, view: int | None = None) -> list[torch.Tensor]:
-        """:meth:`features` of every ``score_views`` view of ``x``, view after view (or of ``view`` alone).
+        """:meth:`features` of every ``scoring.views`` view of ``x``, view after view (or of ``view`` alone).
 
         A view's maps are flipped back, so position (i, j) of every view's map
         shows the same part of the image.
@@ -227,7 +229,7 @@ class AnoMemModel(nn.Module):
         return [self.memory(s).deviation(z) for s, z in zip(scales, maps)]
 
     def view_scales(self, view: int) -> range:
-        """The scales (0-based, as numbered in :attr:`dims`) of ``score_views`` view ``view``."""
+        """The scales (0-based, as numbered in :attr:`dims`) of ``scoring.views`` view ``view``."""
         per_view = len(self.dims) // len(self.views)
         return range(view * per_view, (view + 1) * per_view)
 
@@ -243,8 +245,9 @@ class AnoMemModel(nn.Module):
                             for s, z in enumerate(self.view_features(x))], dim=1).amin(1)
 
     def oc_scores(self, deltas: list[torch.Tensor]) -> torch.Tensor:
-        """Eq. 9 per scale, (B, S): ||Delta(s)||_2 (divided by sqrt(H W) when ``scale_norm="rms"``)."""
-        rms = self.config.scale_norm == "rms"
+        """Eq. 9 per scale, (B, S): ||Delta(s)||_2 (divided by sqrt(H W) when
+        ``scoring.scale_norm="rms"``)."""
+        rms = self.config.scoring.scale_norm == "rms"
         return torch.stack([d.flatten(1).norm(dim=1) / (math.sqrt(d.shape[2] * d.shape[3]) if rms
                                                         else 1.0) for d in deltas], dim=1)
 
@@ -270,11 +273,11 @@ class AnoMemModel(nn.Module):
             return oc @ self.alphas, oc_maps
         heads = torch.stack([h(d) for h, d in zip(self.heads, deltas)], dim=1)
         maps = [h.position_map(d) for h, d in zip(self.heads, deltas)]
-        if self.config.semi_score == "heads+oc":
+        if self.config.scoring.semi_score == "heads+oc":
             # Eq. 11 trains d <= 1/M on normals and d >= M on anomalies and nothing beyond:
             # outside [0, M] a head extrapolates, so it is clipped there before the one-class
             # score is added (measured in docs/design.md).
-            m = self.config.margin
+            m = self.config.stage2.margin
             w = self.oc_weight
             return (heads.clamp(0.0, m) + w * oc) @ self.alphas, [
                 h.clamp(0.0, m) + w * o for h, o in zip(maps, oc_maps)]

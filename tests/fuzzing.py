@@ -31,7 +31,8 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from anomem import AnoMem, AnoMemConfig, ConfigError, InvalidInputError, ModelFileError
-from anomem.config import from_dict, get_config, parse_override, to_dict
+from anomem.config import FLAT_NAMES, SECTIONS, from_dict, get_config, parse_override, to_dict
+from anomem.config import KEYS as CONFIG_KEYS
 from anomem.data.cifar import CIFAR10_CLASSES, load_cifar_batch, read_cifar10_jpeg_tar
 from anomem.data.convert import MAX_IMAGE_PIXELS, to_image_tensor
 from anomem.data.folders import load_images, read_class_folders, read_image
@@ -124,7 +125,7 @@ def check_image_tensor(arg: tuple[Any, int]) -> bool:
 
 
 # ------------------------------------------------------------------ configuration
-KEYS = sorted(to_dict(AnoMemConfig()))
+KEYS = sorted({*CONFIG_KEYS, *FLAT_NAMES, *SECTIONS})     # section.key, flat names, sections
 values = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(-2 ** 70, 2 ** 70), st.floats(),
               st.text(max_size=8), st.sampled_from(["resnet18", "cifar", "all", "cpu", "kmeans"])),

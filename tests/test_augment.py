@@ -56,7 +56,7 @@ def test_shared_geometry_keeps_independent_photometric_transforms():
 
 
 def test_view_geometry_is_validated():
-    assert get_config("digits", {"view_geometry": "shared"}).view_geometry == "shared"
+    assert get_config("digits", {"view_geometry": "shared"}).stage1.view_geometry == "shared"
     with pytest.raises(ConfigError, match="view_geometry"):
         get_config("digits", {"view_geometry": "diagonal"})
 

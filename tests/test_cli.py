@@ -257,7 +257,7 @@ def test_fit_with_yaml_config_overrides_explicit_threshold_and_checkpoints(tmp_p
     assert "threshold 1.5 (set explicitly with --threshold)" in capsys.readouterr().err
     det = AnoMem.load(model)
     assert det.threshold_ == 1.5
-    assert det.config_.stage1_epochs == 1 and det.config_.mem_sizes == (8, 4)  # --set beats the YAML
+    assert det.config_.stage1.epochs == 1 and det.config_.memory.sizes == (8, 4)  # --set beats the YAML
     assert (tmp_path / "ckpt" / "stage1.ckpt").is_file()
     rows = list(csv.DictReader((tmp_path / "m.anomem.log.csv").open()))
     assert len(rows) == 1 and rows[0]["stage"] == "1"  # 20 training images, batch 32: one step

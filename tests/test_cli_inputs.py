@@ -125,7 +125,7 @@ def test_evaluate_shows_the_reference_beside_the_model(ws, capsys, model):
     metrics = json.loads((report / "metrics.json").read_text())
     files = sorted((ws / "test/good").glob("*.png")) + sorted((ws / "test/defects").rglob("*.*"))
     labels = np.r_[np.zeros(20), np.ones(8)].astype(int)
-    images = load_images(files, AnoMem.load(model).config.image_size).images
+    images = load_images(files, AnoMem.load(model).config.backbone.image_size).images
     expected = auroc(labels, leave_one_out_scores(images, labels, size=16))
     assert metrics["reference_auroc"] == pytest.approx(expected, abs=1e-12)
     assert f"(reference {expected:.4f}: PixelKNN" in out

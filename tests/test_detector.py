@@ -73,7 +73,7 @@ def test_predict_uses_threshold_at_target_false_rejection(oc):
     det, task = oc
     normals = task.x_train
     frr = det.predict(normals).mean()
-    assert frr <= det.config_.target_frr + 0.02
+    assert frr <= det.config_.scoring.target_frr + 0.02
     assert set(np.unique(det.predict(task.x_test))) <= {0, 1}
     assert det.predict(task.x_test, threshold=-np.inf).all()
 

@@ -98,7 +98,7 @@ def test_bad_arguments_are_refused_at_once_and_set_params_keeps_the_old_ones():
     with pytest.raises(ConfigError, match="unknown config key.*'bogus'"):
         AnoMem("digits", bogus=1)
     det = AnoMem("digits", seed=1)
-    with pytest.raises(ConfigError, match="'width'"):
+    with pytest.raises(ConfigError, match="'backbone.width'"):
         det.set_params(width=-2)
     assert det.get_params() == {"config": "digits", "seed": 1}
 
@@ -137,7 +137,7 @@ def test_fit_adds_only_underscored_attributes_and_changes_no_parameter(images):
 
 def test_auto_is_resolved_into_config_and_left_as_given(images):
     det = AnoMem(**TINY).fit(images, validation_fraction=0.0)
-    assert det.config == "auto" and det.config_.image_size == 16   # 8 px images: digits
+    assert det.config == "auto" and det.config_.backbone.image_size == 16   # 8 px images: digits
 
 
 def test_decision_scores_are_the_training_images_scores_in_their_order(fitted, images):

@@ -81,7 +81,7 @@ def test_traced_graph_runs_every_hopfield_step_like_the_early_exit(one_class, tm
                                        rtol=0, atol=TOLERANCE * score_scale(one_class, test_images))
     finally:
         for mem in one_class.network_.memories:
-            mem.tol = one_class.config_.hopfield_tol
+            mem.tol = one_class.config_.memory.hopfield_tol
 
 
 def test_metadata_travels_with_the_file(one_class, tmp_path):

@@ -33,7 +33,7 @@ def _head_outputs(det, task):
     """Per scale: the heads' outputs on the training normals as they trained on them, and on the
     test normals as scored."""
     net = det.network
-    x = to_image_tensor(task.x_train, net.config.image_size, "x")
+    x = to_image_tensor(task.x_train, net.config.backbone.image_size, "x")
     y = to_normal_flags(task.labels_train, len(x), "y")
     phis = head_features(net, x, y, RunOptions())
     with torch.no_grad():
@@ -64,7 +64,7 @@ def test_out_of_fold_leaves_the_memories_and_covers_every_image(digits):
     det, task = _fit(digits, "out_of_fold")
     net = det.network
     before = [m.patterns.clone() for m in net.memories]
-    x = to_image_tensor(task.x_train[:40], net.config.image_size, "x")
+    x = to_image_tensor(task.x_train[:40], net.config.backbone.image_size, "x")
     folds, per_view = out_of_fold(net, x, torch.ones(len(x), dtype=torch.bool), RunOptions(),
                                   lambda deltas, v: net.oc_scores(deltas), "heads")
     assert sorted(torch.cat(folds).tolist()) == list(range(len(x)))

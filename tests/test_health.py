@@ -55,7 +55,7 @@ def test_huge_learning_rate_raises_and_keeps_a_finite_checkpoint(data, tmp_path)
     with pytest.raises(TrainingDivergedError, match=r"stage 1: .* NaN|nan|inf") as err:
         det.fit(x[:64], checkpoint_dir=tmp_path, validation_fraction=0.0,
                 options=RunOptions(device=torch.device("cpu"), checkpoint_every=1))
-    assert "Lower the learning rate (stage1_lr=...)" in str(err.value)
+    assert "Lower the learning rate (stage1.lr=...)" in str(err.value)
     assert "\n" not in str(err.value)
     ck = saved(tmp_path / "stage1.ckpt")
     assert 1 <= ck["step"] < 2 * STAGE1_EPOCHS and all_finite(ck["state"]["model"])
@@ -107,7 +107,7 @@ def test_nan_in_stage2_heads_stops_stage2_and_keeps_its_checkpoint(data, tmp_pat
             with torch.no_grad():
                 det.network_.heads[0].mlp[0].weight.fill_(float("nan"))
     with pytest.raises(TrainingDivergedError, match=r"stage 2: the loss became nan at step 4.*"
-                                                    r"stage2_lr"):
+                                                    r"stage2.lr"):
         fit_with_fault(det, x, labels, tmp_path, poison)
     ck = saved(tmp_path / "stage2.ckpt")
     assert ck["step"] == 2 and all_finite(ck["state"]["heads"])
@@ -126,7 +126,7 @@ def test_collapsed_prototypes_stop_stage1_and_keep_the_last_good_checkpoint(data
                 p = det.network_.memories[1].patterns
                 p.copy_(p[:1].expand_as(p))
     with pytest.raises(TrainingDivergedError, match=r"prototypes collapsed to one point at "
-                                                    r"epoch 2.*Raise lambda_v") as err:
+                                                    r"epoch 2.*Raise stage1.lambda_v") as err:
         fit_with_fault(det, x[:64], None, tmp_path, collapse)
     assert prototype_spread(det.network_) < COLLAPSE_SPREAD
     assert "\n" not in str(err.value)

@@ -51,8 +51,8 @@ def test_blocks_above_the_threshold_are_mapped_on_their_own():
 
 
 def test_the_cpu_preset_sets_it_and_it_is_validated():
-    assert get_config("cpu").malloc_mmap_threshold == 8 << 20
-    assert get_config("digits").malloc_mmap_threshold == 0
+    assert get_config("cpu").runtime.malloc_mmap_threshold == 8 << 20
+    assert get_config("digits").runtime.malloc_mmap_threshold == 0
     with pytest.raises(ConfigError, match="malloc_mmap_threshold"):
         get_config("cpu", {"malloc_mmap_threshold": -1})
 

@@ -66,7 +66,7 @@ def test_fewer_vectors_than_patterns_still_gives_distinct_patterns_near_real_vec
 
 def test_random_init_is_left_alone_by_training_setup():
     cfg = get_config("digits", {"width": 4, "mem_sizes": [8, 4]})
-    assert cfg.memory_init == "random"
+    assert cfg.memory.init == "random"
     torch.manual_seed(0)
     a = AnoMemModel(cfg).memories[0].patterns.detach()
     torch.manual_seed(0)

@@ -42,7 +42,7 @@ def test_anomem_defaults_to_auto_and_resolves_it_at_fit(side, preset):
     assert det.config == AUTO and not hasattr(det, "config_")          # resolved at fit
     det.fit(x, validation_fraction=0.0)
     expected = get_config(preset, NO_TRAINING)
-    assert det.config_ == expected and det.config_.width == 4           # overrides on top
+    assert det.config_ == expected and det.config_.backbone.width == 4           # overrides on top
     assert det.decision_function(x).shape == (12,)
 
 

@@ -29,11 +29,12 @@ def test_gpu_preset_memory_returns_a_stored_pattern():
     cfg = get_config("gpu")
     torch.manual_seed(0)
     for d, n in ((1024, 512), (2048, 256)):
-        mem = HopfieldMemory(d, n, cfg.beta, cfg.hopfield_steps, cfg.hopfield_tol, cfg.normalize)
+        m = cfg.memory
+        mem = HopfieldMemory(d, n, m.beta, m.hopfield_steps, m.hopfield_tol, m.normalize)
         with torch.no_grad():
             stored = mem.stored()
             err = (mem(stored) - stored).norm(dim=1).max().item()
-        assert err < 1e-2, f"beta={cfg.beta}: a stored pattern comes back {err:.3f} away"
+        assert err < 1e-2, f"beta={cfg.memory.beta}: a stored pattern comes back {err:.3f} away"
 
 
 def test_the_literal_beta_on_normalised_patterns_returns_the_mean_pattern_instead():
@@ -146,7 +147,7 @@ def test_stage1_contrasts_the_image_level_scale():
     model = AnoMemModel(get_config("digits", {"width": 4, "global_memory": "every"}))
     v1, v2 = torch.rand(6, 3, 16, 16), torch.rand(6, 3, 16, 16)
     loss, st = ContrastedMemoryObjective(model)(v1, v2, torch.ones(6, dtype=torch.long))
-    lam = model.config.lambda_v
+    lam = model.config.stage1.lambda_v
     maps = (1 * 8 * (st["com1"] + lam * st["var1"]) + 2 * 4 * (st["com2"] + lam * st["var2"])) / 12
     # stats are float32 terms rounded to Python floats; the sum is O(1): 1e-5 absolute
     image = (st["com3"] + lam * st["var3"] + st["com4"] + lam * st["var4"]) / 2
@@ -186,7 +187,7 @@ def test_semi_supervised_score_is_the_clipped_heads_plus_the_weighted_one_class_
         deltas = model.deviation_maps(x)
         heads = torch.stack([h(d) for h, d in zip(model.heads, deltas)], 1)
         oc = (model.oc_scores(deltas) - model.score_mean) / model.score_std
-        want = (heads.clamp(0, model.config.margin) + 0.3 * oc) @ model.alphas
+        want = (heads.clamp(0, model.config.stage2.margin) + 0.3 * oc) @ model.alphas
         torch.testing.assert_close(model(x), want)
         model.config = model.config.replace(semi_score="heads")
         torch.testing.assert_close(model(x), heads @ model.alphas)
@@ -290,34 +291,6 @@ def test_consolidation_grows_the_memory_into_prototypes_that_each_answer_vectors
                 (torch.nonzero(assign == k).squeeze(1) // 3).tolist())) == 1   # one cluster each
 
 
-def test_model_files_from_before_a_key_load_with_what_they_were_made_with(digits, tmp_path):
-    # consolidate_factor, pseudo_anomalies, score_views, image_alpha, head_sampling and
-    # oc_evidence (with the oc_weight buffer) came later: a file without them was made with
-    # memories that never grew, a stage 1 without pseudo-anomalies, one view, the image-level
-    # scales weighed last, uniform batches for the heads and the one-class score weighed 1
-    from anomem.serialization import atomic_torch_save, safe_torch_load
-
-    det = AnoMem("digits", stage1_epochs=1, stage2_epochs=1, consolidate_factor=1,
-                 pseudo_anomalies="none", score_views="single", image_alpha="last",
-                 head_sampling="uniform", oc_evidence=None).fit(
-        digits.x_train[:40], (digits.y_train[:40] == 1).astype(int), validation_fraction=0.0)
-    assert det.semi_supervised and det.network.oc_weight.item() == 1.0
-    path = det.save(tmp_path / "m.anomem")
-    blob = safe_torch_load(path, "model file")
-    for key in ("consolidate_factor", "pseudo_anomalies", "score_views", "image_alpha",
-                "head_sampling", "oc_evidence"):
-        del blob["config"][key]
-    del blob["state_dict"]["oc_weight"]
-    blob.pop("checksum", None)
-    atomic_torch_save(blob, path)
-    back = AnoMem.load(path)
-    assert back.config.consolidate_factor == 1 and back.config.pseudo_anomalies == "none"
-    assert back.config.score_views == "single" and back.config.image_alpha == "last"
-    assert back.config.head_sampling == "uniform" and back.config.oc_evidence is None
-    np.testing.assert_array_equal(back.decision_function(digits.x_test[:20]),
-                                  det.decision_function(digits.x_test[:20]))
-
-
 def test_calibration_scores_each_normal_against_memories_consolidated_without_it(digits):
     # A memory with more patterns than training normals holds each as a pattern after
     # consolidation: in-sample, the pooled scale's scores are all 0.  Calibration scores each
@@ -329,7 +302,7 @@ def test_calibration_scores_each_normal_against_memories_consolidated_without_it
     normals = digits.x_train[digits.y_train == 0][:24]
     det = AnoMem("digits", stage1_epochs=1, consolidate_factor=8).fit(normals, validation_fraction=0.0)
     net = det.network                               # image-level memories: 8 x (32, 16) >= 24 images
-    x = to_image_tensor(normals, net.config.image_size, "images")
+    x = to_image_tensor(normals, net.config.backbone.image_size, "images")
     in_sample = torch.cat(map_batches(net, x, RunOptions(), lambda m, b: m.oc_scores(m.deviation_maps(b))))
     assert float(in_sample[:, 2].max()) < 1e-6           # every normal is its own prototype
     before = [m.patterns.detach().clone() for m in net.memories]
@@ -350,11 +323,11 @@ def test_out_of_fold_scores_match_consolidating_each_fold_from_its_images(digits
 
     normals = digits.x_train[digits.y_train == 3][:40]
     net = AnoMem("digits", stage1_epochs=1).fit(normals, validation_fraction=0.0).network
-    x = to_image_tensor(normals, net.config.image_size, "images")
+    x = to_image_tensor(normals, net.config.backbone.image_size, "images")
     got = out_of_fold_scores(net, x, RunOptions())
     kept = net.memories
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(
-        stream_seed(net.config.seed, "calibrate")))
+        stream_seed(net.config.runtime.seed, "calibrate")))
     want = torch.zeros_like(got)
     for k, fold in enumerate((order[0::2], order[1::2])):
         net.memories = copy.deepcopy(kept)

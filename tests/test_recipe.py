@@ -6,7 +6,6 @@ the config fields' metadata, so these tests compare them with that one source.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -34,7 +33,7 @@ def test_paper_recipe_sets_every_choice_to_its_literal_value(preset):
     assert len(literal) >= 20
     for key, value in literal.items():
         if value != NOT_IN_PAPER:
-            got = getattr(cfg, key)
+            got = cfg.get(key)
             assert (list(got) if isinstance(got, tuple) else got) == value, key
     assert cfg.beyond_paper() == {}
     assert cfg.recipe == "paper"
@@ -43,50 +42,52 @@ def test_paper_recipe_sets_every_choice_to_its_literal_value(preset):
 def test_literal_values_by_hand():
     """The values the paper states, written out independently of the metadata."""
     cfg = get_config("cpu", {"recipe": "paper"})
-    assert (cfg.normalize, cfg.beta, cfg.score_views, cfg.head_sampling) == (False, 2.0, "single",
-                                                                             "uniform")
-    assert (cfg.global_memory, cfg.consolidate, cfg.reseed_dead, cfg.pseudo_anomalies) == (
+    mem, ext, sc = cfg.memory, cfg.extensions, cfg.scoring
+    assert (mem.normalize, mem.beta, sc.views, cfg.stage2.head_sampling) == (False, 2.0, "single", "uniform")
+    assert (ext.global_memory, ext.consolidate, ext.reseed_dead, ext.pseudo_anomalies) == (
         "none", 0, False, "none")
-    assert (cfg.score_retrieval, cfg.scale_norm, cfg.semi_score) == ("hopfield", "frobenius", "heads")
-    assert (cfg.head_inputs, cfg.head_deviations) == ("raw", "in_sample")
-    assert cfg.hopfield_steps == HOPFIELD_STEPS_CAP
+    assert (sc.retrieval, sc.scale_norm, sc.semi_score) == ("hopfield", "frobenius", "heads")
+    assert (cfg.stage2.head_inputs, cfg.stage2.head_deviations) == ("raw", "in_sample")
+    assert cfg.memory.hopfield_steps == HOPFIELD_STEPS_CAP
     # the size preset is untouched
-    assert (cfg.arch, cfg.width, cfg.mem_sizes) == ("resnet18", 16, (64, 32))
+    assert (cfg.backbone.arch, cfg.backbone.width, cfg.memory.sizes) == ("resnet18", 16, (64, 32))
 
 
 def test_default_recipe_departs_where_the_table_says():
     cfg = get_config("cpu")
     assert cfg.recipe == "tuned"
     departs = cfg.beyond_paper()
-    assert departs["normalize"] == (True, False) and departs["beta"] == (10.0, 2.0)
-    assert "negatives" not in departs and "variance" not in departs
+    assert departs["memory.normalize"] == (True, False) and departs["memory.beta"] == (10.0, 2.0)
+    assert "stage1.negatives" not in departs and "stage1.variance" not in departs
 
 
 def test_paper_preset_is_literal_and_gpu_preset_is_tuned():
     paper, gpu = get_config("paper"), get_config("gpu")
     for cfg in (paper, gpu):
-        assert (cfg.arch, cfg.mem_sizes, cfg.batch_size, cfg.stage1_epochs) == (
+        assert (cfg.backbone.arch, cfg.memory.sizes, cfg.stage1.batch_size, cfg.stage1.epochs) == (
             "resnet50", (512, 256), 1024, 200)
-    assert paper.beyond_paper() == {} and paper.beta == 2.0
-    assert gpu.recipe == "tuned" and gpu.beta == 20.0 and gpu.normalize
+    assert paper.beyond_paper() == {} and paper.memory.beta == 2.0
+    assert gpu.recipe == "tuned" and gpu.memory.beta == 20.0 and gpu.memory.normalize
     # asked for explicitly, the tuned recipe on the paper preset keeps the package defaults
-    assert get_config("paper", {"recipe": "tuned"}).normalize
+    assert get_config("paper", {"recipe": "tuned"}).memory.normalize
 
 
 def test_overrides_win_over_the_recipe_and_the_recipe_over_the_preset():
     cfg = get_config("mtd", {"recipe": "paper", "beta": 8.0})
-    assert cfg.beta == 8.0 and cfg.beyond_paper() == {"beta": (8.0, 2.0)}
-    assert cfg.negatives == "all"                       # the mtd preset's same_position is a choice
-    assert get_config("mtd").negatives == "same_position"
-    assert get_config("cpu").replace(recipe="paper").normalize is False
-    assert get_config("cpu").replace(recipe="paper", normalize=True).normalize is True
+    assert cfg.memory.beta == 8.0 and cfg.beyond_paper() == {"memory.beta": (8.0, 2.0)}
+    assert cfg.stage1.negatives == "all"                       # the mtd preset's same_position is a choice
+    assert get_config("mtd").stage1.negatives == "same_position"
+    assert get_config("cpu").replace(recipe="paper").memory.normalize is False
+    assert get_config("cpu").replace(recipe="paper", normalize=True).memory.normalize is True
 
 
 def test_unknown_recipe_and_misspelt_key_name_the_fix():
     with pytest.raises(ConfigError, match="recipe.*tuned, paper"):
         get_config("cpu", {"recipe": "literal"})
-    with pytest.raises(ConfigError, match="did you mean 'normalize'"):
+    with pytest.raises(ConfigError, match="did you mean 'memory.normalize'"):
         get_config("cpu", {"normalise": False})
+    with pytest.raises(ConfigError, match="did you mean 'stage1.epochs'"):
+        get_config("cpu", {"stage1.epoch": 3})
 
 
 def test_design_doc_holds_the_generated_choices_table():
@@ -97,11 +98,10 @@ def test_design_doc_holds_the_generated_choices_table():
 
 
 def test_every_choice_has_a_literal_value_or_says_it_has_none():
-    for f in dataclasses.fields(AnoMemConfig):
-        if "literal" in f.metadata:
-            assert f.metadata["what"], f.name
-            if f.metadata["literal"] != NOT_IN_PAPER:
-                AnoMemConfig(**{f.name: f.metadata["literal"]})   # a valid value
+    for key, f in choices().items():
+        assert f.metadata["what"], key
+        if f.metadata["literal"] != NOT_IN_PAPER:
+            AnoMemConfig().replace(**{key: f.metadata["literal"]})   # a valid value
 
 
 def test_literal_retrieval_iterates_eq1_to_its_fixed_point():

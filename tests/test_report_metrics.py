@@ -73,7 +73,7 @@ def test_metrics_reject_bad_input(labels, scores, match):
 def fitted(digits):
     det = AnoMem("digits", stage1_epochs=1).fit(digits.x_train[digits.y_train == 0][:60])
     pick = np.r_[np.flatnonzero(digits.y_test == 0)[:12], np.flatnonzero(digits.y_test == 7)[:12]]
-    images = to_image_tensor(digits.x_test[pick], det.config_.image_size)
+    images = to_image_tensor(digits.x_test[pick], det.config_.backbone.image_size)
     labels = (digits.y_test[pick] == 7).astype(np.int64)
     return det, images, labels
 

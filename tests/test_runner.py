@@ -78,7 +78,7 @@ def test_rows_hold_config_seed_time_memory_and_reuse(grid: dict[str, Any], datas
     assert [r["gamma"] for r in rows] == [0.0, 0.0, 0.05, 0.05]
     r = rows[1]
     assert r["encoder_reused"] == "a" and rows[0]["encoder_reused"] is None
-    assert r["config"]["arch"] == "resnet18" and r["seed"] == 0
+    assert r["config"]["backbone"]["arch"] == "resnet18" and r["seed"] == 0
     assert r["wall_s"] >= 0 and r["peak_rss_mb"] > 10 and 0 <= r["auroc"] <= 1
     assert rows[2]["n_anomalies_train"] > 0 and rows[0]["n_anomalies_train"] == 0
 
@@ -172,7 +172,7 @@ def test_cli_runs_a_tiny_real_grid_and_writes_tables(tmp_path: Path) -> None:
     res = tmp_path / "out" / "tiny.jsonl"
     assert main(["benchmark", str(cfg), "--results", str(res), "--no-progress"]) == 0
     row = json.loads(res.read_text().splitlines()[0])
-    assert row["cell"] == "deepsad|digits|3|0|0" and row["config"]["stage1_epochs"] == 1
+    assert row["cell"] == "deepsad|digits|3|0|0" and row["config"]["stage1"]["epochs"] == 1
     assert "1/1 cells finished" in (tmp_path / "out" / "tiny_tables.md").read_text()
     assert main(["benchmark", str(cfg), "--shard", "2/1"]) == 2
 

@@ -25,7 +25,7 @@ from anomem import (
     ModelFileError,
     RequiresFitting,
 )
-from anomem.config import from_dict, get_config, parse_override, to_dict
+from anomem.config import Memory, Stage1, from_dict, get_config, parse_override, to_dict
 from anomem.serialization import atomic_torch_save, safe_torch_load
 from anomem.stages.common import load_checkpoint, save_checkpoint
 from anomem.torch_model import AnoMemModel
@@ -56,26 +56,28 @@ def detector() -> AnoMem:
     ((123,), {}, "preset name"),
     (("no-such-preset",), {}, "does not exist"),
     (("digits",), {"bogus": 1}, "unknown config key.*'bogus'"),
-    (("digits",), {"width": "8"}, "'width'"),
-    (("digits",), {"crop_scale": [0.5]}, "'crop_scale'"),
-    (("digits",), {"blur_sigma": [0, 1]}, "'blur_sigma'"),
-    (("digits",), {"device": "gpu"}, "'device'"),
-    (("digits",), {"device": "cuda:x"}, "'device'"),
-    (("digits",), {"seed": 2 ** 40}, "'seed'"),
-    (("digits",), {"beta": float("inf")}, "'beta'"),
-    (("digits",), {"normalize": "yes"}, "'normalize'"),
-    (("digits",), {"memory_stages": [4, 3]}, "'memory_stages'"),
-    (("digits",), {"mem_sizes": [[1], 2]}, "'mem_sizes'"),
-    (("digits",), {"target_frr": "low"}, "'target_frr'"),
+    (("digits",), {"width": "8"}, "'backbone.width'"),
+    (("digits",), {"crop_scale": [0.5]}, "'stage1.crop_scale'"),
+    (("digits",), {"blur_sigma": [0, 1]}, "'stage1.blur_sigma'"),
+    (("digits",), {"device": "gpu"}, "'runtime.device'"),
+    (("digits",), {"device": "cuda:x"}, "'runtime.device'"),
+    (("digits",), {"seed": 2 ** 40}, "'runtime.seed'"),
+    (("digits",), {"beta": float("inf")}, "'memory.beta'"),
+    (("digits",), {"normalize": "yes"}, "'memory.normalize'"),
+    (("digits",), {"memory_stages": [4, 3]}, "'memory.stages'"),
+    (("digits",), {"mem_sizes": [[1], 2]}, "'memory.sizes'"),
+    (("digits",), {"target_frr": "low"}, "'scoring.target_frr'"),
 ])
 def test_constructor_refuses_bad_configuration(args, kwargs, match):
     refused(lambda: AnoMem(*args, **kwargs), ConfigError, match)
 
 
 def test_config_objects_refuse_bad_values_directly():
-    refused(lambda: AnoMemConfig(crop_scale=5), ConfigError, "crop_scale|invalid config value")
-    refused(lambda: AnoMemConfig(memory_stages=5), ConfigError, "invalid config value")
-    refused(lambda: AnoMem(get_config("digits"), seed=-1), ConfigError, "'seed'")
+    refused(lambda: Stage1(crop_scale=5), ConfigError, "'stage1.crop_scale'")
+    refused(lambda: Memory(stages=5), ConfigError, "invalid config value")
+    refused(lambda: AnoMemConfig(memory={"beta": 1.0}), ConfigError, "section 'memory'.*from_dict")
+    refused(lambda: from_dict({"stage1": 3}), ConfigError, "section 'stage1' must be a mapping")
+    refused(lambda: AnoMem(get_config("digits"), seed=-1), ConfigError, "'runtime.seed'")
     refused(lambda: from_dict([("arch", "resnet18")]), ConfigError, "mapping")
     refused(lambda: from_dict({1: 2, "x": 3}), ConfigError, "unknown config key")
     refused(lambda: get_config("digits", [("seed", 1)]), ConfigError, "overrides must be a mapping")
@@ -89,7 +91,7 @@ def test_config_objects_refuse_bad_values_directly():
     ("[" * 1000 + "]" * 1000, "not valid YAML"),
     ("- a\n- b\n", "must hold a mapping"),
     ("preset: nowhere\n", "unknown preset 'nowhere'"),
-    ("preset: digits\nwidth: -3\n", "'width'"),
+    ("preset: digits\nwidth: -3\n", "'backbone.width'"),
     ("preset: digits\nmystery: 1\n", "unknown config key"),
 ])
 def test_yaml_config_files_are_checked(tmp_path, text, match):
@@ -104,7 +106,7 @@ def test_unreadable_config_files_are_refused(tmp_path):
     refused(lambda: get_config(tmp_path), ConfigError, "does not exist")
     good = tmp_path / "ok.yaml"
     good.write_text("preset: digits\nstage1_epochs: 2\n")
-    assert get_config(good).stage1_epochs == 2
+    assert get_config(good).stage1.epochs == 2
 
 
 # ------------------------------------------------------------------ fit
@@ -185,7 +187,7 @@ def test_load_refuses_inconsistent_model_files(detector, tmp_path):
              ({"config": {**to_dict(detector.network_.config), "width": 16}}, "do not fit"),
              # a crafted config asking for a huge network: refused before any allocation
              ({"config": {**to_dict(detector.network_.config), "width": 2 ** 16}}, "do not fit"),
-             ({"config": {"arch": "vgg"}}, "'arch'"), ({"config": None}, "inconsistent")]
+             ({"config": {"arch": "vgg"}}, "'backbone.arch'"), ({"config": None}, "inconsistent")]
     for changes, match in cases:
         refused(lambda c=changes: AnoMem.load(saved_blob(detector, tmp_path, **c)), ModelFileError,
                 match)
@@ -193,15 +195,15 @@ def test_load_refuses_inconsistent_model_files(detector, tmp_path):
 
 def test_load_device_argument(detector, tmp_path):
     path = detector.save(tmp_path / "m.anomem")
-    refused(lambda: AnoMem.load(path, device="tpu"), ConfigError, "'device'")
-    assert AnoMem.load(path, device="cpu").config_.device == "cpu"
+    refused(lambda: AnoMem.load(path, device="tpu"), ConfigError, "'runtime.device'")
+    assert AnoMem.load(path, device="cpu").config_.runtime.device == "cpu"
 
 
 @NO_CUDA
 def test_a_model_trained_on_cuda_loads_on_a_cpu_machine(detector, tmp_path):
     path = saved_blob(detector, tmp_path, config={**to_dict(detector.network_.config), "device": "cuda"})
     det = AnoMem.load(path)
-    assert det.config_.device == "auto" and det._device().type == "cpu"
+    assert det.config_.runtime.device == "auto" and det._device().type == "cpu"
     np.testing.assert_array_equal(det.decision_function(IMAGES), detector.decision_function(IMAGES))
     refused(lambda: AnoMem.load(path, device="cuda"), InvalidInputError, "not available")
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from anomem import AnoMem
 from anomem.config import ConfigError, get_config
-from anomem.config_checks import SCORE_VIEWS
+from anomem.config.checks import SCORE_VIEWS
 from anomem.data.convert import to_image_tensor
 from anomem.localisation import anomaly_map
 from anomem.stages.common import RunOptions
@@ -90,7 +90,7 @@ def test_out_of_fold_scores_view_by_view_equal_every_view_at_once(flips, digits)
     normals = to_image_tensor(digits.x_train[digits.y_train == 0][:24], 16)
     got = out_of_fold_scores(model, normals, RunOptions())
     order = torch.randperm(24, generator=torch.Generator().manual_seed(
-        stream_seed(model.config.seed, "calibrate")))
+        stream_seed(model.config.runtime.seed, "calibrate")))
     maps, want = feature_maps(model, normals, RunOptions()), torch.zeros(24, len(model.dims))
     for fold in (order[0::2], order[1::2]):
         other = copy.deepcopy(model)
@@ -134,5 +134,5 @@ def test_kmeans_memories_hold_one_memory_per_scale_and_view(digits):
 
 
 def test_score_views_is_validated():
-    with pytest.raises(ConfigError, match="score_views"):
+    with pytest.raises(ConfigError, match="scoring.views"):
         get_config("digits", {"score_views": "rotations"})

@@ -1,8 +1,8 @@
 """What the trained baselines share: a pooled ResNet encoder and one training loop.
 
-The loop uses AnoMem's configuration for the backbone (``arch``, ``width``,
-``stem``), the augmentation (one view of :class:`anomem.augment.TwoViewAugment`),
-the batch size and the number of epochs (``stage1_epochs``), so a baseline
+The loop uses AnoMem's configuration for the backbone (``backbone.arch``, ``backbone.width``,
+``backbone.stem``), the augmentation (one view of :class:`anomem.augment.TwoViewAugment`),
+the batch size and the number of epochs (``stage1.epochs``), so a baseline
 gets the same data, augmentation and budget as AnoMem's stage 1.
 """
 
@@ -38,7 +38,7 @@ class PooledEncoder(nn.Module):
 
     def __init__(self, cfg: AnoMemConfig) -> None:
         super().__init__()
-        self.net = ResNet(cfg.arch, cfg.width, cfg.stem)
+        self.net = ResNet(cfg.backbone.arch, cfg.backbone.width, cfg.backbone.stem)
         self.dim = self.net.channels[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -47,7 +47,7 @@ class PooledEncoder(nn.Module):
 
 def prepare(images: Any, labels: Any, cfg: AnoMemConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Validated uint8 images and the paper's y (1 = normal) from public labels."""
-    x = to_image_tensor(images, cfg.image_size, "images")
+    x = to_image_tensor(images, cfg.backbone.image_size, "images")
     y = to_normal_flags(labels, len(x), "labels")
     if int(y.sum()) < 2:
         raise InvalidInputError(f"fit needs at least 2 normal images, got {int(y.sum())}")
@@ -70,30 +70,29 @@ def train_loop(module: nn.Module, params: list[nn.Parameter], x: torch.Tensor, y
                cfg: AnoMemConfig, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer],
                sampler: Sampler | None = None, name: str = "baseline") -> list[float]:
-    """Train ``module`` for ``cfg.stage1_epochs`` epochs of ``len(x) // batch_size`` steps.
+    """Train ``module`` for ``cfg.stage1.epochs`` epochs of ``len(x) // batch_size`` steps.
 
     Each step draws a batch (``sampler``, default uniform without replacement),
     augments it once and minimises ``loss_fn(module(view), y_batch)``; the
     learning rate follows a cosine schedule.  Returns the per-step losses.
     """
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.runtime.device)
     module.to(device).train()
     n = len(x)
-    bsz = min(cfg.batch_size, n)
-    total = cfg.stage1_epochs * max(1, n // bsz)
+    bsz = min(cfg.stage1.batch_size, n)
+    total = cfg.stage1.epochs * max(1, n // bsz)
     opt = optimizer(params)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total))
-    aug = TwoViewAugment(cfg.image_size, cfg.crop_scale, cfg.jitter, cfg.blur_sigma,
-                         cfg.noise_std).pipeline
+    aug = TwoViewAugment.of(cfg.backbone.image_size, cfg.stage1).pipeline
     draw = sampler or uniform_sampler(n, bsz)
-    g = torch.Generator().manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.runtime.seed)
     losses = []
     for step in range(total):
         idx = draw(step, g)
         with torch.no_grad():
             view = aug(x[idx].to(device).float().div_(255)).clamp_(0, 1)
         loss = loss_fn(module(view), y[idx].to(device))
-        losses.append(check_finite(loss, step, name, "stage1_lr"))
+        losses.append(check_finite(loss, step, name, "stage1.lr"))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -109,7 +108,7 @@ def embed(module: nn.Module | None, images: Any, cfg: AnoMemConfig, batch_size: 
     if module is None:
         raise RequiresFitting("this detector is not fitted yet; call fit(images) first")
     x = images if isinstance(images, torch.Tensor) and images.dtype == torch.uint8 \
-        else to_image_tensor(images, cfg.image_size, "images")
+        else to_image_tensor(images, cfg.backbone.image_size, "images")
     device = next(module.parameters()).device
     module.eval()
     return torch.cat([module(x[sl].to(device).float().div_(255)).cpu()

@@ -56,7 +56,7 @@ class DeepSAD(Detector):
 
     Args:
         config: AnoMem preset name, YAML path or config (backbone, batch size,
-            ``stage1_epochs``, augmentation, seed and device are used).
+            ``stage1.epochs``, augmentation, seed and device are used).
         eta: weight of the labelled-anomaly term.
         rep_dim: output dimension of phi.
         lr: Adam learning rate (Deep SAD's optimiser).
@@ -74,7 +74,7 @@ class DeepSAD(Detector):
         """Train on ``images``; labels 1 = anomaly, 0 = normal (None: all normal)."""
         cfg = self.config
         x, y = prepare(images, labels, cfg)
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.runtime.seed)
         net = _DeepSADNet(cfg, self.rep_dim)
         with torch.no_grad():
             z = embed(nn.Sequential(net.encoder, net.proj), x[y == 1], cfg).mean(0)

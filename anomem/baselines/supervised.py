@@ -57,7 +57,7 @@ class SupervisedClassifier(Detector):
 
     Args:
         config: AnoMem preset name, YAML path or config (backbone, batch size,
-            ``stage1_epochs``, ``stage1_lr``, augmentation, seed, device).
+            ``stage1.epochs``, ``stage1.lr``, augmentation, seed, device).
         **overrides: configuration keys to change.
     """
 
@@ -74,7 +74,7 @@ class SupervisedClassifier(Detector):
             raise InvalidInputError("the supervised classifier needs labelled anomalies "
                                     "(labels with at least one 1); use AnoMem, DeepSAD or kNN "
                                     "for the one-class setting")
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.runtime.seed)
         enc = PooledEncoder(cfg)
         net = nn.Sequential(enc, nn.Linear(enc.dim, 1))
 
@@ -83,9 +83,9 @@ class SupervisedClassifier(Detector):
 
         self.losses_ = train_loop(
             net, list(net.parameters()), x, y, cfg, loss_fn,
-            lambda ps: torch.optim.SGD(ps, lr=cfg.stage1_lr, momentum=cfg.stage1_momentum,
-                                       weight_decay=cfg.stage1_weight_decay, nesterov=True),
-            balanced_sampler(y, min(cfg.batch_size, len(x))), name="supervised")
+            lambda ps: torch.optim.SGD(ps, lr=cfg.stage1.lr, momentum=cfg.stage1.momentum,
+                                       weight_decay=cfg.stage1.weight_decay, nesterov=True),
+            balanced_sampler(y, min(cfg.stage1.batch_size, len(x))), name="supervised")
         self.net = net
         return self
 

@@ -44,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0],
                    help="seeds of the split, the draw and training (default: 0)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of the preset, e.g. --set stage1_epochs=10")
+                   help="override a key of the preset, e.g. --set stage1.epochs=10")
     p.add_argument("--side", type=int, default=8,
                    help="resize the 8x8 digits to this side and fit the preset 'auto' picks for it "
                         "(default 8: the 'digits' preset)")

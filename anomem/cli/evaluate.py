@@ -117,7 +117,7 @@ def verdict(model: float, reference: float,
     if model < reference:
         notes.append(f"the model's AUROC {model:.4f} is below the reference's {reference:.4f} "
                      f"({REFERENCE}): it separates these images worse than comparing raw pixels; "
-                     f"train longer (--set stage1_epochs=...), try another preset, or use the "
+                     f"train longer (--set stage1.epochs=...), try another preset, or use the "
                      f"reference")
     for t, n, a, _ in per_type:
         if a < 0.5 <= model:
@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     det = AnoMem.load(args.model)
     threshold = model_threshold(det, args.threshold, args.model)
     normal_e, anom_e = labelled_sources(args)
-    size, progress = det.config_.image_size, not args.quiet and auto_progress()
+    size, progress = det.config_.backbone.image_size, not args.quiet and auto_progress()
     normal, normal_e = load_entries(normal_e, size, args.bad_images, progress, "normal images")
     anom, anom_e = load_entries(anom_e, size, args.bad_images, progress, "anomalies")
     if normal.skipped or anom.skipped:
@@ -204,11 +204,11 @@ def _write(args: argparse.Namespace, det: AnoMem, images: torch.Tensor, labels: 
     if args.threshold is not None:
         origin = "given with --threshold"
     elif det.threshold_normals_:
-        origin = f"stored in the model: {describe(det.threshold_normals_, det.config_.target_frr)}"
+        origin = f"stored in the model: {describe(det.threshold_normals_, det.config_.scoring.target_frr)}"
     else:
         origin = "stored in the model"
-    summary = (f"Model {args.model} ({mode}, {det.config_.arch}, {det.config_.image_size}x"
-               f"{det.config_.image_size} px input). {int((labels == 0).sum())} normal images and "
+    summary = (f"Model {args.model} ({mode}, {det.config_.backbone.arch}, {det.config_.backbone.image_size}x"
+               f"{det.config_.backbone.image_size} px input). {int((labels == 0).sum())} normal images and "
                f"{int(labels.sum())} anomalies from {sources}. Threshold {threshold:.6g} ({origin}).")
     return write_report(out, det, labels=labels, scores=scores, threshold=threshold,
                         names=[str(e.path) for e in entries], images=images, metrics=metrics,

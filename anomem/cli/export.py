@@ -47,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     check_model_argument(args.model, "as in: anomem export MODEL --format onnx", args.check or ())
     det = AnoMem.load(args.model, device="cpu")
-    side = det.config_.image_size
+    side = det.config_.backbone.image_size
     out = Path(args.output) if args.output else Path(args.model).with_suffix(SUFFIX[args.format])
     if args.check:
         images = load_images(collect_images(args.check), side, "fail", what="check images").images

@@ -6,22 +6,24 @@ normal images, or a list file: '.txt' with one image path per line, or
 anomaly; a labelled anomaly trains the semi-supervised detector) and an
 optional 'type' column (anomaly type); relative paths are read from the list
 file's folder.  Grayscale, RGB and RGBA images of any size are converted to
-RGB and resized to the configuration's 'image_size'.  With '--anomalies SRC'
+RGB and resized to the configuration's 'backbone.image_size'.  With '--anomalies SRC'
 (a folder, one sub-folder per anomaly type, or a list) the detector becomes
 semi-supervised (paper Eq. 10-12); without anomalies, one-class (Eq. 9).  An
 image given both as normal and as anomaly (same file or same bytes) is an
 error.
 
 The configuration is a preset or a YAML file (which may start from a preset
-with 'preset: cpu'), changed with '--set key=value'.  The default preset
+with 'preset: cpu'), changed with '--set section.key=value' (e.g.
+'--set stage1.epochs=30'; the flat names of earlier versions, such as
+'stage1_epochs', are read too).  The default preset
 'auto' picks digits, cpu or mtd from the images' size (the median over files
 of the larger side; <= 24 px, <= 64 px, larger); see 'presets' below.
 
 Threshold: '--validation-fraction' (default 0.2, as AnoMem.fit) of the normal
 images is held out of training; the threshold is the order statistic of
 their scores whose expected false-alarm rate on new normal images is at most
-'target_frr' (--set target_frr=0.01 for 1%), and the output gives a 95%
-upper bound on that rate.  Fewer than 1/target_frr - 1 held-out normals
+'scoring.target_frr' (--set scoring.target_frr=0.01 for 1%), and the output
+gives a 95% upper bound on that rate.  Fewer than 1/target_frr - 1 held-out normals
 (19 for 5%) cannot hold the target: a warning says so.  '--threshold' sets
 the threshold explicitly instead.  Both are stored in the model file.
 
@@ -32,8 +34,8 @@ checkpoints there; rerunning the same command resumes where it stopped.
 
 examples:
   anomem fit good_parts/ -o parts.anomem
-  anomem fit good_parts/ --anomalies defects/ --config cpu --set stage1_epochs=30
-  anomem fit images.csv --config my.yaml --set target_frr=0.01 --checkpoint-dir ckpt/
+  anomem fit good_parts/ --anomalies defects/ --config cpu --set stage1.epochs=30
+  anomem fit images.csv --config my.yaml --set scoring.target_frr=0.01 --checkpoint-dir ckpt/
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"preset ({', '.join(PRESET_GUIDE)}; see 'presets' above) or YAML config "
                         f"file (default: auto)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config key, repeatable, e.g. --set stage1_epochs=30")
+                   help="override one config key, repeatable, e.g. --set stage1.epochs=30")
     p.add_argument("--validation-fraction", type=float, default=0.2, metavar="F",
                    help="share of normal images held out to set the threshold (default: 0.2, as "
                         "AnoMem.fit; 0 uses the training normals, without a bound)")
@@ -144,8 +146,8 @@ def threshold_origin(det: AnoMem, explicit: float | None) -> str:
     if explicit is not None:
         return "set explicitly with --threshold"
     if det.threshold_normals_:
-        return describe(det.threshold_normals_, det.config_.target_frr)
-    return (f"flags {100 * det.config_.target_frr:g}% of the training normal images; no bound on new "
+        return describe(det.threshold_normals_, det.config_.scoring.target_frr)
+    return (f"flags {100 * det.config_.scoring.target_frr:g}% of the training normal images; no bound on new "
             f"images: hold out normals with --validation-fraction")
 
 
@@ -156,11 +158,12 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.quiet and auto_progress()
     normal_e, anom_e = labelled_entries(args.normal, args.anomalies)
     cfg, preset = resolve_config(args.config, args.overrides, normal_e + anom_e)
-    normal, normal_e = load_entries(normal_e, cfg.image_size, args.bad_images, progress, "normal images")
+    side = cfg.backbone.image_size
+    normal, normal_e = load_entries(normal_e, side, args.bad_images, progress, "normal images")
     images, labels, skipped = normal.images, torch.zeros(len(normal.images)), list(normal.skipped)
     types: dict[str, int] = {}
     if anom_e:
-        anom, anom_e = load_entries(anom_e, cfg.image_size, args.bad_images, progress, "anomalies")
+        anom, anom_e = load_entries(anom_e, cfg.backbone.image_size, args.bad_images, progress, "anomalies")
         images, labels = torch.cat([images, anom.images]), torch.cat([labels, torch.ones(len(anom.images))])
         skipped += anom.skipped
         for e in anom_e:
@@ -168,8 +171,8 @@ def run(args: argparse.Namespace) -> int:
     n, held = len(normal_e), holdout_count(len(normal_e), args.validation_fraction)
     kinds = ", ".join(f"{t}: {k}" for t, k in sorted(types.items())) or "none (one-class)"
     print(f"anomem fit: {n} normal images: {n - held} train, {held} held out for the threshold; "
-          f"anomalies {kinds}; preset {preset}: {cfg.arch} width {cfg.width} at "
-          f"{cfg.image_size}x{cfg.image_size} px", file=sys.stderr)
+          f"anomalies {kinds}; preset {preset}: {cfg.backbone.arch} width {cfg.backbone.width} at "
+          f"{cfg.backbone.image_size}x{cfg.backbone.image_size} px", file=sys.stderr)
     if skipped:
         print(f"anomem fit: warning: {format_skipped(skipped)}", file=sys.stderr)
     out = Path(args.output)

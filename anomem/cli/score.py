@@ -69,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
     check_model_argument(args.model, USAGE, args.paths)
     check_image_sources([("PATH", p) for p in args.paths], f"the model file goes first, once, {USAGE}")
     det = AnoMem.load(args.model)
-    loaded, entries = load_entries(expand_sources(args.paths), det.config_.image_size, args.bad_images,
-                                   not args.quiet and auto_progress(), "images")
+    loaded, entries = load_entries(expand_sources(args.paths), det.config_.backbone.image_size,
+                                   args.bad_images, not args.quiet and auto_progress(), "images")
     if loaded.skipped:
         print(f"anomem score: warning: {format_skipped(loaded.skipped)}", file=sys.stderr)
     threshold = model_threshold(det, args.threshold, args.model)

@@ -149,7 +149,7 @@ def load_images(paths: Iterable[str | Path], size: int, on_error: OnError = "fai
 
     Args:
         paths: image files, in the order wanted.
-        size: side the model takes (its ``image_size``).
+        size: side the model takes (its ``backbone.image_size``).
         on_error: ``"fail"`` raises on the first bad file; ``"skip"`` leaves it out
             and records ``(path, reason)`` in :attr:`LoadedImages.skipped`.
         progress: show a progress bar.

@@ -26,7 +26,7 @@ def contrasted_memory_loss(mem: torch.Tensor, z2: torch.Tensor, tau: float, nega
     """Eq. 4 at one scale, averaged over the sampled positions.
 
     ``mem`` (first branch after Eq. 3) and ``z2`` (second branch) are ``(P, B, d)``
-    for P sampled positions.  ``negatives="all"`` is the literal reading: one
+    for P sampled positions.  ``stage1.negatives="all"`` is the literal reading: one
     two-view batch of all 2*P*B vectors, so each anchor is contrasted with every
     other sampled vector of both views.  ``"same_position"``: P independent
     NT-Xent problems of 2*B vectors, negatives only at the anchor's position.

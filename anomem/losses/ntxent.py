@@ -1,7 +1,7 @@
 """NT-Xent, the normalised temperature-scaled cross-entropy of SimCLR (Eq. 5).
 
 The denominator of Eq. 5 is a log-sum-exp over a (2n x 2N) matrix of logits,
-which ``negatives="all"`` makes large (4,864 x 4,864 on the ``cpu`` preset).
+which ``stage1.negatives="all"`` makes large (4,864 x 4,864 on the ``cpu`` preset).
 :class:`MaskedLogSumExp` never holds it whole: the forward pass takes it in
 strips of rows, the backward pass recomputes it in strips of rows (for the
 anchors' gradient) and of columns (for the keys'), at most ``CHUNK_ELEMENTS``

@@ -25,7 +25,7 @@ from anomem.stages.common import RunOptions, map_batches
 def encoder_features(detector: AnoMem, images: Any, batch_size: int = 256) -> np.ndarray:
     """Pooled feature maps of the detector's frozen encoder at its memory scales, (N, D)."""
     model = detector.network
-    x = to_image_tensor(images, model.config.image_size, "images")
+    x = to_image_tensor(images, model.config.backbone.image_size, "images")
     opts = RunOptions(device=next(model.parameters()).device)
     out = map_batches(model, x, opts, lambda m, b: torch.cat(
         [z.mean(dim=(2, 3)) for z in m.features(b)[:len(m.stages)]], dim=1).cpu(), batch_size)
@@ -45,6 +45,6 @@ def linear_eval(detector: AnoMem, split: LabelledSplit, c: float = 1.0) -> dict[
     """Linear-evaluation accuracy of ``detector``'s encoder on every class of ``split``."""
     acc = linear_accuracy(encoder_features(detector, split.x_train), split.y_train,
                           encoder_features(detector, split.x_test), split.y_test, c,
-                          detector.config_.seed)
+                          detector.config_.runtime.seed)
     return {"n_classes": len(split.classes), "n_train": len(split.x_train),
             "n_test": len(split.x_test), "accuracy": acc}

@@ -43,7 +43,7 @@ def anomaly_heatmaps(det: AnoMem, images: torch.Tensor) -> np.ndarray:
     scale, Eq. 8, upsampled and fused with alpha(s) of Eq. 13), smoothed by a
     gaussian of :data:`HEAT_SIGMA_PER_SIDE` times the input side.
     """
-    return det.anomaly_map(images, sigma=HEAT_SIGMA_PER_SIDE * det.config_.image_size)
+    return det.anomaly_map(images, sigma=HEAT_SIGMA_PER_SIDE * det.config_.backbone.image_size)
 
 
 def overlay(image: torch.Tensor | np.ndarray, heat: np.ndarray, low: float, high: float) -> np.ndarray:

@@ -5,7 +5,7 @@ whatever mixture best serves the contrastive loss on augmented views, not
 prototypes of the clean normal features that Eq. 8 compares against
 (measured: nearest-pattern retrieval trails nearest-k-means-centroid
 retrieval of the same features by 10-50 AUROC points on digits).  So stage 1
-ends with ``consolidate`` Lloyd steps that start from the learned patterns
+ends with ``extensions.consolidate`` Lloyd steps that start from the learned patterns
 (:func:`consolidate_prototypes`); out-of-fold calibration
 (:func:`anomem.stages.stage2.calibrate_scales`) consolidates memory copies on
 features it has already computed (:func:`consolidate_on_maps`).
@@ -35,12 +35,12 @@ def feature_maps(model: AnoMemModel, images: torch.Tensor, opts: RunOptions,
 @torch.no_grad()
 def consolidate_prototypes(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
                            opts: RunOptions, grow: bool = True) -> None:
-    """``consolidate``: Lloyd iterations of every memory on the normals of ``images`` (y = 1).
+    """``extensions.consolidate``: Lloyd iterations of every memory on the normals of ``images`` (y = 1).
 
-    Each memory first grows to ``consolidate_factor`` x N_mem patterns
+    Each memory first grows to ``extensions.consolidate_factor`` x N_mem patterns
     (:meth:`~anomem.torch_model.AnoMemModel.grow_memories`; ``grow=False``
     consolidates the memories as they are), then :func:`consolidate_on_maps`
-    runs on the eval-mode features of the normal images, one ``score_views``
+    runs on the eval-mode features of the normal images, one ``scoring.views``
     view at a time (a view's memories serve that view's scales alone, so only
     one view's maps are held).  Leaves the model in train mode.
     """
@@ -55,14 +55,14 @@ def consolidate_prototypes(model: AnoMemModel, images: torch.Tensor, y: torch.Te
 
 def consolidation_stream(model: AnoMemModel) -> torch.Generator:
     """The random stream (``"consolidate"``) that draws the vectors of every memory in turn."""
-    return torch.Generator().manual_seed(stream_seed(model.config.seed, "consolidate"))
+    return torch.Generator().manual_seed(stream_seed(model.config.runtime.seed, "consolidate"))
 
 
 @torch.no_grad()
 def consolidate_on_maps(model: AnoMemModel, maps: list[torch.Tensor], opts: RunOptions,
                         scales: range | None = None, generator: torch.Generator | None = None
                         ) -> None:
-    """``config.consolidate`` Lloyd steps of the memories that serve the scales of ``maps``.
+    """``config.extensions.consolidate`` Lloyd steps of the memories that serve the scales of ``maps``.
 
     ``maps`` holds one feature map per scale of ``scales`` (default: every
     scale); ``generator`` defaults to a new :func:`consolidation_stream`.
@@ -84,7 +84,7 @@ def consolidate_on_maps(model: AnoMemModel, maps: list[torch.Tensor], opts: RunO
         vecs = memory.prepare(vecs[torch.randperm(len(vecs), generator=g)[:CONSOLIDATE_MAX_VECTORS]
                                    .to(vecs.device)])
         x = memory.stored().clone()
-        for _ in range(model.config.consolidate):
+        for _ in range(model.config.extensions.consolidate):
             x, assign = restart_empty(vecs, x)
             sums = torch.zeros_like(x).index_add_(0, assign, vecs)
             count = torch.bincount(assign, minlength=len(x)).unsqueeze(1)
@@ -105,7 +105,7 @@ def restart_empty(vecs: torch.Tensor, patterns: torch.Tensor) -> tuple[torch.Ten
     region; at most n restart).  Without it a memory larger than the number of
     clusters its features form keeps dead patterns through consolidation
     (measured: 16-28 of 128 image-level patterns in use on digits), and a grown
-    memory (``consolidate_factor``) would keep its copies.  Deterministic.
+    memory (``extensions.consolidate_factor``) would keep its copies.  Deterministic.
 
     Returns the patterns (a new tensor when any restarted, else ``patterns``)
     and each vector's winner among them, the assignment step of Lloyd's

@@ -49,8 +49,8 @@ class ContrastedMemoryObjective(nn.Module):
 
     ``forward(v1, v2, y)`` returns the loss and a dict of per-scale statistics
     (contrastive term, variance term, number of sampled positions).  On CUDA,
-    the config's ``channels_last`` converts the encoder (once, here) and the
-    inputs to NHWC, and ``amp`` runs the encoder under bf16 autocast; the
+    the config's ``runtime.channels_last`` converts the encoder (once, here) and the
+    inputs to NHWC, and ``runtime.amp`` runs the encoder under bf16 autocast; the
     memories and the losses always run in float32.
     """
 
@@ -58,7 +58,7 @@ class ContrastedMemoryObjective(nn.Module):
         super().__init__()
         self.model = model
         self.cuda_fast = next(model.parameters()).is_cuda
-        if model.config.channels_last and self.cuda_fast:
+        if model.config.runtime.channels_last and self.cuda_fast:
             model.encoder.to(memory_format=torch.channels_last)
 
     def forward(self, v1: torch.Tensor, v2: torch.Tensor, y: torch.Tensor,
@@ -67,39 +67,39 @@ class ContrastedMemoryObjective(nn.Module):
         cfg: AnoMemConfig = self.model.config
         b = v1.shape[0]
         x = torch.cat([v1, v2])
-        if cfg.channels_last and self.cuda_fast:
+        if cfg.runtime.channels_last and self.cuda_fast:
             x = x.contiguous(memory_format=torch.channels_last)
-        amp = cfg.amp and self.cuda_fast
+        amp = cfg.runtime.amp and self.cuda_fast
         with torch.autocast("cuda", torch.bfloat16, enabled=amp):
             maps = self.model.features(x)
         if amp:
             maps = [z.float() for z in maps]
-        n_maps = len(cfg.memory_stages)
+        n_maps = len(cfg.memory.stages)
         com, var, counts, stats = [], [], [], {}
         for s, z in enumerate(maps):
             c, h, w = z.shape[1:]
-            pos = sample_positions(h, w, cfg.ratios[s] if s < n_maps else 1.0).to(z.device)
+            pos = sample_positions(h, w, cfg.memory.ratios[s] if s < n_maps else 1.0).to(z.device)
             if align is not None and s < n_maps:      # view_geometry="aligned": the same point in view 2
                 z1 = z[:b].flatten(2)[:, :, pos].permute(2, 0, 1)                  # (P, B, C)
                 z2 = sample_at(z[b:], corresponding_grid(pos, h, w, v1.shape[-1], align))
             else:
                 vecs = z.flatten(2)[:, :, pos].permute(2, 0, 1)      # (P, 2B, C)
                 z1, z2 = vecs[:, :b], vecs[:, b:]
-            if cfg.use_memory:
+            if cfg.memory.use_memory:
                 memory = self.model.memory(s)
                 mem = mem_select(z1, memory(z1), y)
-                v = variance_loss(mem, y, cfg.variance)
-                if cfg.reseed_dead:
+                v = variance_loss(mem, y, cfg.stage1.variance)
+                if cfg.extensions.reseed_dead:
                     track_wins(memory, z1[:, y == 1].detach())
             else:
                 mem, v = z1, z1.sum() * 0.0
             if self.model.projectors is not None:        # projector="mlp": Eq. 4 after the head
                 mem, z2 = self.model.projectors[s](mem), self.model.projectors[s](z2)
-            com.append(contrasted_memory_loss(mem, z2, cfg.tau, cfg.negatives, gather, offset))
+            com.append(contrasted_memory_loss(mem, z2, cfg.stage1.tau, cfg.stage1.negatives, gather, offset))
             var.append(v)
             counts.append(len(pos))
             stats[f"com{s + 1}"], stats[f"var{s + 1}"] = float(com[-1].detach()), float(v.detach())
-        lam = cfg.lambda_v if cfg.use_memory else 0.0
+        lam = cfg.stage1.lambda_v if cfg.memory.use_memory else 0.0
         loss = multiscale_loss(com[:n_maps], var[:n_maps], counts[:n_maps], cfg.alphas, lam)
         if len(maps) > n_maps:      # the image-level scale(s): one term beside Eq. 7's maps
             loss = loss + torch.stack([c + lam * v for c, v in zip(com[n_maps:], var[n_maps:])]).mean()
@@ -125,7 +125,7 @@ def track_wins(memory: nn.Module, queries: torch.Tensor) -> None:
 @torch.no_grad()
 def reseed_dead_patterns(model: AnoMemModel, opt: torch.optim.Optimizer, epoch: int,
                          opts: RunOptions) -> int:
-    """``reseed_dead``: patterns that answered no normal query in an epoch restart as a query.
+    """``extensions.reseed_dead``: patterns that answered no normal query in an epoch restart as a query.
 
     The paper is silent on patterns that never win the attention; left alone
     they are dead weight, and the memory holds fewer prototypes than N_mem.
@@ -135,7 +135,7 @@ def reseed_dead_patterns(model: AnoMemModel, opt: torch.optim.Optimizer, epoch: 
     summed over ranks and rank 0's choice is broadcast.  Returns the number of
     patterns replaced.
     """
-    g = torch.Generator().manual_seed(stream_seed(model.config.seed, "reseed", epoch))
+    g = torch.Generator().manual_seed(stream_seed(model.config.runtime.seed, "reseed", epoch))
     total = 0
     for memory in model.memories:
         wins = getattr(memory, "wins", None)
@@ -164,20 +164,20 @@ def prototype_spread(model: AnoMemModel) -> float:
 
 def check_collapse(model: AnoMemModel, where: str) -> None:
     """Raises :class:`TrainingDivergedError` if the prototypes spread less than ``COLLAPSE_SPREAD``."""
-    if model.config.use_memory and prototype_spread(model) < COLLAPSE_SPREAD:
+    if model.config.memory.use_memory and prototype_spread(model) < COLLAPSE_SPREAD:
         raise TrainingDivergedError(
-            f"stage 1: the memory prototypes collapsed to one point {where}. Raise lambda_v "
-            f"(now {model.config.lambda_v}) or lower stage1_lr and train again (a changed "
+            f"stage 1: the memory prototypes collapsed to one point {where}. Raise stage1.lambda_v "
+            f"(now {model.config.stage1.lambda_v}) or lower stage1.lr and train again (a changed "
             f"configuration needs a new checkpoint folder); the last good checkpoint (if any) "
             f"is kept.")
 
 
 @torch.no_grad()
 def seed_memories(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor, opts: RunOptions) -> None:
-    """``memory_init="data"``: set every memory's patterns to feature vectors of real images.
+    """``memory.init="data"``: set every memory's patterns to feature vectors of real images.
 
     The paper does not say how the patterns start.  Here the first
-    ``batch_size`` normal training images (un-augmented) go through the
+    ``stage1.batch_size`` normal training images (un-augmented) go through the
     freshly initialised encoder in training mode (batch statistics; the
     BatchNorm running buffers are restored afterwards), and each memory's
     N_mem patterns are distinct vectors drawn at random among all positions
@@ -187,14 +187,14 @@ def seed_memories(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor, opt
     patterns are broadcast to every rank.
     """
     cfg = model.config
-    normal = images[y == 1][: max(1, cfg.batch_size // opts.world_size)]
+    normal = images[y == 1][: max(1, cfg.stage1.batch_size // opts.world_size)]
     if len(normal) == 0:          # a DDP shard without normals: every rank must still take part
         normal = images[:1]
     buffers = {k: v.clone() for k, v in model.encoder.named_buffers()}
     model.train()
     maps = model.features(normal.to(opts.device).float().div_(255))
     model.encoder.load_state_dict(buffers, strict=False)
-    g = torch.Generator().manual_seed(cfg.seed * 7919 + 17)
+    g = torch.Generator().manual_seed(cfg.runtime.seed * 7919 + 17)
     for z, memory in zip(maps, model.memories):
         if not hasattr(memory, "patterns"):
             continue
@@ -219,7 +219,7 @@ def _start(ckpt: Any, modules: dict[str, Any], fingerprint: dict[str, Any], imag
         for memory, wins in zip(model.memories, extra.get("wins", [])):
             memory.wins = torch.tensor(wins, dtype=torch.long, device=opts.device)
         return start, extra.get("history", []), extra.get("epoch_stats", {})
-    if model.config.use_memory and model.config.memory_init == "data":
+    if model.config.memory.use_memory and model.config.memory.init == "data":
         seed_memories(model, images, y, opts)
     return 0, [], {}
 
@@ -228,7 +228,7 @@ def _save(ckpt: Any, step: int, modules: dict[str, Any], fingerprint: dict[str, 
           history: list[dict[str, float]], epoch_stats: dict[str, float], opts: RunOptions) -> None:
     """Check the model's health, then (rank 0) write the checkpoint with the win counts."""
     model = modules["model"]
-    check_finite_parameters(model, step, "stage 1", "stage1_lr")
+    check_finite_parameters(model, step, "stage 1", "stage1.lr")
     check_collapse(model, f"at step {step}")
     if opts.is_main:
         wins = [m.wins.tolist() for m in model.memories if getattr(m, "wins", None) is not None]
@@ -239,7 +239,7 @@ def _save(ckpt: Any, step: int, modules: dict[str, Any], fingerprint: dict[str, 
 def _end_epoch(model: AnoMemModel, opt: torch.optim.Optimizer, epoch: int, per_epoch: int,
                ips: float, epoch_stats: dict[str, float], opts: RunOptions) -> dict[str, float]:
     """Reseed dead patterns, check for a collapse; the epoch's row of the history."""
-    if model.config.use_memory and model.config.reseed_dead:
+    if model.config.memory.use_memory and model.config.extensions.reseed_dead:
         epoch_stats["reseeded"] = reseed_dead_patterns(model, opt, epoch, opts) * per_epoch
     check_collapse(model, f"at epoch {epoch + 1}")
     return {"epoch": epoch + 1, "images_per_s": ips,
@@ -256,10 +256,10 @@ def train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
     :class:`ContrastedMemoryObjective` of ``model``) may be a DDP wrapper of it;
     then ``images``/``y`` are this rank's shard.  Returns one dict per epoch
     (mean loss, per-scale terms, images/s).  On the CPU, runs under the
-    config's ``malloc_mmap_threshold`` (:func:`anomem.heap.large_blocks_mmapped`).
+    config's ``runtime.malloc_mmap_threshold`` (:func:`anomem.heap.large_blocks_mmapped`).
     """
     on_cpu = torch.device(opts.device).type == "cpu"
-    with large_blocks_mmapped(model.config.malloc_mmap_threshold if on_cpu else 0):
+    with large_blocks_mmapped(model.config.runtime.malloc_mmap_threshold if on_cpu else 0):
         return _train_stage1(model, images, y, fingerprint, opts, objective)
 
 
@@ -270,15 +270,14 @@ def _train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
     cfg = model.config
     objective = objective or ContrastedMemoryObjective(model)
     n = images.shape[0]
-    bsz = min(cfg.batch_size // opts.world_size, n)
+    bsz = min(cfg.stage1.batch_size // opts.world_size, n)
     per_epoch = max(1, n // bsz)
-    total = cfg.stage1_epochs * per_epoch
-    params = [*model.encoder.parameters(), *(model.memories.parameters() if cfg.use_memory else []),
+    total = cfg.stage1.epochs * per_epoch
+    params = [*model.encoder.parameters(), *(model.memories.parameters() if cfg.memory.use_memory else []),
               *(model.projectors.parameters() if model.projectors is not None else [])]
-    opt, sched = sgd_cosine(params, cfg.stage1_lr, cfg.stage1_momentum, cfg.stage1_weight_decay, total)
-    aug = TwoViewAugment(cfg.image_size, cfg.crop_scale, cfg.jitter, cfg.blur_sigma, cfg.noise_std,
-                         shared_geometry=cfg.view_geometry == "shared")
-    aligned = cfg.view_geometry == "aligned"
+    opt, sched = sgd_cosine(params, cfg.stage1.lr, cfg.stage1.momentum, cfg.stage1.weight_decay, total)
+    aug = TwoViewAugment.of(cfg.backbone.image_size, cfg.stage1)
+    aligned = cfg.stage1.view_geometry == "aligned"
     ckpt = opts.checkpoint_dir / "stage1.ckpt" if opts.checkpoint_dir else None
     modules = {"model": model, "opt": opt, "sched": sched}
     start, history, epoch_stats = _start(ckpt, modules, fingerprint, images, y, opts)
@@ -288,17 +287,17 @@ def _train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
     t0, seen = time.perf_counter(), 0
     for step in range(start, total):
         epoch, i = divmod(step, per_epoch)
-        g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        g = torch.Generator().manual_seed(cfg.runtime.seed * 100_003 + epoch)
         idx = torch.randperm(n, generator=g)[i * bsz:(i + 1) * bsz]
         x = images[idx].to(opts.device, non_blocking=True).float().div_(255)
         v1, v2, align = aug.aligned_views(x) if aligned else (*aug(x), None)
         yb = y[idx].to(opts.device)
-        if cfg.pseudo_anomalies == "rotation":
+        if cfg.extensions.pseudo_anomalies == "rotation":
             v1, v2, yb, align = rotated_pseudo_anomalies(
-                v1, v2, yb, cfg.pseudo_fraction,
-                torch.Generator().manual_seed(stream_seed(cfg.seed, "pseudo", step)), align)
+                v1, v2, yb, cfg.extensions.pseudo_fraction,
+                torch.Generator().manual_seed(stream_seed(cfg.runtime.seed, "pseudo", step)), align)
         loss, stats = objective(v1, v2, yb, opts.gather, opts.rank * len(yb), align=align)
-        value = check_finite(loss, step + 1, "stage 1", "stage1_lr")
+        value = check_finite(loss, step + 1, "stage 1", "stage1.lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -1,6 +1,6 @@
 """Stage 2: anomaly scoring from memory deviations (Eq. 8-13).
 
-One-class: nothing to train (Eq. 9); with ``calibrate`` the per-scale scores of
+One-class: nothing to train (Eq. 9); with ``scoring.calibrate`` the per-scale scores of
 the training normals give each scale's mean and standard deviation.
 Semi-supervised: the encoder and memories are frozen, phi(Delta(s)) is computed
 once per training image, and the per-scale MLP heads are trained on it with the
@@ -11,8 +11,8 @@ std during training, then the standardisation is folded into the first layer
 standardised vs raw, class 3 0.91 vs 0.45, class 5 0.91 vs 0.63, class 0 0.99
 vs 0.99).
 Batches draw the normal and the anomalous images with equal total probability
-(``head_sampling="balanced"``; the paper draws every image alike, ``uniform``).
-With ``semi_score="heads+oc"`` the fit also sets the weight of the one-class
+(``stage2.head_sampling="balanced"``; the paper draws every image alike, ``uniform``).
+With ``scoring.semi_score="heads+oc"`` the fit also sets the weight of the one-class
 score beside the heads (:func:`one_class_weight`).
 """
 
@@ -59,15 +59,15 @@ def fit_kmeans_prototypes(model: AnoMemModel, normals: torch.Tensor, opts: RunOp
     cfg = model.config
     maps = map_batches(model, normals, opts, lambda m, x: [z.permute(0, 2, 3, 1).flatten(0, 2).cpu()
                                                            for z in m.view_features(x)])
-    g = torch.Generator().manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.runtime.seed)
     centroids = []
     for s in range(len(model.dims)):
         size = model.memory(s).patterns.shape[0]
         vecs = torch.cat([b[s] for b in maps])
-        if cfg.normalize:
+        if cfg.memory.normalize:
             vecs = torch.nn.functional.normalize(vecs, dim=-1)
         vecs = vecs[torch.randperm(len(vecs), generator=g)[:KMEANS_MAX_VECTORS]]
-        km = KMeans(n_clusters=min(size, len(vecs)), n_init=1, random_state=cfg.seed)
+        km = KMeans(n_clusters=min(size, len(vecs)), n_init=1, random_state=cfg.runtime.seed)
         km.fit(vecs.double().numpy())
         c = torch.as_tensor(km.cluster_centers_, dtype=torch.float32)
         # fewer vectors than N_mem: repeated centroids keep the memory at N_mem (same retrieval)
@@ -87,14 +87,14 @@ def calibrate_scales(model: AnoMemModel, normals: torch.Tensor, opts: RunOptions
     consolidation the scores are out-of-fold: each half of the normals (seed
     stream ``"calibrate"``) is scored against a copy of the memories
     consolidated on the other half; the model's own memories are untouched.
-    Without consolidation, in-sample.  ``calibration="fused"`` gives every scale
+    Without consolidation, in-sample.  ``scoring.calibration="fused"`` gives every scale
     the mean and std of the alpha-fused score (Eq. 13) instead of its own.
     """
     if model.config.consolidates and len(normals) > 1:
         s = out_of_fold_scores(model, normals, opts)
     else:
         s = torch.cat(map_batches(model, normals, opts, _oc_scores))
-    if model.config.calibration == "fused":
+    if model.config.scoring.calibration == "fused":
         # one mean and std for every scale: sum_s alpha(s) (s(s) - mu) / sd = (fused - mu) / sd
         s = (s @ model.alphas.to(s)).unsqueeze(1).expand_as(s)
     model.score_mean.copy_(s.mean(0))
@@ -132,13 +132,13 @@ def out_of_fold(model: AnoMemModel, images: torch.Tensor, normal: torch.Tensor, 
     never compared with prototypes fitted to it, as a new image is not; the
     anomalies are compared with the same half-memories, so both classes see
     memories of one quality.  The features are computed once per
-    ``score_views`` view (one view's maps are held at a time; a view's memories
+    ``scoring.views`` view (one view's maps are held at a time; a view's memories
     serve its scales alone).  ``fn(deviations, view)`` maps the deviations of a
     batch at one view's scales to a tensor or a list of tensors with one row per
     image; returns the folds and, per view, ``fn``'s output for every image in
     the order of ``images``.  The model's own memories are untouched.
     """
-    g = torch.Generator().manual_seed(stream_seed(model.config.seed, stream))
+    g = torch.Generator().manual_seed(stream_seed(model.config.runtime.seed, stream))
     order = torch.randperm(len(images), generator=g)
     folds = (order[0::2], order[1::2])
     # per half: a copy of the memories and one consolidation stream, drawn from memory after
@@ -183,12 +183,12 @@ def fit_heads(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
               normals: torch.Tensor | None = None) -> list[dict[str, float]]:
     """Stage 2 of a semi-supervised fit on a trained stage 1: the heads and what they add to.
 
-    With ``semi_score="heads+oc"`` the one-class scale scores the heads are
+    With ``scoring.semi_score="heads+oc"`` the one-class scale scores the heads are
     added to are first calibrated on the normal ``images`` (:func:`calibrate_scales`;
     ``normals``, when the caller already holds ``images[y == 1]``, saves a copy);
     then :func:`train_heads`.  Returns the heads' loss history.
     """
-    if model.config.semi_score == "heads+oc":
+    if model.config.scoring.semi_score == "heads+oc":
         calibrate_scales(model, images[y == 1] if normals is None else normals, opts)
     return train_heads(model, images, y, fingerprint, opts)
 
@@ -199,18 +199,18 @@ def train_heads(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
     cfg = model.config
     heads = model.add_heads().to(opts.device)
     phis = head_features(model, images, y, opts)
-    if cfg.head_inputs == "standardised":
+    if cfg.stage2.head_inputs == "standardised":
         stats = [(p.mean(0), p.std(0).clamp_min(1e-6) if len(p) > 1 else torch.ones_like(p[0]))
                  for p in phis]
         phis = [(p - mu) / sd for p, (mu, sd) in zip(phis, stats)]
-    weights = balanced_weights(y) if cfg.head_sampling == "balanced" else None
+    weights = balanced_weights(y) if cfg.stage2.head_sampling == "balanced" else None
     y = y.to(opts.device)
     n = len(y)
-    bsz = min(cfg.batch_size, n)
+    bsz = min(cfg.stage1.batch_size, n)
     per_epoch = max(1, n // bsz)
-    total = cfg.stage2_epochs * per_epoch
-    opt, sched = sgd_cosine(list(heads.parameters()), cfg.stage2_lr, cfg.stage1_momentum,
-                            cfg.stage1_weight_decay, total)
+    total = cfg.stage2.epochs * per_epoch
+    opt, sched = sgd_cosine(list(heads.parameters()), cfg.stage2.lr, cfg.stage1.momentum,
+                            cfg.stage1.weight_decay, total)
     ckpt = opts.checkpoint_dir / "stage2.ckpt" if opts.checkpoint_dir else None
     modules = {"heads": heads, "opt": opt, "sched": sched}
     start, history, running = 0, [], 0.0
@@ -221,15 +221,15 @@ def train_heads(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
     for step in tqdm(range(start, total), desc="stage 2", disable=not (opts.progress and opts.is_main),
                      unit="step", dynamic_ncols=True):
         epoch, i = divmod(step, per_epoch)
-        g = torch.Generator().manual_seed(cfg.seed * 100_003 + 7 + epoch)
+        g = torch.Generator().manual_seed(cfg.runtime.seed * 100_003 + 7 + epoch)
         if weights is None:
             idx = torch.randperm(n, generator=g)[i * bsz:(i + 1) * bsz].to(opts.device)
         else:
             idx = torch.multinomial(weights, per_epoch * bsz, replacement=True,
                                     generator=g)[i * bsz:(i + 1) * bsz].to(opts.device)
         d = torch.stack([h.mlp(p[idx]).squeeze(-1) for h, p in zip(heads, phis)])
-        loss = sup_loss(d, y[idx], cfg.margin)
-        value = check_finite(loss, step + 1, "stage 2", "stage2_lr")
+        loss = sup_loss(d, y[idx], cfg.stage2.margin)
+        value = check_finite(loss, step + 1, "stage 2", "stage2.lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -241,14 +241,14 @@ def train_heads(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
             history.append({"epoch": epoch + 1, "loss": running / per_epoch})
             running = 0.0
         if ckpt is not None and ((step + 1) % opts.checkpoint_every == 0 or step + 1 == total):
-            check_finite_parameters(heads, step + 1, "stage 2", "stage2_lr")
+            check_finite_parameters(heads, step + 1, "stage 2", "stage2.lr")
             if opts.is_main:
                 save_checkpoint(ckpt, step + 1, modules, fingerprint,
                                 {"history": history, "running": running})
-    if cfg.head_inputs == "standardised":
+    if cfg.stage2.head_inputs == "standardised":
         for head, (mu, sd) in zip(heads, stats):
             fold_standardisation(head.mlp[0], mu, sd)
-    model.oc_weight.fill_(one_class_weight(cfg.oc_evidence, int((y == 0).sum())))
+    model.oc_weight.fill_(one_class_weight(cfg.scoring.oc_evidence, int((y == 0).sum())))
     model.eval()
     return history
 
@@ -258,7 +258,7 @@ def head_features(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
                   opts: RunOptions) -> list[torch.Tensor]:
     """phi(Delta(s)) (Eq. 10) of every training image at every scale: the heads' inputs.
 
-    ``head_deviations="out_of_fold"`` (with consolidation and at least two normal
+    ``stage2.head_deviations="out_of_fold"`` (with consolidation and at least two normal
     images): each image's deviations come from memories consolidated without it
     (:func:`out_of_fold`, seed stream ``"heads"``).  Consolidation makes the
     memories prototypes of the training normals, so their in-sample deviations
@@ -269,7 +269,7 @@ def head_features(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
     reading; the only one without consolidation): the fitted memories.
     """
     heads = model.heads
-    if (model.config.head_deviations == "out_of_fold" and model.config.consolidates
+    if (model.config.stage2.head_deviations == "out_of_fold" and model.config.consolidates
             and int((y == 1).sum()) > 1):
         def phi(deltas: list[torch.Tensor], v: int) -> list[torch.Tensor]:
             return [heads[s].phi(d) for s, d in zip(model.view_scales(v), deltas)]

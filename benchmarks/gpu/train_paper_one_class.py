@@ -65,14 +65,14 @@ def _sync(device: torch.device) -> None:
 
 def breakdown(cfg: Any, images: torch.Tensor, device: torch.device, steps: int) -> dict[str, float]:
     """Median milliseconds of each phase of a stage-1 step (first step is warm-up)."""
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.runtime.seed)
     model = AnoMemModel(cfg).to(device).train()
     objective = ContrastedMemoryObjective(model)
-    opt, _ = sgd_cosine(list(model.parameters()), cfg.stage1_lr, cfg.stage1_momentum,
-                        cfg.stage1_weight_decay, 1000)
-    aug = TwoViewAugment(cfg.image_size, cfg.crop_scale, cfg.jitter, cfg.blur_sigma, cfg.noise_std)
-    y = torch.ones(min(cfg.batch_size, len(images)), device=device)
-    amp = cfg.amp and device.type == "cuda"
+    opt, _ = sgd_cosine(list(model.parameters()), cfg.stage1.lr, cfg.stage1.momentum,
+                        cfg.stage1.weight_decay, 1000)
+    aug = TwoViewAugment.of(cfg.backbone.image_size, cfg.stage1)
+    y = torch.ones(min(cfg.stage1.batch_size, len(images)), device=device)
+    amp = cfg.runtime.amp and device.type == "cuda"
     phases: dict[str, list[float]] = {k: [] for k in ("to_device", "augment", "encoder_forward",
                                                       "memory_and_loss_forward", "backward",
                                                       "optimizer")}
@@ -88,7 +88,7 @@ def breakdown(cfg: Any, images: torch.Tensor, device: torch.device, steps: int) 
         v1, v2 = aug(x)
         mark(t)
         both = torch.cat([v1, v2])
-        if cfg.channels_last and device.type == "cuda":
+        if cfg.runtime.channels_last and device.type == "cuda":
             both = both.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", torch.bfloat16, enabled=amp):
             model.features(both)
@@ -143,9 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {"amp": True, "channels_last": True, "device": device.type,
                  **dict(parse_override(o) for o in args.overrides)}
     cfg = get_config(args.preset, overrides)
-    per_epoch = max(1, len(x_train) // min(cfg.batch_size, len(x_train)))
+    per_epoch = max(1, len(x_train) // min(cfg.stage1.batch_size, len(x_train)))
     cfg = cfg.replace(stage1_epochs=math.ceil(args.steps / per_epoch))
-    steps = cfg.stage1_epochs * per_epoch
+    steps = cfg.stage1.epochs * per_epoch
     load_s = time.perf_counter() - t_start
 
     det = AnoMem(cfg)

@@ -62,7 +62,7 @@ SIGMAS = (0.0, 4.0, 8.0)
 def feature_maps(det: AnoMem, images: np.ndarray) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """z(s) and Delta(s) of every image, per memory scale, (N, C, H, W) each."""
     model = det.network_
-    x = to_image_tensor(images, model.config.image_size, "images")
+    x = to_image_tensor(images, model.config.backbone.image_size, "images")
 
     def both(m: torch.nn.Module, b: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         zs = m.features(b)
@@ -106,9 +106,9 @@ def with_heads(oc: AnoMem, train: MTDImages, seed_note: dict[str, Any]) -> AnoMe
     """A copy of the one-class detector with scale heads trained on ``train`` (Eq. 10-12)."""
     det = copy.deepcopy(oc)
     cfg = det.config_
-    x = to_image_tensor(train.images, cfg.image_size, "train images")
+    x = to_image_tensor(train.images, cfg.backbone.image_size, "train images")
     y = to_normal_flags(train.labels, len(x), "train labels")
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.runtime.seed)
     det.history_ = {"stage2": fit_heads(det.network_, x, y, seed_note, RunOptions())}
     return det
 
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     overrides = dict(parse_override(o) for o in args.overrides)
     oc = AnoMem(args.preset, seed=args.seed, device="cpu", **overrides)
-    data = read_mtd(side=resolve_config(args.preset, overrides).image_size)
+    data = read_mtd(side=resolve_config(args.preset, overrides).backbone.image_size)
     oc_split = split_mtd(data, args.train_fraction, args.seed)
     t0 = time.perf_counter()
     oc.fit(oc_split.train.images, progress=True, validation_fraction=0.0)

@@ -72,12 +72,12 @@ def worker(preset: str, n: int, threads: int, overrides: dict[str, Any],
         saver = checkpointed_first_stage()
     with saver:
         det.fit(x, log=log, progress=False)
-    return {"preset": preset, "n_images": n, "image_size": det.config_.image_size,
+    return {"preset": preset, "n_images": n, "image_size": det.config_.backbone.image_size,
             "stage1_steps": len(steps), "peak_rss_mb": round(resource.getrusage(
                 resource.RUSAGE_SELF).ru_maxrss / 1024), "rss_after_import_mb": round(after_import),
             "wall_s": round(time.perf_counter() - t0, 1), "torch_threads": threads,
             "overrides": overrides, "candidate": candidate,
-            "malloc_mmap_threshold_config": det.config_.malloc_mmap_threshold,
+            "malloc_mmap_threshold_config": det.config_.runtime.malloc_mmap_threshold,
             "anomem": anomem.__version__, "torch": torch.__version__}
 
 

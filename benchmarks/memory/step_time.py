@@ -68,17 +68,16 @@ def make_step(preset: str, n_images: int, seed: int) -> Callable[[], None]:
     objective = ContrastedMemoryObjective(model)
     params = [*model.encoder.parameters(), *model.memories.parameters(),
               *(model.projectors.parameters() if model.projectors is not None else [])]
-    opt, sched = sgd_cosine(params, cfg.stage1_lr, cfg.stage1_momentum, cfg.stage1_weight_decay,
+    opt, sched = sgd_cosine(params, cfg.stage1.lr, cfg.stage1.momentum, cfg.stage1.weight_decay,
                             10 ** 6)
-    aug = TwoViewAugment(cfg.image_size, cfg.crop_scale, cfg.jitter, cfg.blur_sigma, cfg.noise_std,
-                         shared_geometry=cfg.view_geometry == "shared")
+    aug = TwoViewAugment.of(cfg.backbone.image_size, cfg.stage1)
     g = torch.Generator().manual_seed(seed)
-    size = cfg.image_size
+    size = cfg.backbone.image_size
     images = torch.randint(0, 256, (n_images, 3, size, size), dtype=torch.uint8, generator=g)
     y = torch.ones(n_images, dtype=torch.long)
 
     def step() -> None:
-        idx = torch.randperm(n_images, generator=g)[:cfg.batch_size]
+        idx = torch.randperm(n_images, generator=g)[:cfg.stage1.batch_size]
         v1, v2 = aug(images[idx].float().div_(255))
         loss, _ = objective(v1, v2, y[idx])
         opt.zero_grad(set_to_none=True)

@@ -88,15 +88,15 @@ def main(argv: list[str] | None = None) -> int:
         paths = extract(args.files, Path(tmp))
         data = JpegFiles(paths)
         memory = torch.stack([data[i] for i in range(len(data))])
-        loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+        loader = DataLoader(data, batch_size=cfg.stage1.batch_size, shuffle=True, drop_last=True,
                             num_workers=args.workers, persistent_workers=args.workers > 0)
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.runtime.seed)
         model = AnoMemModel(cfg).train()
         objective = ContrastedMemoryObjective(model)
-        opt, _ = sgd_cosine(list(model.parameters()), cfg.stage1_lr, cfg.stage1_momentum,
-                            cfg.stage1_weight_decay, 10_000)
-        aug = TwoViewAugment(cfg.image_size, cfg.crop_scale, cfg.jitter, cfg.blur_sigma, cfg.noise_std)
-        y = torch.ones(cfg.batch_size)
+        opt, _ = sgd_cosine(list(model.parameters()), cfg.stage1.lr, cfg.stage1.momentum,
+                            cfg.stage1.weight_decay, 10_000)
+        aug = TwoViewAugment.of(cfg.backbone.image_size, cfg.stage1)
+        y = torch.ones(cfg.stage1.batch_size)
 
         def train_on(batch: torch.Tensor) -> None:
             v1, v2 = aug(batch.float().div_(255))
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                 for _ in range(args.block):
                     t0 = time.perf_counter()
                     if source == "memory":
-                        batch = memory[torch.randperm(len(memory), generator=g)[:cfg.batch_size]]
+                        batch = memory[torch.randperm(len(memory), generator=g)[:cfg.stage1.batch_size]]
                     else:
                         batch = next(jpeg_iter)
                     train_on(batch)
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             n_drawn += len(batch)
         loader_ips = n_drawn / (time.perf_counter() - t0)
     stats = {k: summary(t) for k, t in times.items()}
-    train_ips = cfg.batch_size / stats["memory"]["median_s"]
+    train_ips = cfg.stage1.batch_size / stats["memory"]["median_s"]
     result = {"command": "python benchmarks/speed/data_pipeline.py " + " ".join(argv or sys.argv[1:]),
               "config": to_dict(cfg), "files": len(paths), "loader_workers": args.workers,
               "machine": machine(), "step_seconds": stats,

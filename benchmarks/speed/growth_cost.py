@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     base = get_config(args.preset)
-    x = torch.randint(0, 256, (args.test, 3, base.image_size, base.image_size), dtype=torch.uint8)
+    side = base.backbone.image_size
+    x = torch.randint(0, 256, (args.test, 3, side, side), dtype=torch.uint8)
     values = [parse_override(f"{args.key}={v}")[1] for v in args.values]
     models = {f"{args.key}={v}": AnoMemModel.build(base.replace(**{args.key: value})).eval()
               for v, value in zip(args.values, values)}

@@ -46,11 +46,11 @@ HERE = Path(__file__).parent
 
 
 def _step_fn(cfg: Any, v1: torch.Tensor, v2: torch.Tensor, y: torch.Tensor, bare: bool) -> Any:
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.runtime.seed)
     model = AnoMemModel(cfg).train()
     objective = ContrastedMemoryObjective(model)
     params = list(model.encoder.parameters()) + ([] if bare else list(model.memories.parameters()))
-    opt, _ = sgd_cosine(params, cfg.stage1_lr, cfg.stage1_momentum, cfg.stage1_weight_decay, 1000)
+    opt, _ = sgd_cosine(params, cfg.stage1.lr, cfg.stage1.momentum, cfg.stage1.weight_decay, 1000)
     both = torch.cat([v1, v2])
 
     def step() -> None:
@@ -76,9 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     cfg = get_config(args.config, dict(parse_override(o) for o in args.overrides))
     split = cached_cifar10_jpeg(data_file(CIFAR10_JPEG))
-    x = to_image_tensor(split.x_train[:cfg.batch_size], cfg.image_size).float() / 255
+    size = cfg.backbone.image_size
+    x = to_image_tensor(split.x_train[:cfg.stage1.batch_size], size).float() / 255
     torch.manual_seed(0)
-    v1, v2 = TwoViewAugment(cfg.image_size, cfg.crop_scale, cfg.jitter, cfg.blur_sigma, cfg.noise_std)(x)
+    v1, v2 = TwoViewAugment.of(size, cfg.stage1)(x)
     y = torch.ones(len(x))
     variants = {"backbone": _step_fn(cfg, v1, v2, y, bare=True)}
     for neg in args.negatives:
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios = {k: s["median_s"] / base for k, s in stats.items() if k != "backbone"}
     result = {"command": "python benchmarks/speed/step_overhead.py " + " ".join(argv or sys.argv[1:]),
               "config": to_dict(cfg), "input": f"CIFAR-10 train images 0..{len(x) - 1}, two fixed "
-                                                f"augmented views, {cfg.image_size}x{cfg.image_size}",
+                                                f"augmented views, {size}x{size}",
               "reps": args.reps, "machine": machine(), "median_ratio_vs_backbone": ratios,
               "flop_ratio_vs_backbone": {k: f / flops["backbone"] for k, f in flops.items()
                                          if k != "backbone"},

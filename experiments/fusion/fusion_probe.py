@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> None:
         det = AnoMem(preset, seed=args.seed, **budget, **overrides).fit(
             t.x_train, t.labels_train, validation_fraction=0.0, progress=False)
         net = det.network
-        x = to_image_tensor(t.x_train, net.config.image_size, "x_train")
+        x = to_image_tensor(t.x_train, net.config.backbone.image_size, "x_train")
         normals = x[torch.as_tensor(np.asarray(t.labels_train)) == 0]
         oof = out_of_fold_scores(net, normals, RunOptions()).numpy().astype(np.float64)
         n_maps = len(net.stages)

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         t = task_of(c)
         det = AnoMem(preset, seed=args.seed, consolidate_factor=1, **budget).fit(
             t.x_train, t.labels_train, validation_fraction=0.0, progress=False)
-        x = to_image_tensor(t.x_train, det.config_.image_size, "images")
+        x = to_image_tensor(t.x_train, det.config_.backbone.image_size, "images")
         normal = torch.ones(len(x), dtype=torch.long)
         row = {"name": "growth", "ds": args.dataset, "seed": args.seed, "c": c}
         for f in FACTORS:

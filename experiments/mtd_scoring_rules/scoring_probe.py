@@ -60,7 +60,7 @@ def recalibrate_batchnorm(det: AnoMem, images: np.ndarray) -> None:
     for m in layers:
         m.reset_running_stats()
         m.momentum = None                       # cumulative average over the batches
-    x = to_image_tensor(images, det.network_.config.image_size, "images")
+    x = to_image_tensor(images, det.network_.config.backbone.image_size, "images")
 
     def in_train_mode(m: torch.nn.Module, b: torch.Tensor) -> None:
         m.encoder.train()                       # map_batches sets eval mode; BatchNorm must update

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 import sys
 import time
@@ -72,7 +71,7 @@ def run(args: argparse.Namespace) -> None:
             if saved is not None:
                 det.save(saved)
         fitted = det.network
-        x = to_image_tensor(t.x_train, fitted.config.image_size, "x_train")
+        x = to_image_tensor(t.x_train, fitted.config.backbone.image_size, "x_train")
         y = to_normal_flags(t.labels_train, len(x), "labels_train")
         row = {"default": det.decision_function(t.x_test)}
         weighted = {"default": fitted}
@@ -86,14 +85,14 @@ def run(args: argparse.Namespace) -> None:
                 det.network_ = raw
                 row["oc_raw"] = det.decision_function(t.x_test)
             else:
-                net.config = dataclasses.replace(net.config, **kv)
+                net.config = net.config.replace(**kv)
                 torch.manual_seed(args.seed)  # the same heads' start whether the fit was run or loaded
                 fit_heads(net, x, y, {}, RunOptions())
                 weighted[name] = net
             det.network_ = net
             row[name] = det.decision_function(t.x_test)
         for name, net in weighted.items():
-            if net.config.semi_score != "heads+oc":
+            if net.config.scoring.semi_score != "heads+oc":
                 continue
             kept = net.oc_weight.clone()
             det.network_ = net

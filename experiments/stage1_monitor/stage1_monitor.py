@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = dict(parse_override(o) for o in args.set)
     config = get_config("cpu", {"seed": args.seed, **overrides})
-    torch.manual_seed(config.seed)        # as fit does before it builds the network: its initial weights
+    torch.manual_seed(config.runtime.seed)   # as fit does before it builds the network: its initial weights
     emit(0, with_data_statistics(AnoMemModel(config), x_train), {})
     if args.init_only:
         return 0

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 import sys
 import time
@@ -102,13 +101,13 @@ def semi_rows(task: Any, preset: str, budget: dict[str, Any], seed: int) -> dict
     rows = {"ss_default": det.decision_function(task.x_test)}
     fitted.oc_weight.fill_(1.0)
     rows["ss_oc_evidence_null"] = det.decision_function(task.x_test)
-    x = to_image_tensor(task.x_train, fitted.config.image_size, "x_train")
+    x = to_image_tensor(task.x_train, fitted.config.backbone.image_size, "x_train")
     y = to_normal_flags(task.labels_train, len(x), "labels_train")
     for name, change in (("ss_retrained", {}), ("ss_uniform", {"head_sampling": "uniform"}),
                          ("ss_in_sample", {"head_deviations": "in_sample"})):
         net = copy.deepcopy(fitted)
         net.heads = None
-        net.config = dataclasses.replace(net.config, **change)
+        net.config = net.config.replace(**change)
         torch.manual_seed(seed)   # every retrained variant starts its heads alike
         fit_heads(net, x, y, {}, RunOptions())
         det.network_ = net
