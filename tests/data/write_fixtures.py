@@ -44,6 +44,12 @@ del blob["state_dict"]["oc_weight"]
 blob.pop("checksum")
 atomic_torch_save(blob, path)
 record["model_v1_legacy"] = legacy.decision_function(probe).tolist()
+
+# Table 4's k-means prototypes, which version 1 stored as memories.K.centroids
+kmeans = AnoMem("digits", **tiny, prototypes="kmeans").fit(normals[:24], validation_fraction=0.0,
+                                                           progress=False)
+kmeans.save(out / "model_v1_kmeans.anomem")
+record["model_v1_kmeans"] = kmeans.decision_function(probe).tolist()
 (out / "model_v1_scores.json").write_text(json.dumps(record, indent=1) + "\n")
 
 # fits of today's defaults (digits preset, stage1_epochs=2): one-class and gamma = 0.05
