@@ -197,7 +197,7 @@ class AnoMem(Detector):
         if checkpoint_dir is not None:
             opts.checkpoint_dir = Path(checkpoint_dir)
         self.config_ = cfg
-        self.network_ = AnoMemModel(cfg).to(opts.device)
+        self.network_ = AnoMemModel(cfg, semi_supervised=bool((y_train == 0).any())).to(opts.device)
         normals = self._train(x_train, y_train, opts)
         ref = x_held if len(held) else normals
         del normals
@@ -218,7 +218,7 @@ class AnoMem(Detector):
         normals = x_train[y_train == 1]
         if cfg.memory.prototypes == "kmeans":
             fit_kmeans_prototypes(model, normals, opts)
-        if bool((y_train == 0).any()):
+        if model.semi_supervised:
             self.history_["stage2"] = fit_heads(model, x_train, y_train, fingerprint, opts, normals)
         elif cfg.scoring.calibrate:
             calibrate_scales(model, normals, opts)
@@ -285,7 +285,7 @@ class AnoMem(Detector):
         x = to_image_tensor(images, model.config.backbone.image_size, "images")
         out = map_batches(model, x, RunOptions(device=self._device()),
                           lambda m, b: [d.cpu() for d in m.deviation_maps(b)], batch_size)
-        return [torch.cat([o[s] for o in out]).numpy() for s in range(len(model.dims))]
+        return [torch.cat([o[s.index] for o in out]).numpy() for s in model.scales]
 
     def anomaly_map(self, images: Any, sigma: float = 4.0, batch_size: int = 64) -> np.ndarray:
         """Per-pixel anomaly heatmap (N, S, S) at the model's input side S, float32.

@@ -251,8 +251,8 @@ class DistributedAnoMem(AnoMem):
         cfg, model = self.config_, self._require_model()
         if cfg.stage1.batch_size % opts.world_size:
             raise ConfigError(f"config key 'stage1.batch_size': {cfg.stage1.batch_size} is not "
-                              f"divisible by the "
-                              f"{opts.world_size} processes; choose a multiple of {opts.world_size}")
+                              f"divisible by the {opts.world_size} processes; choose a multiple "
+                              f"of {opts.world_size}")
         idx = shard_indices(len(x), opts.rank, opts.world_size)
         objective = wrap_objective(model, opts)
         torch.manual_seed(cfg.runtime.seed + 1_000_003 * (opts.rank + 1))   # independent augmentations

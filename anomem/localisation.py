@@ -58,7 +58,7 @@ def position_scores(model: AnoMemModel, images: torch.Tensor) -> list[torch.Tens
     """Per-position scale scores m(s), one (B, H(s), W(s)) tensor per spatial memory scale
     (and ``scoring.views`` view, each flipped back onto the image)."""
     maps = model.score_and_maps(images)[1]
-    return [maps[s] for s in model.spatial_scales]
+    return [maps[s.index] for s in model.scales if not s.pooled]
 
 
 def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -89,7 +89,7 @@ def anomaly_map(model: AnoMemModel, images: torch.Tensor, sigma: float = 4.0) ->
         raise InvalidInputError(f"sigma must be a non-negative number of pixels, got {sigma!r}")
     if not torch.jit.is_tracing() and (images.ndim != 4 or images.shape[1] != 3):
         raise InvalidInputError(f"images must be a (B, 3, H, W) batch, got shape {tuple(images.shape)}")
-    weights = model.alphas[list(model.spatial_scales)]
+    weights = model.alphas[[s.index for s in model.scales if not s.pooled]]
     return fuse_maps(position_scores(model, images), weights / weights.sum(),
                      images.shape[-2:], sigma)
 

@@ -8,11 +8,14 @@ anything is allocated.  A file of an earlier version is first brought to the
 current one (:func:`upgrade`).
 
 Versions: 1 held the configuration with flat keys (``stage1_epochs``); 2 holds
-it by section (``{"stage1": {"epochs": ...}}``, :func:`anomem.config.to_dict`).
+it by section (``{"stage1": {"epochs": ...}}``, :func:`anomem.config.to_dict`),
+and k-means prototypes (Table 4) as the patterns of the memories they fill
+(``memories.K.patterns``, where version 1 had ``memories.K.centroids``).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,14 +70,20 @@ def upgrade(blob: dict[str, Any]) -> dict[str, Any]:
     """A model file's dictionary brought from its version to :data:`MODEL_VERSION`.
 
     Version 1 to 2: the flat configuration, completed with :data:`LEGACY_CONFIG`,
-    goes to the sections' form (:func:`anomem.config.migrate`).  A file of the
-    current version is returned as it is.
+    goes to the sections' form (:func:`anomem.config.migrate`); k-means
+    centroids become the patterns of their memories, and files from before the
+    ``oc_weight`` buffer get weight 1 (heads and one-class score weighed alike).
+    A file of the current version is returned as it is.
     """
-    if blob.get("version") == 1:
-        if not isinstance(blob.get("config"), dict):
-            raise TypeError("the configuration is not a mapping")
-        blob = {**blob, "version": 2, "config": migrate({**LEGACY_CONFIG, **blob["config"]}, version=1)}
-    return blob
+    if blob.get("version") != 1:
+        return blob
+    if not isinstance(blob.get("config"), dict) or not isinstance(blob.get("state_dict"), dict):
+        raise TypeError("the configuration or the weights are not a mapping")
+    state = {"oc_weight": torch.ones(()),
+             **{re.sub(r"^(memories\.\d+)\.centroids$", r"\1.patterns", k): v
+                for k, v in blob["state_dict"].items()}}
+    return {**blob, "version": 2, "config": migrate({**LEGACY_CONFIG, **blob["config"]}, version=1),
+            "state_dict": state}
 
 
 def _threshold_fields(blob: dict[str, Any]) -> tuple[float | None, float | None, int]:
@@ -96,7 +105,7 @@ def _threshold_fields(blob: dict[str, Any]) -> tuple[float | None, float | None,
 
 def _network(blob: dict[str, Any], cfg: AnoMemConfig) -> AnoMemModel:
     """The network of a model file, its weights checked against ``cfg`` before allocation."""
-    state = {"oc_weight": torch.ones(()), **blob["state_dict"]}   # heads and one-class weighed alike
+    state = blob["state_dict"]
     if not all(isinstance(blob[k], bool) for k in ("kmeans", "semi_supervised")):
         raise TypeError("kmeans / semi_supervised flags are not booleans")
     if not all(isinstance(t, torch.Tensor) and (not t.is_floating_point()
@@ -106,11 +115,15 @@ def _network(blob: dict[str, Any], cfg: AnoMemConfig) -> AnoMemModel:
     if blob["kmeans"] != (cfg.memory.prototypes == "kmeans"):
         raise ValueError("the kmeans flag contradicts the configuration's prototypes")
     with torch.device("meta"):   # nothing is allocated until the weights fit the config
-        model = AnoMemModel.build(cfg, semi_supervised=blob["semi_supervised"])
+        model = AnoMemModel(cfg, semi_supervised=blob["semi_supervised"])
     wanted = {k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
     if wanted != {k: (v.shape, v.dtype) for k, v in state.items()}:
         raise ValueError("the weights do not fit the network its configuration describes")
     model.load_state_dict(state, assign=True)
+    for module in model.modules():    # buffers no file holds (stage 1's win counts) start at zero
+        for name, buf in module.named_buffers(recurse=False):
+            if buf.is_meta:
+                setattr(module, name, torch.zeros_like(buf, device="cpu"))
     return model
 
 

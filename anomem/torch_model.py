@@ -5,23 +5,17 @@ array handling (see :mod:`anomem.detector`); its ``forward`` maps a batch of
 images in [0, 1] to anomaly scores, higher = more anomalous, and can be traced
 for TorchScript / ONNX export.
 
-Scales.  One memory scale per entry of ``memory.stages`` (the H(s) x W(s)
-feature map after that ResNet stage, a set of C(s)-dimensional vectors), and,
-unless ``extensions.global_memory="none"``, the image-level scale: the flattened 1D output
-z of the encoder (the last memory stage's map, average-pooled), which the
-paper contrasts "not only [...] but also" the intermediate maps (§3.1).  It is
-held as a 1 x 1 map, so every per-scale operation applies to it unchanged, and
-it comes last (largest alpha).  ``extensions.global_memory="own"`` gives it a Hopfield
-layer of its own (``extensions.global_mem_factor`` x N_mem of the last map scale);
-``"shared"`` retrieves it from the last map scale's memory; ``"every"`` adds the pooled output of every memory
-stage as an image-level scale, each with a memory of its own (``extensions.global_mem_factor``
-x N_mem of its stage).
-
-Views.  ``scoring.views`` repeats every scale for each test-time view of the
-image (its mirror image, and with ``"flips"`` upside down and both), each view
-with memories of its own; scales are numbered view after view, and Eq. 13's
-alphas are split evenly between the views, so the score is the mean of the
-views' scores.
+The network is built once, from the configuration (and whether the fit is
+semi-supervised), with every tensor at its final shape: the scales
+(:mod:`anomem.scales`), a memory per scale (or shared, see there) and view at
+the size consolidation grows it to, the projectors of ``extensions.projector``
+and, for a semi-supervised network only, the heads of Eq. 10.  The training
+stages only change values: stage 1 trains the encoder and the first N_mem
+patterns of the image's own memories, its end fills the other views' memories
+and the grown patterns, k-means (Table 4) fills the patterns with centroids,
+stage 2 draws and trains the heads.  Reading a model file is building and
+loading the weights (:mod:`anomem.model_file`).  Eq. 13's alphas are split
+evenly between the views, so the score is the mean of the views' scores.
 """
 
 from __future__ import annotations
@@ -35,7 +29,8 @@ from torch import nn
 from anomem.backbone import ResNet
 from anomem.config import AnoMemConfig
 from anomem.config.checks import SCORE_VIEWS
-from anomem.memory import HopfieldMemory, KMeansMemory
+from anomem.memory import HopfieldMemory
+from anomem.scales import Scale, scales_of
 
 
 class ScaleHead(nn.Module):
@@ -46,6 +41,15 @@ class ScaleHead(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(pool)
         self.mlp = nn.Sequential(nn.Linear(channels * pool * pool, hidden), nn.ReLU(),
                                  nn.Linear(hidden, 1))
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """New initial weights, drawn as ``nn.Linear`` draws them and from the CPU's random
+        stream whatever the device, so a head starts alike on a CPU and a GPU."""
+        for layer in (self.mlp[0], self.mlp[2]):
+            fresh = nn.Linear(layer.in_features, layer.out_features)
+            layer.weight.copy_(fresh.weight)
+            layer.bias.copy_(fresh.bias)
 
     def phi(self, delta: torch.Tensor) -> torch.Tensor:
         """Pooled, flattened deviation map phi(Delta)."""
@@ -91,120 +95,81 @@ class AnoMemModel(nn.Module):
         torch.Size([2])
     """
 
-    def __init__(self, config: AnoMemConfig) -> None:
+    def __init__(self, config: AnoMemConfig, semi_supervised: bool = False) -> None:
         super().__init__()
         self.config = config
         self.encoder = ResNet(config.backbone.arch, config.backbone.width, config.backbone.stem)
-        self.stages = tuple(s - 1 for s in config.memory.stages)
-        map_dims = tuple(self.encoder.channels[i] for i in self.stages)
-        n_maps, g = len(self.stages), config.extensions.global_memory
-        self.pooled_of = config.pooled_of
-        self.dims = map_dims + tuple(map_dims[i] for i in self.pooled_of)
-        own = g in ("own", "every")
-        factor = config.extensions.global_mem_factor
-        sizes = tuple(config.memory.sizes) + (tuple(factor * config.memory.sizes[i]
-                                                    for i in self.pooled_of) if own else ())
-        self.memories = nn.ModuleList(
-            HopfieldMemory(d, n, config.memory.beta, config.memory.hopfield_steps,
-                           config.memory.hopfield_tol, config.memory.normalize, config.scoring.retrieval)
-            for d, n in zip(self.dims, sizes))
-        self.memory_of = tuple(range(n_maps)) + (tuple(range(n_maps, len(sizes))) if own
-                                                 else self.pooled_of)
-        # score_views: every view adds the scales of one view (dims, memory_of, alphas) once more,
-        # with memories of its own that stage 1 does not train (copy_view_memories fills them)
+        self.scales: tuple[Scale, ...] = scales_of(config, self.encoder.channels)
         self.views = SCORE_VIEWS[config.scoring.views]
-        per_view, n_mem = len(self.dims), len(self.memories)
-        for _ in self.views[1:]:
-            self.memories.extend(copy.deepcopy(self.memories[k]).requires_grad_(False)
-                                 for k in range(n_mem))
-        self.dims = self.dims * len(self.views)
-        self.memory_of = tuple(v * n_mem + k for v in range(len(self.views)) for k in self.memory_of)
-        self.spatial_scales = tuple(v * per_view + i for v in range(len(self.views))
-                                    for i in range(n_maps))
-        self.heads: nn.ModuleList | None = None
+        self.memories = self._memories()
         # projector="mlp": stage 1's projection head per scale (Eq. 4 after it); scoring never uses it
-        self.projectors = (nn.ModuleList(nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d))
-                                         for d in self.dims[:per_view])
+        self.projectors = (nn.ModuleList(nn.Sequential(nn.Linear(s.dim, s.dim), nn.ReLU(),
+                                                       nn.Linear(s.dim, s.dim))
+                                         for s in self.view_scales(0))
                            if config.extensions.projector == "mlp" else None)
-        alphas = torch.tensor(config.alphas * len(self.views))
+        self.heads = self._heads() if semi_supervised else None
+        alphas = torch.tensor([s.alpha for s in self.scales])
         self.register_buffer("alphas", alphas / alphas.sum())
-        self.register_buffer("score_mean", torch.zeros(len(self.dims)))
-        self.register_buffer("score_std", torch.ones(len(self.dims)))
+        self.register_buffer("score_mean", torch.zeros(len(self.scales)))
+        self.register_buffer("score_std", torch.ones(len(self.scales)))
         self.register_buffer("oc_weight", torch.ones(()))
 
-    @classmethod
-    def build(cls, config: AnoMemConfig, semi_supervised: bool = False) -> AnoMemModel:
-        """The network a fit leaves: ``AnoMem.load`` is ``build`` + ``load_state_dict``.
+    def _memories(self) -> nn.ModuleList:
+        """One memory per index the scales name, at ``config.memory_growth`` x N_mem patterns.
 
-        K-means memories (zero centroids, N_mem x d per scale) when ``memory.prototypes="kmeans"``,
-        the heads of Eq. 10 when ``semi_supervised``.
+        The image's own view's memories are drawn at random (N(0, 1/d), as stage 1
+        starts them); another view's are copies that stage 1 does not train (its end
+        fills them, :func:`anomem.stages.consolidate.fill_view_memories`).
         """
-        model = cls(config)
-        model.grow_memories()
-        if config.memory.prototypes == "kmeans":
-            model.use_kmeans([torch.zeros(model.memory(s).patterns.shape)
-                              for s in range(len(model.dims))])
-        if semi_supervised:
-            model.add_heads()
-        return model
+        c, memories = self.config, nn.ModuleList()
+        scoring = "kmeans" if c.memory.prototypes == "kmeans" else c.scoring.retrieval
+        per_view = len({s.memory for s in self.view_scales(0)})
+        for s in self.scales:
+            if s.memory < len(memories):          # served already: shared with its stage's map
+                continue
+            memories.append(HopfieldMemory(s.dim, s.size, c.memory.beta, c.memory.hopfield_steps,
+                                           c.memory.hopfield_tol, c.memory.normalize, scoring,
+                                           c.memory_growth) if s.view == 0
+                            else copy.deepcopy(memories[s.memory % per_view]).requires_grad_(False))
+        return memories
 
-    @torch.no_grad()
-    def grow_memories(self) -> None:
-        """Each memory to ``config.memory_growth`` x its patterns, the added ones copies.
-
-        Stage 1 trains N_mem patterns per memory; consolidation
-        (:func:`anomem.stages.consolidate.consolidate_prototypes`) starts by growing
-        them, and the copies, which answer no query (the first of equal
-        attentions wins), restart at the worst-answered vectors.  Copies change
-        no retrieval: Eq. 1's attention splits evenly among equal patterns.
-        """
-        f = self.config.memory_growth
-        if f > 1:
-            for memory in self.memories:
-                memory.patterns = nn.Parameter(memory.patterns.detach().repeat(f, 1),
-                                               requires_grad=memory.patterns.requires_grad)
-
-    @torch.no_grad()
-    def copy_view_memories(self) -> None:
-        """``scoring.views``: every view after the first gets a copy of the first view's memories.
-
-        Stage 1 trains the memories of the image itself; at its end each other
-        view (a flip of the image) gets a copy of them, which consolidation
-        (:func:`anomem.stages.consolidate.consolidate_prototypes`) then moves
-        onto the same view of the training normals, so a view is compared with
-        prototypes of normal images seen the same way.  The paper is silent on
-        test-time views; measured in ``docs/design.md``.
-        """
-        n = len(self.memories) // len(self.views)
-        for i in range(n, len(self.memories)):
-            self.memories[i].patterns.copy_(self.memories[i % n].patterns)
+    def _heads(self) -> nn.ModuleList:
+        """The per-scale MLPs of the semi-supervised detector (Eq. 10; 1 x 1 pooling on image-level
+        scales).  Built frozen and without drawing from the global random stream: stage 2
+        draws their initial weights when it starts (:meth:`ScaleHead.reset_parameters`) and
+        trains them."""
+        st = self.config.stage2
+        with torch.random.fork_rng(devices=[]):
+            return nn.ModuleList(ScaleHead(s.dim, 1 if s.pooled else st.head_pool, st.head_hidden)
+                                 for s in self.scales).requires_grad_(False)
 
     @property
     def semi_supervised(self) -> bool:
         return self.heads is not None
 
-    def memory(self, scale: int) -> nn.Module:
+    def memory(self, scale: int) -> HopfieldMemory:
         """The memory that serves scale ``scale`` (0-based)."""
-        return self.memories[self.memory_of[scale]]
+        return self.memories[self.scales[scale].memory]
 
-    def add_heads(self) -> nn.ModuleList:
-        """Create (and return) the per-scale MLPs of the semi-supervised detector (Eq. 10)."""
-        c = self.config
-        pools = ([c.stage2.head_pool] * len(self.stages) + [1] * len(self.pooled_of)) * len(self.views)
-        self.heads = nn.ModuleList(ScaleHead(d, p, c.stage2.head_hidden) for d, p in zip(self.dims, pools))
-        return self.heads
+    def view_scales(self, view: int) -> tuple[Scale, ...]:
+        """The scales of ``scoring.views`` view ``view`` (0: the image itself, which stage 1 trains)."""
+        return tuple(s for s in self.scales if s.view == view)
 
-    def use_kmeans(self, centroids: list[torch.Tensor]) -> None:
-        """Replace every memory by nearest-k-means-centroid retrieval, one per scale (Table 4 ablation)."""
-        self.memories = nn.ModuleList(KMeansMemory(c, self.config.memory.normalize) for c in centroids)
-        self.memory_of = tuple(range(len(centroids)))
+    @property
+    def n_maps(self) -> int:
+        """Map scales of one view (the first entries of :meth:`features`; the pooled ones follow)."""
+        return sum(not s.pooled for s in self.view_scales(0))
+
+    def trained_memories(self) -> list[HopfieldMemory]:
+        """The memories stage 1 trains: those of the image's own view, in order, each once."""
+        return [self.memories[k] for k in sorted({s.memory for s in self.view_scales(0)})]
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Feature maps z(s) at the memory scales; the image-level ones as (B, C, 1, 1) maps."""
-        maps = self.encoder(x, upto=self.stages[-1] + 1)
-        out = [maps[i] for i in self.stages]
-        out += [out[i].mean(dim=(2, 3), keepdim=True) for i in self.pooled_of]
-        return out
+        """Feature maps z(s) at the scales of one view; the image-level ones as (B, C, 1, 1) maps."""
+        scales = self.view_scales(0)
+        maps = self.encoder(x, upto=max(s.stage for s in scales) + 1)
+        return [maps[s.stage].mean(dim=(2, 3), keepdim=True) if s.pooled else maps[s.stage]
+                for s in scales]
 
     def view_features(self, x: torch.Tensor, view: int | None = None) -> list[torch.Tensor]:
         """:meth:`features` of every ``scoring.views`` view of ``x``, view after view (or of ``view`` alone).
@@ -225,13 +190,8 @@ class AnoMemModel(nn.Module):
     def deviations(self, maps: list[torch.Tensor], view: int | None = None) -> list[torch.Tensor]:
         """Eq. 8 on feature maps already computed (one per scale, as :meth:`view_features`
         returns for every view, or for ``view`` alone)."""
-        scales = range(len(maps)) if view is None else self.view_scales(view)
-        return [self.memory(s).deviation(z) for s, z in zip(scales, maps)]
-
-    def view_scales(self, view: int) -> range:
-        """The scales (0-based, as numbered in :attr:`dims`) of ``scoring.views`` view ``view``."""
-        per_view = len(self.dims) // len(self.views)
-        return range(view * per_view, (view + 1) * per_view)
+        scales = self.scales if view is None else self.view_scales(view)
+        return [self.memories[s.memory].deviation(z) for s, z in zip(scales, maps)]
 
     def retrieval_margin(self, x: torch.Tensor) -> torch.Tensor:
         """(B,): the smallest distance to a retrieval tie over every scale and position of each image.

@@ -306,7 +306,7 @@ def check_class_folders(base: Path) -> Callable[[tuple[list[tuple[str, str, byte
 def tiny_model_file(folder: Path) -> bytes:
     """The bytes of a saved detector with an untrained (random) width-4 network."""
     det = AnoMem("digits", mem_sizes=[4, 4], width=4)
-    det.network_ = AnoMemModel.build(get_config("digits", {"mem_sizes": [4, 4], "width": 4})).eval()
+    det.network_ = AnoMemModel(get_config("digits", {"mem_sizes": [4, 4], "width": 4})).eval()
     det.threshold_ = 0.5
     return det.save(folder / "m.anomem").read_bytes()
 

@@ -27,7 +27,7 @@ FINGERPRINT = {"config": {"seed": 0}, "data": "abc"}
 def write_model(path: Path, version: int) -> None:
     det = AnoMem("digits", seed=version)
     torch.manual_seed(version)
-    det.network_ = AnoMemModel.build(get_config("digits", {"seed": version})).eval()
+    det.network_ = AnoMemModel(get_config("digits", {"seed": version})).eval()
     det.threshold_ = float(version)
     det.save(path)
 

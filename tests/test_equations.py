@@ -26,7 +26,8 @@ from anomem.losses import (
     sup_loss,
     variance_loss,
 )
-from anomem.memory import HopfieldMemory, KMeansMemory
+from anomem.memory import HopfieldMemory
+from anomem.scales import alphas
 from anomem.torch_model import AnoMemModel
 
 
@@ -135,9 +136,13 @@ def test_hopfield_is_differentiable_in_query_and_patterns():
 
 def test_kmeans_memory_returns_nearest_centroid():
     c = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
-    km = KMeansMemory(c, normalize=False)
+    km = HopfieldMemory(dim=2, size=3, normalize=False, scoring="kmeans")
+    with torch.no_grad():
+        km.patterns.copy_(c)
     q = torch.tensor([[9.0, 1.0], [1.0, 1.0], [2.0, 7.0]])
-    assert torch.equal(km(q), c[[1, 0, 2]])                  # rows copied from the centroids
+    assert torch.equal(km.centroid(q), c[[1, 0, 2]])         # rows copied from the centroids
+    fmap = q.T.reshape(1, 2, 1, 3)
+    assert torch.equal(km.deviation(fmap), (q - c[[1, 0, 2]]).T.reshape(1, 2, 1, 3))   # Eq. 8
 
 
 def test_mem_select_eq3():
@@ -197,13 +202,13 @@ def test_alphas_and_fusion_eq13():
     cfg = get_config("digits", {"memory_stages": [2, 3, 4], "mem_sizes": [4, 4, 4],
                                 "ratios": [1.0, 1.0, 1.0], "score_views": "single"})
     last = cfg.replace(image_alpha="last")
-    assert last.alphas == (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)     # three maps + their pooled images
-    assert last.replace(global_memory="own").alphas == (1.0, 2.0, 4.0, 8.0)   # + the last one
+    assert alphas(last) == (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)     # three maps + their pooled images
+    assert alphas(last.replace(global_memory="own")) == (1.0, 2.0, 4.0, 8.0)   # + the last one
     stage = cfg.replace(image_alpha="stage")          # a pooled image weighs as its stage's map
-    assert stage.alphas == (1.0, 2.0, 4.0, 1.0, 2.0, 4.0)
-    assert stage.replace(global_memory="shared").alphas == (1.0, 2.0, 4.0, 4.0)
+    assert alphas(stage) == (1.0, 2.0, 4.0, 1.0, 2.0, 4.0)
+    assert alphas(stage.replace(global_memory="shared")) == (1.0, 2.0, 4.0, 4.0)
     cfg = cfg.replace(global_memory="none")
-    assert cfg.alphas == (1.0, 2.0, 4.0)
+    assert alphas(cfg) == (1.0, 2.0, 4.0)
     m = AnoMemModel(cfg).eval()
     x = torch.rand(2, 3, 16, 16)
     with torch.no_grad():

@@ -129,7 +129,7 @@ def test_a_retrieval_tie_is_left_out_of_the_check_and_the_rest_still_compared(on
     # image's vector make it so; the other images are still compared, and a real difference
     # in their scores is still caught.
     model = one_class.network_
-    mem = model.memory(len(model.dims) // len(model.views) - 1)   # the image's own view's last scale
+    mem = model.memory(len(model.view_scales(0)) - 1)   # the image's own view's last scale
     kept = mem.patterns.detach().clone()
     with torch.no_grad():
         z = model.features(test_images[:1].float().div(255))[-1].flatten()
@@ -155,7 +155,7 @@ def test_a_retrieval_tie_is_left_out_of_the_check_and_the_rest_still_compared(on
 
 
 def test_retrieval_margin_is_the_gap_to_the_second_distinct_pattern():
-    from anomem.memory import HopfieldMemory, KMeansMemory
+    from anomem.memory import HopfieldMemory
 
     mem = HopfieldMemory(dim=2, size=3, scoring="nearest")
     with torch.no_grad():
@@ -164,7 +164,9 @@ def test_retrieval_margin_is_the_gap_to_the_second_distinct_pattern():
     # attentions to the distinct patterns e0, e1: (1, 0), (0.707, 0.707), (0.6, 0.8)
     torch.testing.assert_close(mem.retrieval_margin(q), torch.tensor([1.0, 0.0, 0.2]), rtol=0, atol=1e-6)
     assert torch.isinf(HopfieldMemory(dim=2, size=3, scoring="hopfield").retrieval_margin(q)).all()
-    km = KMeansMemory(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]))
+    km = HopfieldMemory(dim=2, size=3, scoring="kmeans")
+    with torch.no_grad():
+        km.patterns.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]))    # centroids
     # distances of the normalised queries to e0 and e1: (0, 1.414), (0.765, 0.765), (0.894, 0.632)
     torch.testing.assert_close(km.retrieval_margin(q), torch.tensor([2 ** 0.5, 0.0, 0.894427 - 0.632456]),
                                rtol=0, atol=1e-5)

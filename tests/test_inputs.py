@@ -20,7 +20,7 @@ RGB = RNG.integers(0, 256, (20, 20, 3), dtype=np.uint8)       # one colour image
 def detector() -> AnoMem:
     """A detector with an untrained network: scoring is what is tested here, not fitting."""
     det = AnoMem("digits")
-    det.network_ = AnoMemModel.build(get_config("digits")).eval()
+    det.network_ = AnoMemModel(get_config("digits")).eval()
     return det
 
 

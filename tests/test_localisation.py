@@ -83,10 +83,8 @@ def test_a_local_change_moves_only_the_nearby_heatmap(digits, heads):
     # there and leave the bottom-left corner (out of every receptive field) exactly as it was.
     # A transposed or flipped map would move the change to the wrong corner.
     torch.manual_seed(0)
-    model = AnoMemModel(get_config("digits", {"image_size": 64, "memory_stages": [2, 3]}))
-    if heads:
-        model.add_heads()
-    model.eval()
+    model = AnoMemModel(get_config("digits", {"image_size": 64, "memory_stages": [2, 3]}),
+                        semi_supervised=heads).eval()
     x = to_image_tensor(digits.x_test[:6], 64).float() / 255
     pasted = x.clone()
     pasted[:, :, :16, 48:] = to_image_tensor(digits.x_test[6:12], 16).float() / 255

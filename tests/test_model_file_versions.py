@@ -18,7 +18,7 @@ from anomem.model_file import LEGACY_CONFIG, MODEL_VERSION, upgrade
 from anomem.serialization import safe_torch_load
 
 DATA = Path(__file__).parent / "data"
-NAMES = ["model_v1_one_class", "model_v1_semi", "model_v1_legacy"]
+NAMES = ["model_v1_one_class", "model_v1_semi", "model_v1_legacy", "model_v1_kmeans"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -27,7 +27,7 @@ def test_a_version_1_file_scores_as_when_it_was_saved(name, digits, tmp_path):
     det = AnoMem.load(DATA / f"{name}.anomem")
     # the same float32 operations on the same weights, in the same order: bit for bit
     np.testing.assert_array_equal(det.decision_function(digits.x_test[:40]), want)
-    assert det.semi_supervised == (name != "model_v1_one_class")
+    assert det.semi_supervised == (name in ("model_v1_semi", "model_v1_legacy"))
     # saved again, it is a file of the current version and scores alike
     again = AnoMem.load(det.save(tmp_path / "again.anomem"))
     assert safe_torch_load(tmp_path / "again.anomem", "model file")["version"] == MODEL_VERSION
@@ -42,6 +42,8 @@ def test_the_upgrade_reads_the_flat_configuration_of_version_1():
     want = get_config("digits", {"width": 4, "mem_sizes": [16, 8], "stage1_epochs": 1,
                                  "stage2_epochs": 2})
     assert from_dict(up["config"]) == want
+    kmeans = upgrade(safe_torch_load(DATA / "model_v1_kmeans.anomem", "model file"))["state_dict"]
+    assert "memories.0.patterns" in kmeans and not any(k.endswith(".centroids") for k in kmeans)
 
 
 def test_a_version_1_file_from_before_a_key_loads_with_what_it_was_made_with():

@@ -73,7 +73,8 @@ def test_cross_type_never_trains_on_the_held_out_type(digits: LabelledSplit) -> 
 def test_linear_eval_of_a_trained_encoder_beats_chance(digits: LabelledSplit) -> None:
     det = AnoMem("digits", stage1_epochs=3).fit(digits.x_train[:300])
     f = encoder_features(det, digits.x_test[:5])
-    assert f.shape == (5, sum(det.network_.dims[:len(det.network_.stages)]))   # the memory stages, pooled
+    maps = [s.dim for s in det.network_.view_scales(0) if not s.pooled]
+    assert f.shape == (5, sum(maps))   # the memory stages' maps, pooled
     res = linear_eval(det, digits)
     assert res["n_classes"] == 10 and res["accuracy"] > 0.5  # chance is 0.1
 

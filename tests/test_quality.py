@@ -18,7 +18,7 @@ from anomem.errors import ConfigError
 from anomem.losses import variance_loss
 from anomem.memory import HopfieldMemory
 from anomem.stages.common import RunOptions
-from anomem.stages.consolidate import consolidate_prototypes, restart_empty
+from anomem.stages.consolidate import consolidate_prototypes, grow_patterns, restart_empty
 from anomem.stages.stage1 import ContrastedMemoryObjective, reseed_dead_patterns, track_wins
 from anomem.torch_model import AnoMemModel
 
@@ -65,9 +65,9 @@ def test_variance_across_the_batch_naive():
 
 def test_dead_patterns_restart_as_normal_queries():
     model = AnoMemModel(get_config("digits", {"width": 4, "mem_sizes": [4, 4]}))
-    mem = model.memories[0]
+    mem = model.memories[0]                 # 4 trained patterns of the 16 it grows to
     with torch.no_grad():
-        mem.patterns.copy_(torch.eye(4, 16) * 3)
+        mem.patterns[:4] = torch.eye(4, 16) * 3
     queries = torch.eye(4, 16)[:2] + 0.01                     # only patterns 0 and 1 answer
     track_wins(mem, queries)
     assert mem.wins.tolist() == [1, 1, 0, 0]
@@ -75,16 +75,19 @@ def test_dead_patterns_restart_as_normal_queries():
     mem.patterns.sum().backward()
     opt.step()
     with torch.no_grad():
-        mem.patterns.copy_(torch.eye(4, 16) * 3)
+        mem.patterns[:4] = torch.eye(4, 16) * 3
+    momentum = opt.state[mem.patterns]["momentum_buffer"]
+    grown_momentum = momentum[4:].clone()
     n = reseed_dead_patterns(model, opt, epoch=0, opts=RunOptions())
     assert n >= 2
     new = mem.patterns.detach()
     assert torch.equal(new[:2], torch.eye(4, 16)[:2] * 3)                    # winners untouched
     normed = torch.nn.functional.normalize(queries, dim=1)
-    for row in new[2:]:                                                      # dead ones: a query
+    for row in new[2:4]:                                                     # dead ones: a query
         assert min(float((row - q).abs().max()) for q in normed) == 0.0
-    assert opt.state[mem.patterns]["momentum_buffer"][2:].abs().max() == 0.0
+    assert momentum[2:4].abs().max() == 0.0
     assert mem.wins.tolist() == [0, 0, 0, 0]
+    assert torch.equal(momentum[4:], grown_momentum)       # the patterns stage 1 does not train
 
 
 def test_consolidation_moves_patterns_to_the_means_of_their_vectors(monkeypatch):
@@ -98,7 +101,7 @@ def test_consolidation_moves_patterns_to_the_means_of_their_vectors(monkeypatch)
         a[:3, 0], a[3:, 1] = 1.0, 1.0
         a[:3, 2] = torch.tensor([0.1, 0.0, -0.1])
         return a, a.T.reshape(1, c, 2, 3)                                  # one image, 6 positions
-    (a, f0), (_, f1) = cluster_map(model.dims[0]), cluster_map(model.dims[1])
+    (a, f0), (_, f1) = cluster_map(model.scales[0].dim), cluster_map(model.scales[1].dim)
     monkeypatch.setattr(model, "features", lambda x: [f0.expand(len(x), -1, -1, -1),
                                                       f1.expand(len(x), -1, -1, -1)])
     with torch.no_grad():
@@ -131,10 +134,10 @@ def test_empty_patterns_restart_at_the_worst_answered_vectors():
 def test_image_level_memories_hold_global_mem_factor_times_n_mem():
     cfg = get_config("digits", {"width": 4, "global_mem_factor": 3,       # mem_sizes (32, 16)
                                 "score_views": "single"})
-    sizes = [m.patterns.shape[0] for m in AnoMemModel(cfg).memories]
+    sizes = [m.size for m in AnoMemModel(cfg).memories]
     assert sizes == [32, 16, 96, 48]
     own = AnoMemModel(cfg.replace(global_memory="own"))
-    assert [m.patterns.shape[0] for m in own.memories] == [32, 16, 48]
+    assert [m.size for m in own.memories] == [32, 16, 48]
     with pytest.raises(ConfigError, match="global_mem_factor"):
         cfg.replace(global_mem_factor=0)
 
@@ -171,17 +174,17 @@ def test_projector_sits_at_eq4_inputs_in_stage1_and_never_in_scoring():
     loss_of(proj).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in proj.projectors.parameters())
     assert loss_of(proj).item() != pytest.approx(loss_of(plain).item(), abs=1e-4)
-    proj.projectors = torch.nn.ModuleList(torch.nn.Identity() for _ in proj.dims)
+    proj.projectors = torch.nn.ModuleList(torch.nn.Identity() for _ in proj.view_scales(0))
     assert loss_of(proj).item() == loss_of(plain).item()          # the head is all that differs
 
 
 def test_semi_supervised_score_is_the_clipped_heads_plus_the_weighted_one_class_score():
     torch.manual_seed(0)
-    model = AnoMemModel(get_config("digits", {"width": 4, "score_views": "single"})).eval()
+    model = AnoMemModel(get_config("digits", {"width": 4, "score_views": "single"}),
+                        semi_supervised=True).eval()
     model.score_mean.copy_(torch.tensor([0.5, 0.2, 0.1, 0.3]))
     model.score_std.copy_(torch.tensor([2.0, 0.5, 0.25, 0.125]))
     model.oc_weight.fill_(0.3)
-    model.add_heads()
     x = torch.rand(3, 3, 16, 16)
     with torch.no_grad():
         deltas = model.deviation_maps(x)
@@ -245,17 +248,24 @@ def test_grown_memories_hold_copies_that_change_no_retrieval():
     cfg = get_config("digits", {"width": 4, "consolidate_factor": 3,      # mem_sizes (32, 16)
                                 "score_views": "single"})
     model = AnoMemModel(cfg).eval()
-    assert [m.patterns.shape[0] for m in model.memories] == [32, 16, 32, 16]   # stage 1 trains N_mem
+    assert [m.patterns.shape[0] for m in model.memories] == [96, 48, 96, 48]   # built grown
+    assert [m.size for m in model.memories] == [32, 16, 32, 16]                # stage 1 trains N_mem
     torch.manual_seed(0)
-    queries = [torch.randn(7, d) for d in model.dims]
-    before = [(m(q), m.nearest(q)) for m, q in zip(model.memories, queries)]
-    model.grow_memories()
-    assert [m.patterns.shape[0] for m in model.memories] == [96, 48, 96, 48]
+    queries = [torch.randn(7, s.dim) for s in model.scales]
+
+    def stage1_retrieval(m: HopfieldMemory, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return m(q, rows=m.size), m.stored(m.size)[m.winner(q, rows=m.size)]
+    before = [stage1_retrieval(m, q) for m, q in zip(model.memories, queries)]
+    with torch.no_grad():                      # what the other rows hold changes nothing in stage 1
+        for m in model.memories:
+            m.patterns[m.size:] = torch.randn(len(m.patterns) - m.size, m.patterns.shape[1])
+    for m, q, (soft, hard) in zip(model.memories, queries, before):
+        assert all(torch.equal(a, b) for a, b in zip(stage1_retrieval(m, q), (soft, hard)))
+    grow_patterns(model)
     for m, q, (soft, hard) in zip(model.memories, queries, before):
         assert torch.equal(m.nearest(q), hard)                 # the first of equal patterns wins
         # Eq. 1 with each pattern thrice: the same weights, summed in another order (float32)
         torch.testing.assert_close(m(q), soft, rtol=0, atol=1e-6)
-    assert [m.patterns.shape[0] for m in AnoMemModel.build(cfg).memories] == [96, 48, 96, 48]
     for literal in ({"consolidate": 0}, {"use_memory": False}, {"prototypes": "kmeans"}):
         assert cfg.replace(**literal).memory_growth == 1     # nothing grows without consolidation
     with pytest.raises(ConfigError, match="consolidate_factor"):
@@ -275,7 +285,7 @@ def test_consolidation_grows_the_memory_into_prototypes_that_each_answer_vectors
             a[3 * k:3 * k + 3, k] = 1.0
             a[3 * k:3 * k + 3, 3] = torch.tensor([0.1, 0.0, -0.1])
         return a, a.T.reshape(1, c, 3, 3)                                  # one image, 9 positions
-    (a0, f0), (a1, f1) = cluster_map(model.dims[0]), cluster_map(model.dims[1])
+    (a0, f0), (a1, f1) = cluster_map(model.scales[0].dim), cluster_map(model.scales[1].dim)
     model.features = lambda x: [f0.expand(len(x), -1, -1, -1), f1.expand(len(x), -1, -1, -1)]
     consolidate_prototypes(model, torch.zeros(1, 3, 16, 16, dtype=torch.uint8), torch.ones(1), RunOptions())
     for mem, a in zip(model.memories, (a0, a1)):

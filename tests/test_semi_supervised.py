@@ -52,8 +52,8 @@ def test_fused_calibration_standardises_the_alpha_fused_one_class_score():
     fused = [sum(a * s for a, s in zip(model.alphas.tolist(), row)) for row in per.tolist()]
     mean = sum(fused) / len(fused)
     std = (sum((f - mean) ** 2 for f in fused) / (len(fused) - 1)) ** 0.5
-    assert model.score_mean.tolist() == pytest.approx([mean] * len(model.dims), rel=1e-5)
-    assert model.score_std.tolist() == pytest.approx([std] * len(model.dims), rel=1e-5)
+    assert model.score_mean.tolist() == pytest.approx([mean] * len(model.scales), rel=1e-5)
+    assert model.score_std.tolist() == pytest.approx([std] * len(model.scales), rel=1e-5)
     x = torch.rand(5, 3, 16, 16)
     with torch.no_grad():
         want = (model.oc_scores(model.deviation_maps(x)) @ model.alphas - mean) / std

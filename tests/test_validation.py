@@ -46,7 +46,7 @@ def refused(call: Callable[[], Any], error: type[AnoMemError], match: str) -> An
 def detector() -> AnoMem:
     """An unfitted-network detector that can score (fitting is not what is tested here)."""
     det = AnoMem("digits")
-    det.network_ = AnoMemModel.build(get_config("digits")).eval()
+    det.network_ = AnoMemModel(get_config("digits")).eval()
     det.threshold_ = 0.5
     return det
 

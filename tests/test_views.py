@@ -91,7 +91,7 @@ def test_out_of_fold_scores_view_by_view_equal_every_view_at_once(flips, digits)
     got = out_of_fold_scores(model, normals, RunOptions())
     order = torch.randperm(24, generator=torch.Generator().manual_seed(
         stream_seed(model.config.runtime.seed, "calibrate")))
-    maps, want = feature_maps(model, normals, RunOptions()), torch.zeros(24, len(model.dims))
+    maps, want = feature_maps(model, normals, RunOptions()), torch.zeros(24, len(model.scales))
     for fold in (order[0::2], order[1::2]):
         other = copy.deepcopy(model)
         rest = torch.ones(24, dtype=torch.bool)
@@ -119,7 +119,7 @@ def test_semi_supervised_views_train_a_head_per_view_and_scale(digits):
         digits.x_train[idx], (digits.y_train[idx] == 3).astype(int), validation_fraction=0.0,
         progress=False)
     model = det.network
-    assert len(model.heads) == len(model.dims) == 2 * 4
+    assert len(model.heads) == len(model.scales) == 2 * 4
     assert model.score_std.shape == (8,) and bool((model.score_std > 0).all())
     assert np.isfinite(det.decision_function(digits.x_test[:10])).all()
 
@@ -128,9 +128,10 @@ def test_kmeans_memories_hold_one_memory_per_scale_and_view(digits):
     det = AnoMem("digits", **TINY, prototypes="kmeans", score_views="mirror").fit(
         digits.x_train[digits.y_train == 0][:48], validation_fraction=0.0, progress=False)
     model = det.network
-    assert len(model.memories) == len(model.dims) == 8 and model.memory_of == tuple(range(8))
+    assert len(model.memories) == len(model.scales) == 8
+    assert [s.memory for s in model.scales] == list(range(8))
     # the mirror view's image-level centroids are not the image's own
-    assert not torch.equal(model.memories[3].centroids, model.memories[7].centroids)
+    assert not torch.equal(model.memories[3].patterns, model.memories[7].patterns)
 
 
 def test_score_views_is_validated():

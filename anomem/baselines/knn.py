@@ -45,7 +45,7 @@ class _PooledScales(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        maps = self.model.features(x)[:len(self.model.stages)]      # the memory stages' maps
+        maps = self.model.features(x)[:self.model.n_maps]      # the memory stages' maps
         return torch.cat([F.normalize(z.mean(dim=(2, 3)), dim=1) for z in maps], dim=1)
 
 
@@ -85,6 +85,6 @@ class KNNDetector(Detector):
         q = embed(self._net, images, self.config, batch_size)
         assert self.bank_ is not None
         k = min(self.k, len(self.bank_))
-        out = [(1 - (q[sl] @ self.bank_.T / len(self.encoder.network.stages)))
+        out = [(1 - (q[sl] @ self.bank_.T / self.encoder.network.n_maps))
                .topk(k, dim=1, largest=False).values.mean(1) for sl in batches(len(q), 1024)]
         return as_scores(torch.cat(out))

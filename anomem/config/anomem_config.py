@@ -55,29 +55,6 @@ class AnoMemConfig:
                                   f"with get_config or from_dict")
 
     @property
-    def pooled_of(self) -> tuple[int, ...]:
-        """The memory stages (0-based in ``memory.stages``) whose pooled output is an image-level scale."""
-        n = len(self.memory.stages)
-        return {"none": (), "every": tuple(range(n))}.get(self.extensions.global_memory, (n - 1,))
-
-    @property
-    def n_scales(self) -> int:
-        """Memory scales S: one per entry of ``memory.stages``, plus the image-level one(s)."""
-        return len(self.memory.stages) + len(self.pooled_of)
-
-    @property
-    def alphas(self) -> tuple[float, ...]:
-        """Scale confidences: alpha = 2^(k-1) for the map after the k-th memory stage (paper §4.2).
-
-        The image-level scales come after the maps.  ``scoring.image_alpha="stage"``:
-        each takes the alpha of the stage it pools; ``"last"``: they continue the
-        sequence, alpha(s) = 2^(s-1) for s = 1..S, the last the largest.
-        """
-        n = len(self.memory.stages)
-        pooled = self.pooled_of if self.scoring.image_alpha == "stage" else range(n, self.n_scales)
-        return tuple(2.0 ** k for k in (*range(n), *pooled))
-
-    @property
     def consolidates(self) -> bool:
         """Whether the memories a fit leaves are consolidated Hopfield patterns
         (``extensions.consolidate > 0``, ``memory.use_memory``, ``memory.prototypes="hopfield"``)."""

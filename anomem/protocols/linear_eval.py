@@ -28,7 +28,7 @@ def encoder_features(detector: AnoMem, images: Any, batch_size: int = 256) -> np
     x = to_image_tensor(images, model.config.backbone.image_size, "images")
     opts = RunOptions(device=next(model.parameters()).device)
     out = map_batches(model, x, opts, lambda m, b: torch.cat(
-        [z.mean(dim=(2, 3)) for z in m.features(b)[:len(m.stages)]], dim=1).cpu(), batch_size)
+        [z.mean(dim=(2, 3)) for z in m.features(b)[:m.n_maps]], dim=1).cpu(), batch_size)
     return torch.cat(out).numpy()
 
 

@@ -25,7 +25,9 @@ from anomem.data.convert import batches
 from anomem.errors import ModelFileError, TrainingDivergedError
 from anomem.serialization import atomic_torch_save, require_checksum, safe_torch_load
 
-CHECKPOINT_VERSION = 1
+#: 2: the network is built at its final shape (memories at their grown size, heads from the
+#: start of a semi-supervised fit), so a checkpoint of version 1 holds other weights.
+CHECKPOINT_VERSION = 2
 
 
 @dataclass

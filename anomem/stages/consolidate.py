@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from anomem.scales import Scale
 from anomem.stages.common import RunOptions, map_batches, stream_seed
 from anomem.torch_model import AnoMemModel
 
@@ -33,19 +34,51 @@ def feature_maps(model: AnoMemModel, images: torch.Tensor, opts: RunOptions,
 
 
 @torch.no_grad()
+def fill_view_memories(model: AnoMemModel) -> None:
+    """``scoring.views``: every view after the first gets a copy of the first view's memories.
+
+    Stage 1 trains the memories of the image itself; at its end each other
+    view (a flip of the image) gets a copy of them, which consolidation
+    (:func:`consolidate_prototypes`) then moves onto the same view of the
+    training normals, so a view is compared with prototypes of normal images
+    seen the same way.  The paper is silent on test-time views; measured in
+    ``docs/design.md``.
+    """
+    n = len(model.trained_memories())            # view v's memory k is memory v * n + k
+    for i in range(n, len(model.memories)):
+        model.memories[i].patterns.copy_(model.memories[i % n].patterns)
+
+
+@torch.no_grad()
+def grow_patterns(model: AnoMemModel) -> None:
+    """The patterns after the first N_mem of every memory become copies of them, in order.
+
+    A memory holds ``extensions.consolidate_factor`` x N_mem patterns from the
+    start, of which stage 1 trains the first N_mem.  Consolidation starts by
+    filling the others, pattern i with trained pattern i mod N_mem; the copies,
+    which answer no query (the first of equal attentions wins), then restart
+    at the worst-answered vectors.  Copies change no retrieval: Eq. 1's
+    attention splits evenly among equal patterns.
+    """
+    for memory in model.memories:
+        n = memory.size
+        memory.patterns[n:] = memory.patterns[:n].repeat(len(memory.patterns) // n - 1, 1)
+
+
+@torch.no_grad()
 def consolidate_prototypes(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
                            opts: RunOptions, grow: bool = True) -> None:
     """``extensions.consolidate``: Lloyd iterations of every memory on the normals of ``images`` (y = 1).
 
-    Each memory first grows to ``extensions.consolidate_factor`` x N_mem patterns
-    (:meth:`~anomem.torch_model.AnoMemModel.grow_memories`; ``grow=False``
-    consolidates the memories as they are), then :func:`consolidate_on_maps`
-    runs on the eval-mode features of the normal images, one ``scoring.views``
-    view at a time (a view's memories serve that view's scales alone, so only
-    one view's maps are held).  Leaves the model in train mode.
+    The patterns each memory holds beyond the N_mem stage 1 trained first
+    become copies of those (:func:`grow_patterns`; ``grow=False`` consolidates
+    the memories as they are), then :func:`consolidate_on_maps` runs on the
+    eval-mode features of the normal images, one ``scoring.views`` view at a
+    time (a view's memories serve that view's scales alone, so only one view's
+    maps are held).  Leaves the model in train mode.
     """
     if grow:
-        model.grow_memories()
+        grow_patterns(model)
     g, normals = consolidation_stream(model), images[y == 1]
     for v in range(len(model.views)):
         consolidate_on_maps(model, feature_maps(model, normals, opts, v), opts,
@@ -60,8 +93,8 @@ def consolidation_stream(model: AnoMemModel) -> torch.Generator:
 
 @torch.no_grad()
 def consolidate_on_maps(model: AnoMemModel, maps: list[torch.Tensor], opts: RunOptions,
-                        scales: range | None = None, generator: torch.Generator | None = None
-                        ) -> None:
+                        scales: tuple[Scale, ...] | None = None,
+                        generator: torch.Generator | None = None) -> None:
     """``config.extensions.consolidate`` Lloyd steps of the memories that serve the scales of ``maps``.
 
     ``maps`` holds one feature map per scale of ``scales`` (default: every
@@ -76,11 +109,11 @@ def consolidate_on_maps(model: AnoMemModel, maps: list[torch.Tensor], opts: RunO
     broadcast.
     """
     g = generator or consolidation_stream(model)
-    scales = scales if scales is not None else range(len(maps))
-    for k in sorted({model.memory_of[s] for s in scales}):
+    scales = scales if scales is not None else model.scales
+    for k in sorted({s.memory for s in scales}):
         memory = model.memories[k]
         vecs = torch.cat([z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-                          for s, z in zip(scales, maps) if model.memory_of[s] == k])
+                          for s, z in zip(scales, maps) if s.memory == k])
         vecs = memory.prepare(vecs[torch.randperm(len(vecs), generator=g)[:CONSOLIDATE_MAX_VECTORS]
                                    .to(vecs.device)])
         x = memory.stored().clone()

@@ -27,6 +27,8 @@ from anomem.losses import (
     sample_positions,
     variance_loss,
 )
+from anomem.memory import HopfieldMemory
+from anomem.scales import Scale
 from anomem.stages.common import (
     RunOptions,
     check_finite,
@@ -36,7 +38,7 @@ from anomem.stages.common import (
     sgd_cosine,
     stream_seed,
 )
-from anomem.stages.consolidate import consolidate_prototypes
+from anomem.stages.consolidate import consolidate_prototypes, fill_view_memories
 from anomem.torch_model import AnoMemModel
 
 # Prototypes whose spread (mean over dimensions of the std across patterns) falls
@@ -65,7 +67,6 @@ class ContrastedMemoryObjective(nn.Module):
                 gather: Any = None, offset: int = 0, align: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, dict[str, float]]:
         cfg: AnoMemConfig = self.model.config
-        b = v1.shape[0]
         x = torch.cat([v1, v2])
         if cfg.runtime.channels_last and self.cuda_fast:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -74,51 +75,62 @@ class ContrastedMemoryObjective(nn.Module):
             maps = self.model.features(x)
         if amp:
             maps = [z.float() for z in maps]
-        n_maps = len(cfg.memory.stages)
+        scales = self.model.view_scales(0)
         com, var, counts, stats = [], [], [], {}
-        for s, z in enumerate(maps):
-            c, h, w = z.shape[1:]
-            pos = sample_positions(h, w, cfg.memory.ratios[s] if s < n_maps else 1.0).to(z.device)
-            if align is not None and s < n_maps:      # view_geometry="aligned": the same point in view 2
-                z1 = z[:b].flatten(2)[:, :, pos].permute(2, 0, 1)                  # (P, B, C)
-                z2 = sample_at(z[b:], corresponding_grid(pos, h, w, v1.shape[-1], align))
-            else:
-                vecs = z.flatten(2)[:, :, pos].permute(2, 0, 1)      # (P, 2B, C)
-                z1, z2 = vecs[:, :b], vecs[:, b:]
-            if cfg.memory.use_memory:
-                memory = self.model.memory(s)
-                mem = mem_select(z1, memory(z1), y)
-                v = variance_loss(mem, y, cfg.stage1.variance)
-                if cfg.extensions.reseed_dead:
-                    track_wins(memory, z1[:, y == 1].detach())
-            else:
-                mem, v = z1, z1.sum() * 0.0
+        for scale, z in zip(scales, maps):
+            z1, z2, count = self._pairs(scale, z, v1.shape[0], v1.shape[-1], align)
+            mem, v = self._recall(scale, z1, y)
             if self.model.projectors is not None:        # projector="mlp": Eq. 4 after the head
-                mem, z2 = self.model.projectors[s](mem), self.model.projectors[s](z2)
+                mem, z2 = self.model.projectors[scale.index](mem), self.model.projectors[scale.index](z2)
             com.append(contrasted_memory_loss(mem, z2, cfg.stage1.tau, cfg.stage1.negatives, gather, offset))
             var.append(v)
-            counts.append(len(pos))
-            stats[f"com{s + 1}"], stats[f"var{s + 1}"] = float(com[-1].detach()), float(v.detach())
+            counts.append(count)
+            k = scale.index + 1
+            stats[f"com{k}"], stats[f"var{k}"] = float(com[-1].detach()), float(v.detach())
         lam = cfg.stage1.lambda_v if cfg.memory.use_memory else 0.0
-        loss = multiscale_loss(com[:n_maps], var[:n_maps], counts[:n_maps], cfg.alphas, lam)
+        n_maps = sum(not s.pooled for s in scales)
+        loss = multiscale_loss(com[:n_maps], var[:n_maps], counts[:n_maps], [s.alpha for s in scales], lam)
         if len(maps) > n_maps:      # the image-level scale(s): one term beside Eq. 7's maps
             loss = loss + torch.stack([c + lam * v for c, v in zip(com[n_maps:], var[n_maps:])]).mean()
         return loss, stats
 
+    @staticmethod
+    def _pairs(scale: Scale, z: torch.Tensor, b: int, side: int, align: torch.Tensor | None
+               ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The first view's vectors at the positions Eq. 7 samples (``scale.ratio`` of them) and
+        their positives in the second view, (P, B, C) each, and P; ``z`` holds both views' maps."""
+        h, w = z.shape[2:]
+        pos = sample_positions(h, w, scale.ratio).to(z.device)
+        if align is not None and not scale.pooled:   # view_geometry="aligned": the same point in view 2
+            z1 = z[:b].flatten(2)[:, :, pos].permute(2, 0, 1)
+            return z1, sample_at(z[b:], corresponding_grid(pos, h, w, side, align)), len(pos)
+        vecs = z.flatten(2)[:, :, pos].permute(2, 0, 1)      # (P, 2B, C)
+        return vecs[:, :b], vecs[:, b:], len(pos)
+
+    def _recall(self, scale: Scale, z1: torch.Tensor, y: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 3 from the N_mem patterns stage 1 trains, and Eq. 6's variance term; without a
+        memory (Table 4), the vectors themselves and 0."""
+        cfg = self.model.config
+        if not cfg.memory.use_memory:
+            return z1, z1.sum() * 0.0
+        memory = self.model.memories[scale.memory]
+        mem = mem_select(z1, memory(z1, rows=memory.size), y)
+        if cfg.extensions.reseed_dead:
+            track_wins(memory, z1[:, y == 1].detach())
+        return mem, variance_loss(mem, y, cfg.stage1.variance)
+
 
 @torch.no_grad()
-def track_wins(memory: nn.Module, queries: torch.Tensor) -> None:
-    """Count, per stored pattern, the normal queries it answers best (argmax of the attention).
+def track_wins(memory: HopfieldMemory, queries: torch.Tensor) -> None:
+    """Count, per trained pattern, the normal queries it answers best (argmax of the attention).
 
-    ``queries`` is ``(..., d)``; the counts (``memory.wins``) and the latest
-    queries (``memory.recent``) feed :func:`reseed_dead_patterns`.
+    ``queries`` is ``(..., d)``; the counts (buffer ``memory.wins``) and the latest
+    queries (buffer ``memory.recent``) feed :func:`reseed_dead_patterns`.
     """
     flat = queries.reshape(-1, queries.shape[-1])
-    n = memory.patterns.shape[0]
-    if getattr(memory, "wins", None) is None or memory.wins.device != flat.device:
-        memory.wins = torch.zeros(n, dtype=torch.long, device=flat.device)
     if len(flat):
-        memory.wins += torch.bincount(memory.winner(flat), minlength=n)
+        memory.wins += torch.bincount(memory.winner(flat, rows=memory.size), minlength=memory.size)
         memory.recent = flat
 
 
@@ -137,29 +149,24 @@ def reseed_dead_patterns(model: AnoMemModel, opt: torch.optim.Optimizer, epoch: 
     """
     g = torch.Generator().manual_seed(stream_seed(model.config.runtime.seed, "reseed", epoch))
     total = 0
-    for memory in model.memories:
-        wins = getattr(memory, "wins", None)
-        if wins is None:
-            continue
+    for memory in model.trained_memories():
         if opts.world_size > 1 and dist.is_initialized():
-            dist.all_reduce(wins)
-        dead = wins == 0
-        recent = getattr(memory, "recent", memory.patterns[:0])
+            dist.all_reduce(memory.wins)
+        dead = memory.wins == 0
         if opts.is_main:
-            total += memory.reseed(dead, recent, g)
+            total += memory.reseed(dead, memory.recent, g)
         if opts.world_size > 1 and dist.is_initialized():
             dist.broadcast(memory.patterns.data, src=0)
         buf = opt.state.get(memory.patterns, {}).get("momentum_buffer")
         if buf is not None:
-            buf[dead] = 0.0
-        wins.zero_()
+            buf[:memory.size][dead] = 0.0
+        memory.wins.zero_()
     return total
 
 
 def prototype_spread(model: AnoMemModel) -> float:
-    """Smallest, over scales, mean std of the stored patterns across patterns."""
-    return min(float(m.stored().detach().std(dim=0).mean()) for m in model.memories
-               if hasattr(m, "patterns"))
+    """Smallest, over the memories stage 1 trains, mean std of their trained patterns across patterns."""
+    return min(float(m.stored(m.size).detach().std(dim=0).mean()) for m in model.trained_memories())
 
 
 def check_collapse(model: AnoMemModel, where: str) -> None:
@@ -179,10 +186,10 @@ def seed_memories(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor, opt
     The paper does not say how the patterns start.  Here the first
     ``stage1.batch_size`` normal training images (un-augmented) go through the
     freshly initialised encoder in training mode (batch statistics; the
-    BatchNorm running buffers are restored afterwards), and each memory's
-    N_mem patterns are distinct vectors drawn at random among all positions
-    of its scale's maps (with replacement, plus 1e-3 noise, only when there
-    are fewer vectors than patterns).  So retrieval starts inside the cone of
+    BatchNorm running buffers are restored afterwards), and the N_mem patterns
+    of each memory stage 1 trains are distinct vectors drawn at random among
+    all positions of the maps of the first scale it serves (with replacement,
+    plus 1e-3 noise, only when there are fewer vectors than patterns).  So retrieval starts inside the cone of
     real features instead of among random directions.  Under DDP rank 0's
     patterns are broadcast to every rank.
     """
@@ -195,17 +202,19 @@ def seed_memories(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor, opt
     maps = model.features(normal.to(opts.device).float().div_(255))
     model.encoder.load_state_dict(buffers, strict=False)
     g = torch.Generator().manual_seed(cfg.runtime.seed * 7919 + 17)
-    for z, memory in zip(maps, model.memories):
-        if not hasattr(memory, "patterns"):
-            continue
+    first = {}
+    for scale, z in zip(model.view_scales(0), maps):
+        first.setdefault(scale.memory, z)
+    for k, z in sorted(first.items()):
+        memory = model.memories[k]
         vecs = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-        size = memory.patterns.shape[0]
+        size = memory.size
         if len(vecs) >= size:
             chosen = vecs[torch.randperm(len(vecs), generator=g)[:size].to(vecs.device)]
         else:
             chosen = vecs[torch.randint(len(vecs), (size,), generator=g).to(vecs.device)]
             chosen = chosen + 1e-3 * torch.randn(chosen.shape, generator=g).to(vecs.device)
-        memory.patterns.copy_(chosen)
+        memory.patterns[:size].copy_(chosen)
         if opts.world_size > 1 and dist.is_initialized():
             dist.broadcast(memory.patterns.data, src=0)
 
@@ -216,8 +225,8 @@ def _start(ckpt: Any, modules: dict[str, Any], fingerprint: dict[str, Any], imag
     model = modules["model"]
     if ckpt is not None and ckpt.is_file():
         start, extra = load_checkpoint(ckpt, modules, fingerprint)
-        for memory, wins in zip(model.memories, extra.get("wins", [])):
-            memory.wins = torch.tensor(wins, dtype=torch.long, device=opts.device)
+        for memory, wins in zip(model.trained_memories(), extra.get("wins", [])):
+            memory.wins.copy_(torch.tensor(wins, dtype=torch.long))
         return start, extra.get("history", []), extra.get("epoch_stats", {})
     if model.config.memory.use_memory and model.config.memory.init == "data":
         seed_memories(model, images, y, opts)
@@ -231,9 +240,24 @@ def _save(ckpt: Any, step: int, modules: dict[str, Any], fingerprint: dict[str, 
     check_finite_parameters(model, step, "stage 1", "stage1.lr")
     check_collapse(model, f"at step {step}")
     if opts.is_main:
-        wins = [m.wins.tolist() for m in model.memories if getattr(m, "wins", None) is not None]
+        wins = [m.wins.tolist() for m in model.trained_memories()]
         save_checkpoint(ckpt, step, modules, fingerprint,
                         {"history": history, "epoch_stats": epoch_stats, "wins": wins})
+
+
+def _views(cfg: AnoMemConfig, aug: TwoViewAugment, images: torch.Tensor, y: torch.Tensor, step: int,
+           device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Two augmented views of a uint8 batch, its labels and (``stage1.view_geometry="aligned"``)
+    where each position of the first view lies in the second, with ``extensions.pseudo_anomalies``'
+    rotated copies appended (seed stream ``"pseudo"``)."""
+    x = images.to(device, non_blocking=True).float().div_(255)
+    v1, v2, align = aug.aligned_views(x) if cfg.stage1.view_geometry == "aligned" else (*aug(x), None)
+    yb = y.to(device)
+    if cfg.extensions.pseudo_anomalies == "rotation":
+        v1, v2, yb, align = rotated_pseudo_anomalies(
+            v1, v2, yb, cfg.extensions.pseudo_fraction,
+            torch.Generator().manual_seed(stream_seed(cfg.runtime.seed, "pseudo", step)), align)
+    return v1, v2, yb, align
 
 
 def _end_epoch(model: AnoMemModel, opt: torch.optim.Optimizer, epoch: int, per_epoch: int,
@@ -277,7 +301,6 @@ def _train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
               *(model.projectors.parameters() if model.projectors is not None else [])]
     opt, sched = sgd_cosine(params, cfg.stage1.lr, cfg.stage1.momentum, cfg.stage1.weight_decay, total)
     aug = TwoViewAugment.of(cfg.backbone.image_size, cfg.stage1)
-    aligned = cfg.stage1.view_geometry == "aligned"
     ckpt = opts.checkpoint_dir / "stage1.ckpt" if opts.checkpoint_dir else None
     modules = {"model": model, "opt": opt, "sched": sched}
     start, history, epoch_stats = _start(ckpt, modules, fingerprint, images, y, opts)
@@ -289,13 +312,7 @@ def _train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
         epoch, i = divmod(step, per_epoch)
         g = torch.Generator().manual_seed(cfg.runtime.seed * 100_003 + epoch)
         idx = torch.randperm(n, generator=g)[i * bsz:(i + 1) * bsz]
-        x = images[idx].to(opts.device, non_blocking=True).float().div_(255)
-        v1, v2, align = aug.aligned_views(x) if aligned else (*aug(x), None)
-        yb = y[idx].to(opts.device)
-        if cfg.extensions.pseudo_anomalies == "rotation":
-            v1, v2, yb, align = rotated_pseudo_anomalies(
-                v1, v2, yb, cfg.extensions.pseudo_fraction,
-                torch.Generator().manual_seed(stream_seed(cfg.runtime.seed, "pseudo", step)), align)
+        v1, v2, yb, align = _views(cfg, aug, images[idx], y[idx], step, opts.device)
         loss, stats = objective(v1, v2, yb, opts.gather, opts.rank * len(yb), align=align)
         value = check_finite(loss, step + 1, "stage 1", "stage1.lr")
         opt.zero_grad(set_to_none=True)
@@ -322,8 +339,8 @@ def _train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
         if ckpt is not None and ((step + 1) % opts.checkpoint_every == 0 or step + 1 == total):
             _save(ckpt, step + 1, modules, fingerprint, history, epoch_stats, opts)
     bar.close()
-    model.copy_view_memories()
-    if cfg.consolidates:       # k-means prototypes replace the patterns: nothing to consolidate
+    fill_view_memories(model)
+    if cfg.consolidates:       # k-means prototypes fill the patterns later: nothing to consolidate
         consolidate_prototypes(model, images, y, opts)
     model.eval()
     return history

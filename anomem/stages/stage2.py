@@ -46,13 +46,15 @@ KMEANS_MAX_VECTORS = 20_000
 SCORE_BATCH = 256
 
 
+@torch.no_grad()
 def fit_kmeans_prototypes(model: AnoMemModel, normals: torch.Tensor, opts: RunOptions) -> None:
-    """Replace the memories by k-means centroids of training-normal vectors (Table 4 ablation).
+    """Fill every memory with k-means centroids of training-normal vectors (Table 4 ablation).
 
-    At each memory scale, up to ``KMEANS_MAX_VECTORS`` spatial feature vectors of
-    the normal training images are clustered into N_mem centroids (repeated
-    when there are fewer vectors than N_mem, so the memory's shape is the
-    configuration's).
+    For each memory, up to ``KMEANS_MAX_VECTORS`` spatial feature vectors of the
+    normal training images at the scales it serves are clustered into as many
+    centroids as it holds patterns (repeated when there are fewer vectors, so
+    the memory keeps its shape); the memory retrieves the nearest of them
+    (``scoring="kmeans"``, :meth:`anomem.memory.HopfieldMemory.centroid`).
     """
     from sklearn.cluster import KMeans  # here, not at import: ~90 MB of SciPy that most fits never use
 
@@ -60,20 +62,17 @@ def fit_kmeans_prototypes(model: AnoMemModel, normals: torch.Tensor, opts: RunOp
     maps = map_batches(model, normals, opts, lambda m, x: [z.permute(0, 2, 3, 1).flatten(0, 2).cpu()
                                                            for z in m.view_features(x)])
     g = torch.Generator().manual_seed(cfg.runtime.seed)
-    centroids = []
-    for s in range(len(model.dims)):
-        size = model.memory(s).patterns.shape[0]
-        vecs = torch.cat([b[s] for b in maps])
+    for k, memory in enumerate(model.memories):
+        size = len(memory.patterns)
+        vecs = torch.cat([b[s.index] for s in model.scales if s.memory == k for b in maps])
         if cfg.memory.normalize:
             vecs = torch.nn.functional.normalize(vecs, dim=-1)
         vecs = vecs[torch.randperm(len(vecs), generator=g)[:KMEANS_MAX_VECTORS]]
         km = KMeans(n_clusters=min(size, len(vecs)), n_init=1, random_state=cfg.runtime.seed)
         km.fit(vecs.double().numpy())
         c = torch.as_tensor(km.cluster_centers_, dtype=torch.float32)
-        # fewer vectors than N_mem: repeated centroids keep the memory at N_mem (same retrieval)
-        centroids.append(c[torch.arange(size) % len(c)])
-    model.use_kmeans(centroids)
-    model.to(opts.device)
+        # fewer vectors than patterns: repeated centroids keep the memory's shape (same retrieval)
+        memory.patterns.copy_(c[torch.arange(size) % len(c)])
 
 
 def calibrate_scales(model: AnoMemModel, normals: torch.Tensor, opts: RunOptions) -> None:
@@ -197,12 +196,11 @@ def train_heads(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
                 fingerprint: dict[str, Any], opts: RunOptions) -> list[dict[str, float]]:
     """Train the per-scale heads on frozen deviations of ``images`` with y (1 = normal)."""
     cfg = model.config
-    heads = model.add_heads().to(opts.device)
-    phis = head_features(model, images, y, opts)
-    if cfg.stage2.head_inputs == "standardised":
-        stats = [(p.mean(0), p.std(0).clamp_min(1e-6) if len(p) > 1 else torch.ones_like(p[0]))
-                 for p in phis]
-        phis = [(p - mu) / sd for p, (mu, sd) in zip(phis, stats)]
+    heads = model.heads
+    for head in heads:          # the heads' initial weights, drawn now (as a new head's are)
+        head.reset_parameters()
+    heads.requires_grad_(True)
+    phis, stats = _standardised(head_features(model, images, y, opts), cfg.stage2.head_inputs)
     weights = balanced_weights(y) if cfg.stage2.head_sampling == "balanced" else None
     y = y.to(opts.device)
     n = len(y)
@@ -221,12 +219,7 @@ def train_heads(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
     for step in tqdm(range(start, total), desc="stage 2", disable=not (opts.progress and opts.is_main),
                      unit="step", dynamic_ncols=True):
         epoch, i = divmod(step, per_epoch)
-        g = torch.Generator().manual_seed(cfg.runtime.seed * 100_003 + 7 + epoch)
-        if weights is None:
-            idx = torch.randperm(n, generator=g)[i * bsz:(i + 1) * bsz].to(opts.device)
-        else:
-            idx = torch.multinomial(weights, per_epoch * bsz, replacement=True,
-                                    generator=g)[i * bsz:(i + 1) * bsz].to(opts.device)
+        idx = _batch(step, n, bsz, per_epoch, weights, cfg.runtime.seed).to(opts.device)
         d = torch.stack([h.mlp(p[idx]).squeeze(-1) for h, p in zip(heads, phis)])
         loss = sup_loss(d, y[idx], cfg.stage2.margin)
         value = check_finite(loss, step + 1, "stage 2", "stage2.lr")
@@ -245,12 +238,33 @@ def train_heads(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
             if opts.is_main:
                 save_checkpoint(ckpt, step + 1, modules, fingerprint,
                                 {"history": history, "running": running})
-    if cfg.stage2.head_inputs == "standardised":
-        for head, (mu, sd) in zip(heads, stats):
-            fold_standardisation(head.mlp[0], mu, sd)
+    for head, (mu, sd) in zip(heads, stats):
+        fold_standardisation(head.mlp[0], mu, sd)
     model.oc_weight.fill_(one_class_weight(cfg.scoring.oc_evidence, int((y == 0).sum())))
     model.eval()
     return history
+
+
+def _standardised(phis: list[torch.Tensor], inputs: str
+                  ) -> tuple[list[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]:
+    """``stage2.head_inputs="standardised"``: each phi(Delta(s)) standardised with its training
+    mean and std, and those statistics (none for ``"raw"``)."""
+    if inputs != "standardised":
+        return phis, []
+    stats = [(p.mean(0), p.std(0).clamp_min(1e-6) if len(p) > 1 else torch.ones_like(p[0]))
+             for p in phis]
+    return [(p - mu) / sd for p, (mu, sd) in zip(phis, stats)], stats
+
+
+def _batch(step: int, n: int, bsz: int, per_epoch: int, weights: torch.Tensor | None,
+           seed: int) -> torch.Tensor:
+    """The images of stage-2 step ``step``: its slice of the epoch's permutation of the ``n``
+    images or, with sampling ``weights``, of the epoch's draws with replacement."""
+    epoch, i = divmod(step, per_epoch)
+    g = torch.Generator().manual_seed(seed * 100_003 + 7 + epoch)
+    if weights is None:
+        return torch.randperm(n, generator=g)[i * bsz:(i + 1) * bsz]
+    return torch.multinomial(weights, per_epoch * bsz, replacement=True, generator=g)[i * bsz:(i + 1) * bsz]
 
 
 @torch.no_grad()
@@ -272,7 +286,7 @@ def head_features(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
     if (model.config.stage2.head_deviations == "out_of_fold" and model.config.consolidates
             and int((y == 1).sum()) > 1):
         def phi(deltas: list[torch.Tensor], v: int) -> list[torch.Tensor]:
-            return [heads[s].phi(d) for s, d in zip(model.view_scales(v), deltas)]
+            return [heads[s.index].phi(d) for s, d in zip(model.view_scales(v), deltas)]
 
         _, per_view = out_of_fold(model, images, (y == 1).cpu(), opts, phi, "heads")
         return [p for view in per_view for p in view]

@@ -123,7 +123,7 @@ def encoder_knn(oc: AnoMem, train: MTDImages, test: MTDImages, sigma: float, ban
     heatmap is (:func:`anomem.localisation.fuse_maps`, the spatial scales' alphas).
     """
     scores = KNNDetector(oc.config_, k=1, encoder=oc).fit(train.images).decision_function(test.images)
-    n_maps = len(oc.network_.stages)
+    n_maps = oc.network_.n_maps
     unit = [torch.nn.functional.normalize(z, dim=1) for z in feature_maps(oc, train.images)[0][:n_maps]]
     query = [torch.nn.functional.normalize(z, dim=1) for z in feature_maps(oc, test.images)[0][:n_maps]]
     alphas = oc.network_.alphas[:n_maps]

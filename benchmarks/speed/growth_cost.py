@@ -1,6 +1,6 @@
 """Scoring cost of a config key's values in one process: ``consolidate_factor`` 1, 2, 4, 8 by default.
 
-The network of a fit (:meth:`anomem.torch_model.AnoMemModel.build`, untrained:
+The network of a fit (:class:`anomem.torch_model.AnoMemModel` as built, untrained:
 weights change neither speed nor size) at each value of ``--key`` (default
 ``consolidate_factor``; ``score_views`` compares the test-time views) scores
 the same ``--test`` random images in batches of 256, in rotating order
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     side = base.backbone.image_size
     x = torch.randint(0, 256, (args.test, 3, side, side), dtype=torch.uint8)
     values = [parse_override(f"{args.key}={v}")[1] for v in args.values]
-    models = {f"{args.key}={v}": AnoMemModel.build(base.replace(**{args.key: value})).eval()
+    models = {f"{args.key}={v}": AnoMemModel(base.replace(**{args.key: value})).eval()
               for v, value in zip(args.values, values)}
     first = next(iter(models.values()))
     for m in models.values():     # the same encoder in every model: only the memories differ

@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> None:
     from anomem.baselines.knn import KNNDetector
     from anomem.config import parse_override
     from anomem.data.convert import to_image_tensor
+    from anomem.scales import pooled_stages
     from anomem.stages.common import RunOptions
     from anomem.stages.stage2 import out_of_fold_scores
 
@@ -97,9 +98,10 @@ def run(args: argparse.Namespace) -> None:
         x = to_image_tensor(t.x_train, net.config.backbone.image_size, "x_train")
         normals = x[torch.as_tensor(np.asarray(t.labels_train)) == 0]
         oof = out_of_fold_scores(net, normals, RunOptions()).numpy().astype(np.float64)
-        n_maps = len(net.stages)
+        n_maps = net.n_maps
         scores: dict[str, Any] = rules(det.scale_scores(t.x_test), oof,
-                                       [*range(n_maps), *net.pooled_of], n_maps, len(net.views))
+                                       [*range(n_maps), *pooled_stages(net.config)], n_maps,
+                                       len(net.views))
         scores["knn"] = KNNDetector(preset, k=1, encoder=det).fit(
             t.x_train, t.labels_train).decision_function(t.x_test)
         print(json.dumps({"name": args.name, "ds": args.dataset, "seed": args.seed, "c": c,

@@ -21,10 +21,31 @@ import copy
 import json
 import sys
 import time
+from typing import Any
 
 from experiments.tasks import task_source
 
 FACTORS = (1, 2, 4, 8)
+
+
+def regrown(det: Any, factor: int) -> Any:
+    """A copy of the fitted detector ``det`` whose network is built with ``consolidate_factor``
+    ``factor``: its weights, each memory's first N_mem patterns the consolidated ones of ``det``
+    (as stage 1 leaves them before the growth)."""
+    import torch
+
+    from anomem.torch_model import AnoMemModel
+
+    out = copy.deepcopy(det)
+    out.config_ = det.config_.replace(consolidate_factor=factor)
+    out.network_ = AnoMemModel(out.config_)
+    state = det.network.state_dict()
+    out.network_.load_state_dict({k: v for k, v in state.items() if not k.startswith("memories.")},
+                                 strict=False)
+    with torch.no_grad():
+        for memory, fitted in zip(out.network_.memories, det.network.memories):
+            memory.patterns[:memory.size] = fitted.patterns
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,8 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         normal = torch.ones(len(x), dtype=torch.long)
         row = {"name": "growth", "ds": args.dataset, "seed": args.seed, "c": c}
         for f in FACTORS:
-            grown = copy.deepcopy(det)
-            grown.network.config = grown.network.config.replace(consolidate_factor=f)
+            grown = regrown(det, f)
             consolidate_prototypes(grown.network, x, normal, RunOptions())   # grows, then Lloyd
             grown.network.eval()
             row[f"f{f}"] = round(100 * roc_auc_score(t.labels_test, grown.decision_function(t.x_test)), 2)

@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.recalibrate_bn:
         recalibrate_batchnorm(det, split.train.images)
     print("stage-1 loss per epoch:", [round(h["loss"], 3) for h in det.history_["stage1"]], flush=True)
-    n_maps = len(det.network_.stages)              # image-level scales have no position (as in anomaly_map)
+    n_maps = det.network_.n_maps            # image-level scales have no position (as in anomaly_map)
     weights = (det.network_.alphas / det.network_.score_std)[:n_maps]
     out = {}
     for name, maps in rules(det, split.train, split.test, args.bank, args.seed).items():

@@ -77,8 +77,8 @@ def run(args: argparse.Namespace) -> None:
         weighted = {"default": fitted}
         for name, kv in {"oc": None, **variants}.items():
             net = copy.deepcopy(fitted)
-            net.heads = None
-            if kv is None:
+            if kv is None:                 # the one-class score of the same network: no heads
+                net.heads = None
                 raw = copy.deepcopy(net)
                 raw.score_mean.zero_()
                 raw.score_std.fill_(1.0)

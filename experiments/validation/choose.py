@@ -50,6 +50,7 @@ from anomem.data.convert import to_image_tensor, to_normal_flags
 from anomem.presets import input_side
 from anomem.protocols.one_vs_all import make_one_vs_all
 from anomem.protocols.validation import carve_validation
+from anomem.scales import alphas
 from anomem.stages.common import RunOptions
 from anomem.stages.stage2 import fit_heads
 
@@ -79,11 +80,11 @@ def one_class_rows(task: Any, preset: str, budget: dict[str, Any], seed: int) ->
     n_views = len(det.network.views)
     default = det.decision_function(task.x_test)
     # the fusion recomputed from the scale scores is the detector's own (one-class, uncalibrated)
-    assert np.allclose(fused(per_scale, cfg.alphas * n_views), default, rtol=1e-5, atol=1e-6)
+    assert np.allclose(fused(per_scale, alphas(cfg) * n_views), default, rtol=1e-5, atol=1e-6)
     rows = {"default": default,
-            "score_views_single": fused(per_scale, cfg.alphas),
+            "score_views_single": fused(per_scale, alphas(cfg)),
             "image_alpha_last": fused(per_scale,
-                                      cfg.replace(image_alpha="last").alphas * n_views)}
+                                      alphas(cfg.replace(image_alpha="last")) * n_views)}
     rows["knn"] = KNNDetector(preset, k=1, encoder=det).fit(task.x_train).decision_function(task.x_test)
     rows["pixel"] = PixelKNN(size=input_side(task.x_train), k=1).fit(task.x_train).decision_function(
         task.x_test)
@@ -106,7 +107,6 @@ def semi_rows(task: Any, preset: str, budget: dict[str, Any], seed: int) -> dict
     for name, change in (("ss_retrained", {}), ("ss_uniform", {"head_sampling": "uniform"}),
                          ("ss_in_sample", {"head_deviations": "in_sample"})):
         net = copy.deepcopy(fitted)
-        net.heads = None
         net.config = net.config.replace(**change)
         torch.manual_seed(seed)   # every retrained variant starts its heads alike
         fit_heads(net, x, y, {}, RunOptions())

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> None:
         views = len(det.network.views)
         per = det.scale_scores(t.x_test)                 # (N, S x views), view after view
         n = per.shape[1] // views
-        alphas, n_maps = det.network.alphas.cpu().numpy()[:n] * views, len(det.network.stages)
+        alphas, n_maps = det.network.alphas.cpu().numpy()[:n] * views, det.network.n_maps
         view_scores = [per[:, v * n:(v + 1) * n] @ alphas for v in range(views)]   # Eq. 13 each
         per = per[:, :n]
         knn = KNNDetector(preset, k=1, encoder=det).fit(t.x_train, t.labels_train)
