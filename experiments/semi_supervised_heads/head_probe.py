@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--name", default="heads")
-    p.add_argument("--dataset", choices=("digits", "cifar", "cifar-full", "mtd-k5"), default="digits")
+    p.add_argument("--dataset", choices=("digits", "cifar", "cifar-full", "mtd", "mtd-k5"), default="digits")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gamma", type=float, default=0.05)
     p.add_argument("--classes", type=int, nargs="+", default=list(range(10)))
