@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from anomem.serialization import atomic_write_text
+
 HERE = Path(__file__).resolve().parent
 BASELINE = HERE / "regression_baseline.json"
 SEEDS = (0, 1, 2)
@@ -82,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", nargs="+", choices=CHECKS, default=list(CHECKS))
     p.add_argument("--write-baseline", action="store_true",
-                   help="store this run's means as the new baseline instead of comparing")
+                   help="compare, then store this run's means as the new baseline (after a change "
+                        "of default is accepted)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     baseline = json.loads(BASELINE.read_text()) if BASELINE.is_file() else {}
@@ -90,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.only:
         t0 = time.time()
         per_seed = RUN[name]()
+        if name in baseline:
+            ok, line = verdict(name, per_seed, baseline[name])
+            print(line + f" ({time.time() - t0:.0f} s)", flush=True)
+            failed |= not ok and not args.write_baseline
         if args.write_baseline:
             commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                     text=True, cwd=HERE).stdout.strip()
@@ -99,17 +106,12 @@ def main(argv: list[str] | None = None) -> int:
                                          f"--write-baseline", "commit": commit,
                               "machine": f"{platform.machine()}, torch {torch.__version__}, 1 thread",
                               "wall_s": round(time.time() - t0)}
+            atomic_write_text(BASELINE, json.dumps(baseline, indent=2) + "\n")   # check by check
             print(f"{name}: baseline {baseline[name]['mean']} ± {baseline[name]['std']}", flush=True)
             continue
         if name not in baseline:
             print(f"{name}: no baseline in {BASELINE.name}; run with --write-baseline", flush=True)
             failed = True
-            continue
-        ok, line = verdict(name, per_seed, baseline[name])
-        print(line + f" ({time.time() - t0:.0f} s)", flush=True)
-        failed |= not ok
-    if args.write_baseline:
-        BASELINE.write_text(json.dumps(baseline, indent=2) + "\n")
     return 1 if failed else 0
 
 
