@@ -22,9 +22,10 @@ from anomem.stages.stage2 import _in_order, head_features, out_of_fold
 pytestmark = pytest.mark.slow
 
 
-def _fit(digits, mode: str):
+def _fit(digits, mode: str, factor: int = 4):
+    """A short fit; ``factor`` 4 holds more prototypes than normal images (the worst case)."""
     task = make_one_vs_all(digits, 0, 0.05, 0)
-    det = AnoMem("digits", stage1_epochs=3, head_deviations=mode).fit(
+    det = AnoMem("digits", stage1_epochs=3, head_deviations=mode, consolidate_factor=factor).fit(
         task.x_train, task.labels_train, validation_fraction=0.0, progress=False)
     return det, task
 
@@ -42,9 +43,10 @@ def _head_outputs(det, task):
     return trained.numpy(), new
 
 
-@pytest.mark.parametrize("mode, agree", [("out_of_fold", True), ("in_sample", False)])
-def test_heads_see_training_normals_as_new_normals(digits, mode, agree):
-    det, task = _fit(digits, mode)
+@pytest.mark.parametrize("mode, factor, agree", [("out_of_fold", 4, True), ("in_sample", 4, False),
+                                                  ("out_of_fold", 1, True)])
+def test_heads_see_training_normals_as_new_normals(digits, mode, factor, agree):
+    det, task = _fit(digits, mode, factor)
     trained, new = _head_outputs(det, task)
     gap = np.abs(trained.mean(0) - new.mean(0))
     spread = np.sqrt(trained.var(0) + new.var(0))   # the spread of one draw from each minus the other

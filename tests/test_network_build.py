@@ -25,7 +25,7 @@ def shapes(model: AnoMemModel) -> dict[str, tuple[int, ...]]:
 
 @pytest.mark.parametrize("kind", ["one_class", "semi", "kmeans"])
 def test_a_fit_leaves_every_tensor_at_the_shape_of_the_build(kind, digits, tmp_path):
-    overrides = {**TINY, **({"prototypes": "kmeans"} if kind == "kmeans" else {})}
+    overrides = {**TINY, "consolidate_factor": 4, **({"prototypes": "kmeans"} if kind == "kmeans" else {})}
     labels = (digits.y_train[:40] == 1).astype(int) if kind == "semi" else None
     det = AnoMem("digits", **overrides).fit(digits.x_train[:40], labels, validation_fraction=0.0,
                                             progress=False)

@@ -159,7 +159,7 @@ class Extensions(_Checked):
     global_mem_factor: int = choice(1, NOT_IN_PAPER, "patterns of an image-level memory, x N_mem")
     reseed_dead: bool = choice(True, False, "patterns that answered no normal query restart")
     consolidate: int = choice(10, 0, "Lloyd steps of the patterns on the training normals")
-    consolidate_factor: int = choice(4, 1, "memories grow this many times before consolidation")
+    consolidate_factor: int = choice(1, 1, "memories grow this many times before consolidation")
     projector: str = choice("none", "none", "an MLP head before Eq. 4 in stage 1")
     pseudo_anomalies: str = choice("rotation", "none", "rotated copies labelled anomalous in Eq. 3")
     pseudo_fraction: float = 0.5
