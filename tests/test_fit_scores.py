@@ -25,6 +25,7 @@ def test_a_default_fit_scores_as_recorded(setting, digits):
     x = np.concatenate([digits.x_train[digits.y_train == 0][:n],
                         digits.x_train[digits.y_train != 0][:k]])
     labels = np.r_[np.zeros(n), np.ones(k)]
-    det = AnoMem("digits", stage1_epochs=2, consolidate_factor=4).fit(x, labels, validation_fraction=0.0, progress=False)
+    det = AnoMem("digits", stage1_epochs=2, consolidate_factor=4).fit(x, labels, validation_fraction=0.0,
+                                                                      progress=False)
     # one torch thread (tests/conftest.py) and the same operations in the same order: bit for bit
     np.testing.assert_array_equal(det.decision_function(digits.x_test[:40]), FITS[setting])
