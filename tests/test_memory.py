@@ -1,5 +1,5 @@
 """Memory of a fit: image conversion in bounded chunks, the training-set digest without a copy,
-and the peak-RSS benchmark script (benchmarks/memory/peak_rss.py)."""
+and the peak-RSS benchmark script (``python -m benchmarks.memory.peak_rss``)."""
 
 from __future__ import annotations
 
@@ -43,9 +43,9 @@ def test_training_set_digest_is_unchanged_so_old_checkpoints_still_resume():
 
 def test_peak_rss_benchmark_runs_and_reports_the_peak(tmp_path):
     out = tmp_path / "rows.json"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks/memory/peak_rss.py"), "--presets",
+    r = subprocess.run([sys.executable, "-m", "benchmarks.memory.peak_rss", "--presets",
                         "digits", "--sizes", "40", "--out", str(out)],
-                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     (row,) = json.loads(out.read_text())["rows"]
     assert row["preset"] == "digits" and row["n_images"] == 40 and row["stage1_steps"] == 1

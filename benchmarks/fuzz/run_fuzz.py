@@ -16,7 +16,7 @@ Every example ends in one of these outcomes, counted per target:
 
 Usage (from the repository root)::
 
-    python benchmarks/fuzz/run_fuzz.py --seed 0 --out benchmarks/fuzz/results.json
+    python -m benchmarks.fuzz.run_fuzz --seed 0 --out benchmarks/fuzz/results.json
 
 ``--scale 0.1`` runs a tenth of the examples.  Example files are written
 under a temporary folder that is removed at the end.
@@ -43,22 +43,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+import yaml
+from hypothesis import HealthCheck, Phase, given, seed, settings
+from hypothesis import strategies as st
+
+import tests.fuzzing as fz
+from anomem import AnoMem, AnoMemError, __version__
+from anomem.cli.main import main as cli_main
+from anomem.config import get_config
+from anomem.data.cifar import read_cifar10_python, read_cifar100_python
+from anomem.protocols.results import read_results
+from anomem.protocols.runner import GRID_KEYS, load_grid
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-import fuzzing as fz  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
-from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from anomem import AnoMem, AnoMemError, __version__  # noqa: E402
-from anomem.cli.main import main as cli_main  # noqa: E402
-from anomem.config import get_config  # noqa: E402
-from anomem.data.cifar import read_cifar10_python, read_cifar100_python  # noqa: E402
-from anomem.protocols.results import read_results  # noqa: E402
-from anomem.protocols.runner import GRID_KEYS, load_grid  # noqa: E402
 
 
 class ExampleTimeout(BaseException):

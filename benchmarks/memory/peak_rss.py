@@ -8,8 +8,8 @@ in the first steps and held from then on.  Reported: the peak resident set
 (``ru_maxrss``) of the whole process, the resident set after ``import anomem``
 (the floor every run pays), the number of stage-1 steps and the wall time.
 
-    python benchmarks/memory/peak_rss.py                      # digits, cpu, mtd x 200, 5000
-    python benchmarks/memory/peak_rss.py --presets cpu --sizes 5000 --set malloc_mmap_threshold=0
+    python -m benchmarks.memory.peak_rss                      # digits, cpu, mtd x 200, 5000
+    python -m benchmarks.memory.peak_rss --presets cpu --sizes 5000 --set malloc_mmap_threshold=0
 
 ``--set KEY=VALUE`` (repeatable) overrides a config key of every fit, e.g.
 ``malloc_mmap_threshold=0`` for glibc's default heap.  ``--malloc-mmap-threshold
@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).parent
+ROOT = Path(__file__).resolve().parents[2]   # the repository root: workers run there as modules
 
 
 def worker(preset: str, n: int, threads: int, overrides: dict[str, Any],
@@ -66,8 +66,7 @@ def worker(preset: str, n: int, threads: int, overrides: dict[str, Any],
     det = AnoMem(preset, **{"stage1_epochs": 1, "stage2_epochs": 1, "device": "cpu", **overrides})
     saver: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if candidate == "checkpoint":
-        sys.path.insert(0, str(HERE))
-        from step_time import checkpointed_first_stage
+        from benchmarks.memory.step_time import checkpointed_first_stage
 
         saver = checkpointed_first_stage()
     with saver:
@@ -88,8 +87,9 @@ def measure(preset: str, n: int, threads: int, mmap_threshold: int | None,
         env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
     sets = [arg for kv in overrides for arg in ("--set", kv)]
     sets += ["--candidate", candidate] if candidate else []
-    out = subprocess.run([sys.executable, __file__, "--worker", preset, str(n), "--threads",
-                          str(threads), *sets], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", __spec__.name, "--worker", preset, str(n), "--threads",
+                          str(threads), *sets], env=env, capture_output=True, text=True, check=True,
+                         cwd=ROOT)
     row = json.loads(out.stdout.strip().splitlines()[-1])
     row["malloc_mmap_threshold"] = mmap_threshold
     return row

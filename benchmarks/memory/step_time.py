@@ -23,7 +23,7 @@ Variants:
 * ``before``: the one-matrix NT-Xent and out-of-place residual blocks that the
   library had before the memory work (same numbers, to rounding).
 
-    python benchmarks/memory/step_time.py --out step_time.json
+    python -m benchmarks.memory.step_time --out step_time.json
 """
 
 from __future__ import annotations
@@ -52,10 +52,9 @@ from anomem.losses import contrasted_memory
 from anomem.stages.common import sgd_cosine
 from anomem.stages.stage1 import ContrastedMemoryObjective
 from anomem.torch_model import AnoMemModel
+from tests.test_ntxent_chunked import plain_nt_xent  # the one copy of the formula before chunking
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))   # the repository root: tests/
-from tests.test_ntxent_chunked import plain_nt_xent  # noqa: E402  (the one copy of the formula before chunking)
-
+ROOT = Path(__file__).resolve().parents[2]   # the repository root: workers run there as modules
 MIB = 1 << 20
 VARIANTS = ("default", "mmap16", "mmap8", "mmap4", "trim", "checkpoint", "before")
 
@@ -167,10 +166,10 @@ def worker(preset: str, variant: str, steps: int, images: int, threads: int) -> 
 
 
 def run_worker(args: argparse.Namespace, variant: str) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--worker", variant, "--preset", args.preset, "--steps",
+    cmd = [sys.executable, "-m", __spec__.name, "--worker", variant, "--preset", args.preset, "--steps",
            str(args.steps), "--images", str(args.images), "--threads", str(args.threads)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

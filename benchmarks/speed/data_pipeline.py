@@ -14,7 +14,7 @@ Sources alternate in blocks of ``--block`` steps; the ratio of median
 seconds per step is reported, together with the loader's own throughput
 (batches drawn with no training) against the training's consumption.
 
-    python benchmarks/speed/data_pipeline.py
+    python -m benchmarks.speed.data_pipeline
 """
 
 from __future__ import annotations
@@ -38,9 +38,7 @@ from anomem.serialization import atomic_write_bytes
 from anomem.stages.common import sgd_cosine
 from anomem.stages.stage1 import ContrastedMemoryObjective
 from anomem.torch_model import AnoMemModel
-
-sys.path.insert(0, str(Path(__file__).parent))
-from timing import machine, save_json, summary  # noqa: E402
+from benchmarks.speed.timing import machine, save_json, summary
 
 HERE = Path(__file__).parent
 
@@ -129,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         loader_ips = n_drawn / (time.perf_counter() - t0)
     stats = {k: summary(t) for k, t in times.items()}
     train_ips = cfg.stage1.batch_size / stats["memory"]["median_s"]
-    result = {"command": "python benchmarks/speed/data_pipeline.py " + " ".join(argv or sys.argv[1:]),
+    result = {"command": "python -m benchmarks.speed.data_pipeline " + " ".join(argv or sys.argv[1:]),
               "config": to_dict(cfg), "files": len(paths), "loader_workers": args.workers,
               "machine": machine(), "step_seconds": stats,
               "steps_per_s": {k: 1 / s["median_s"] for k, s in stats.items()},

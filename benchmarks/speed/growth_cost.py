@@ -8,8 +8,8 @@ the same ``--test`` random images in batches of 256, in rotating order
 encoder.  The result is the median seconds per scoring, the ratio to the
 first value, and the bytes of the memories.
 
-    python benchmarks/speed/growth_cost.py --preset cpu --out benchmarks/speed/results/growth_cost_cpu.json
-    python benchmarks/speed/growth_cost.py --preset cpu --key score_views --values single mirror flips
+    python -m benchmarks.speed.growth_cost --preset cpu --out benchmarks/speed/results/growth_cost_cpu.json
+    python -m benchmarks.speed.growth_cost --preset cpu --key score_views --values single mirror flips
 """
 
 from __future__ import annotations
@@ -23,9 +23,7 @@ import torch
 from anomem.config import get_config, parse_override
 from anomem.stages.common import RunOptions, map_batches
 from anomem.torch_model import AnoMemModel
-
-sys.path.insert(0, str(Path(__file__).parent))
-from timing import interleaved, machine, save_json, summary  # noqa: E402
+from benchmarks.speed.timing import interleaved, machine, save_json, summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{k}: {args.test / s['median_s']:.0f} images/s, "
               f"{s['median_s'] / ref:.2f} x the time of the first, memories {mem_bytes / 1024:.0f} KiB")
     if args.out is not None:
-        command = "python benchmarks/speed/growth_cost.py " + " ".join(argv or sys.argv[1:])
+        command = "python -m benchmarks.speed.growth_cost " + " ".join(argv or sys.argv[1:])
         save_json(args.out, {"command": command, "preset": args.preset, "key": args.key,
                              "test_images": args.test, "reps": args.reps, "threads": 1,
                              "machine": machine(), "results": rows})

@@ -17,7 +17,7 @@ whole peak resident set, and the exact bytes of the stored state.  Throughput: i
 the kNN processes, AnoMem and kNN score the test set in alternation
 (``--reps`` each), median images/s and their ratio.
 
-    python benchmarks/speed/scoring_footprint.py
+    python -m benchmarks.speed.scoring_footprint
 """
 
 from __future__ import annotations
@@ -39,11 +39,10 @@ from anomem.data.cifar import cached_cifar10_jpeg
 from anomem.data.locate import CIFAR10_JPEG, data_file
 from anomem.detector import AnoMem
 from anomem.serialization import atomic_torch_save, safe_torch_load
-
-sys.path.insert(0, str(Path(__file__).parent))
-from timing import interleaved, machine, save_json, summary  # noqa: E402
+from benchmarks.speed.timing import interleaved, machine, save_json, summary
 
 HERE = Path(__file__).parent
+ROOT = HERE.resolve().parents[1]   # the repository root: workers run there as modules
 SIZES = (1000, 2000, 5000, 10000, 20000, 50000)
 
 
@@ -121,14 +120,14 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for n in args.sizes:
             for method in ("anomem", "knn"):
-                res = subprocess.run([sys.executable, __file__, "--reps", str(args.reps),
+                res = subprocess.run([sys.executable, "-m", __spec__.name, "--reps", str(args.reps),
                                       "--worker", str(work), str(n), method],
-                                     capture_output=True, text=True)
+                                     capture_output=True, text=True, cwd=ROOT)
                 if res.returncode:
                     raise RuntimeError(f"worker {n} {method} failed:\n{res.stderr}")
                 rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
                 print(rows[-1], flush=True)
-    result = {"command": "python benchmarks/speed/scoring_footprint.py " + " ".join(argv or sys.argv[1:]),
+    result = {"command": "python -m benchmarks.speed.scoring_footprint " + " ".join(argv or sys.argv[1:]),
               "encoder": f"cpu preset, stage 1 trained {args.epochs} epoch(s) on CIFAR-10 train 0..999",
               "test_images": args.test, "reps": args.reps, "threads": 1, "machine": machine(),
               **info, "rows": rows}

@@ -16,8 +16,8 @@ the ratio of medians is reported, with the ratio of floating-point operations
 per step (counted by :class:`torch.utils.flop_counter.FlopCounterMode`): the
 least any implementation of the same arithmetic could cost.
 
-    python benchmarks/speed/step_overhead.py                    # cpu preset, 1 thread
-    python benchmarks/speed/step_overhead.py --set batch_size=256 --reps 9
+    python -m benchmarks.speed.step_overhead                    # cpu preset, 1 thread
+    python -m benchmarks.speed.step_overhead --set batch_size=256 --reps 9
 """
 
 from __future__ import annotations
@@ -38,9 +38,7 @@ from anomem.data.locate import CIFAR10_JPEG, data_file
 from anomem.stages.common import sgd_cosine
 from anomem.stages.stage1 import ContrastedMemoryObjective
 from anomem.torch_model import AnoMemModel
-
-sys.path.insert(0, str(Path(__file__).parent))
-from timing import interleaved, machine, save_json, summary  # noqa: E402
+from benchmarks.speed.timing import interleaved, machine, save_json, summary
 
 HERE = Path(__file__).parent
 
@@ -93,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     stats = {k: summary(t) for k, t in times.items()}
     base = stats["backbone"]["median_s"]
     ratios = {k: s["median_s"] / base for k, s in stats.items() if k != "backbone"}
-    result = {"command": "python benchmarks/speed/step_overhead.py " + " ".join(argv or sys.argv[1:]),
+    result = {"command": "python -m benchmarks.speed.step_overhead " + " ".join(argv or sys.argv[1:]),
               "config": to_dict(cfg), "input": f"CIFAR-10 train images 0..{len(x) - 1}, two fixed "
                                                 f"augmented views, {size}x{size}",
               "reps": args.reps, "machine": machine(), "median_ratio_vs_backbone": ratios,
