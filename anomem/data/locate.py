@@ -41,6 +41,3 @@ def data_file(name: str, folder: str | Path | None = None) -> Path:
                                 f"holding it (or pass its path)")
     return root / name
 
-
-#: The same function under the name its first callers use.
-shared_file = data_file
