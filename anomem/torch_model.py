@@ -147,6 +147,17 @@ class AnoMemModel(nn.Module):
     def semi_supervised(self) -> bool:
         return self.heads is not None
 
+    def semi_supervised_copy(self) -> AnoMemModel:
+        """A semi-supervised build of this configuration that carries this network's weights and
+        buffers, its heads untrained: the heads of stage 2 (Eq. 10-12) on a stage 1 already fitted
+        (:func:`anomem.stages.stage2.fit_heads` trains them).  This network is unchanged."""
+        twin = AnoMemModel(self.config, semi_supervised=True).to(self.alphas.device)
+        missing, unexpected = twin.load_state_dict(self.state_dict(), strict=False)
+        if unexpected or not all(k.startswith("heads.") for k in missing):
+            raise RuntimeError(f"the semi-supervised build does not hold this network's state "
+                               f"(missing {missing}, unexpected {unexpected})")
+        return twin
+
     def memory(self, scale: int) -> HopfieldMemory:
         """The memory that serves scale ``scale`` (0-based)."""
         return self.memories[self.scales[scale].memory]

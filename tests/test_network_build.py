@@ -84,3 +84,25 @@ def test_scales_name_their_memory_view_alpha_and_size(global_memory, memories, s
         assert s.dim == {2: 16, 3: 32}[s.stage]
         assert s.ratio == (1.0 if s.pooled else {2: 0.5, 3: 1.0}[s.stage])
     assert len(AnoMemModel(cfg).memories) == max(memories) + 1
+
+
+def test_heads_on_a_fitted_one_class_network(digits):
+    """The semi-supervised copy carries the one-class network's state; only its heads are new."""
+    from anomem.data.convert import to_image_tensor, to_normal_flags
+    from anomem.errors import InvalidInputError
+    from anomem.stages.common import RunOptions
+    from anomem.stages.stage2 import fit_heads
+
+    det = AnoMem("digits", **TINY).fit(digits.x_train[:40], validation_fraction=0.0, progress=False)
+    one_class = det.network_
+    with pytest.raises(InvalidInputError, match="semi_supervised_copy"):
+        fit_heads(one_class, torch.zeros(4, 3, 16, 16, dtype=torch.uint8), torch.tensor([1, 1, 0, 0]),
+                  {}, RunOptions())
+    twin = one_class.semi_supervised_copy()
+    assert twin.semi_supervised and not one_class.semi_supervised
+    state = one_class.state_dict()
+    assert all(torch.equal(v, twin.state_dict()[k]) for k, v in state.items())
+    labels = (digits.y_train[:40] == 1).astype(int)
+    x = to_image_tensor(digits.x_train[:40], 16, "x")
+    fit_heads(twin, x, to_normal_flags(labels, len(x), "labels"), {}, RunOptions())
+    assert all(torch.equal(v, one_class.state_dict()[k]) for k, v in state.items())   # untouched

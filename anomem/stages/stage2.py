@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from anomem.data.convert import batches
+from anomem.errors import InvalidInputError
 from anomem.losses import sup_loss
 from anomem.stages.common import (
     RunOptions,
@@ -197,6 +198,9 @@ def train_heads(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
     """Train the per-scale heads on frozen deviations of ``images`` with y (1 = normal)."""
     cfg = model.config
     heads = model.heads
+    if heads is None:
+        raise InvalidInputError("this network is one-class and has no heads; train them on "
+                                "model.semi_supervised_copy() instead")
     for head in heads:          # the heads' initial weights, drawn now (as a new head's are)
         head.reset_parameters()
     heads.requires_grad_(True)

@@ -105,6 +105,7 @@ def score_and_map(det: AnoMem, images: np.ndarray, sigma: float) -> tuple[np.nda
 def with_heads(oc: AnoMem, train: MTDImages, seed_note: dict[str, Any]) -> AnoMem:
     """A copy of the one-class detector with scale heads trained on ``train`` (Eq. 10-12)."""
     det = copy.deepcopy(oc)
+    det.network_ = det.network_.semi_supervised_copy()
     cfg = det.config_
     x = to_image_tensor(train.images, cfg.backbone.image_size, "train images")
     y = to_normal_flags(train.labels, len(x), "train labels")
