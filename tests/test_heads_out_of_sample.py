@@ -54,9 +54,9 @@ def test_heads_see_training_normals_as_new_normals(digits, mode, factor, agree):
 
 
 def test_rows_go_back_to_the_images_order():
-    """Hand-worked: fold rows placed at their images' indices, for tensors and lists of them."""
+    """Hand-worked: fold rows placed at their images' indices, for one tensor and for two."""
     parts = {torch.tensor([2, 0]): torch.tensor([[20.0], [0.0]]), torch.tensor([1]): torch.tensor([[10.0]])}
-    assert _in_order(parts, 3).squeeze(1).tolist() == [0.0, 10.0, 20.0]
+    assert _in_order({k: [v] for k, v in parts.items()}, 3)[0].squeeze(1).tolist() == [0.0, 10.0, 20.0]
     lists = {k: [v, -v] for k, v in parts.items()}
     a, b = _in_order(lists, 3)
     assert a.squeeze(1).tolist() == [0.0, 10.0, 20.0] and b.squeeze(1).tolist() == [0.0, -10.0, -20.0]
@@ -68,7 +68,8 @@ def test_out_of_fold_leaves_the_memories_and_covers_every_image(digits):
     before = [m.patterns.clone() for m in net.memories]
     x = to_image_tensor(task.x_train[:40], net.config.backbone.image_size, "x")
     folds, per_view = out_of_fold(net, x, torch.ones(len(x), dtype=torch.bool), RunOptions(),
-                                  lambda deltas, v: net.oc_scores(deltas), "heads")
+                                  lambda deltas, v: [net.oc_scores(deltas)], "heads")
+    per_view = [view[0] for view in per_view]
     assert sorted(torch.cat(folds).tolist()) == list(range(len(x)))
     assert all(p.shape[0] == len(x) for p in per_view)
     assert all(torch.equal(b, m.patterns) for b, m in zip(before, net.memories))

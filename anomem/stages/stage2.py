@@ -26,7 +26,6 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from anomem.data.convert import batches
 from anomem.errors import InvalidInputError
 from anomem.losses import sup_loss
 from anomem.stages.common import (
@@ -115,15 +114,15 @@ def out_of_fold_scores(model: AnoMemModel, normals: torch.Tensor, opts: RunOptio
     """
     flags = torch.ones(len(normals), dtype=torch.bool)
     folds, per_view = out_of_fold(model, normals, flags, opts,
-                                  lambda deltas, v: model.oc_scores(deltas), "calibrate")
-    scores = torch.cat(per_view, dim=1)
+                                  lambda deltas, v: [model.oc_scores(deltas)], "calibrate")
+    scores = torch.cat([view[0] for view in per_view], dim=1)
     return torch.cat([scores[f] for f in folds])
 
 
 @torch.no_grad()
 def out_of_fold(model: AnoMemModel, images: torch.Tensor, normal: torch.Tensor, opts: RunOptions,
-                fn: Callable[[list[torch.Tensor], int], Any], stream: str
-                ) -> tuple[tuple[torch.Tensor, torch.Tensor], list[Any]]:
+                fn: Callable[[list[torch.Tensor], int], list[torch.Tensor]], stream: str
+                ) -> tuple[tuple[torch.Tensor, torch.Tensor], list[list[torch.Tensor]]]:
     """``fn`` of each image's deviations (Eq. 8) from memories consolidated without it.
 
     The images are split in two halves at random (seed stream ``stream``); each
@@ -134,8 +133,8 @@ def out_of_fold(model: AnoMemModel, images: torch.Tensor, normal: torch.Tensor, 
     memories of one quality.  The features are computed once per
     ``scoring.views`` view (one view's maps are held at a time; a view's memories
     serve its scales alone).  ``fn(deviations, view)`` maps the deviations of a
-    batch at one view's scales to a tensor or a list of tensors with one row per
-    image; returns the folds and, per view, ``fn``'s output for every image in
+    batch at one view's scales to a list of tensors with one row per image;
+    returns the folds and, per view, ``fn``'s output for every image in
     the order of ``images``.  The model's own memories are untouched.
     """
     g = torch.Generator().manual_seed(stream_seed(model.config.runtime.seed, stream))
@@ -155,10 +154,8 @@ def out_of_fold(model: AnoMemModel, images: torch.Tensor, normal: torch.Tensor, 
                 others[fold] = False
                 consolidate_on_maps(model, [z[others.to(z.device)] for z in maps], opts,
                                     scales=model.view_scales(v), generator=g_fold)
-                held = [z[fold.to(z.device)] for z in maps]
-                for sl, idx in zip(batches(len(fold), SCORE_BATCH),
-                                   fold.split(SCORE_BATCH)):
-                    parts[idx] = fn(model.deviations([z[sl] for z in held], v), v)
+                for idx in fold.split(SCORE_BATCH):
+                    parts[idx] = fn(model.deviations([z[idx.to(z.device)] for z in maps], v), v)
             out.append(_in_order(parts, len(images)))
     finally:
         model.memories = kept
@@ -166,11 +163,9 @@ def out_of_fold(model: AnoMemModel, images: torch.Tensor, normal: torch.Tensor, 
     return folds, out
 
 
-def _in_order(parts: dict[torch.Tensor, Any], n: int) -> Any:
-    """Rows ``parts[idx]`` (a tensor, or a list of tensors) placed at ``idx`` of n rows."""
+def _in_order(parts: dict[torch.Tensor, list[torch.Tensor]], n: int) -> list[torch.Tensor]:
+    """Rows ``parts[idx]`` (lists of tensors, one row per index) placed at ``idx`` of n rows."""
     first = next(iter(parts.values()))
-    if isinstance(first, torch.Tensor):
-        return _in_order({i: [p] for i, p in parts.items()}, n)[0]
     out = [torch.empty((n, *t.shape[1:]), dtype=t.dtype, device=t.device) for t in first]
     for idx, values in parts.items():
         for o, t in zip(out, values):
