@@ -198,17 +198,19 @@ class AnoMem(Detector):
             opts.checkpoint_dir = Path(checkpoint_dir)
         self.config_ = cfg
         self.network_ = AnoMemModel(cfg, semi_supervised=bool((y_train == 0).any())).to(opts.device)
-        normals = self._train(x_train, y_train, opts)
-        ref = x_held if len(held) else normals
-        del normals
-        self._set_threshold(_score_network(self.network_, ref), len(held), validation_fraction)
+        self._train(x_train, y_train, opts)
         x_all = torch.empty((len(y), *x_train.shape[1:]), dtype=x_train.dtype)
         x_all[train], x_all[held] = x_train, x_held
+        del x_train, x_held
+        # scored once, in the order given; the threshold reads the held-out normals' scores
+        # (or, with none held out, the training normals')
         self.decision_scores_ = _score_network(self.network_, x_all)
+        ref = held if len(held) else torch.nonzero(train & (y == 1)).squeeze(1)
+        self._set_threshold(self.decision_scores_[ref.numpy()], len(held), validation_fraction)
         return self
 
-    def _train(self, x_train: torch.Tensor, y_train: torch.Tensor, opts: RunOptions) -> torch.Tensor:
-        """Stage 1, then the prototypes, heads or calibration of stage 2; returns the normals."""
+    def _train(self, x_train: torch.Tensor, y_train: torch.Tensor, opts: RunOptions) -> None:
+        """Stage 1, then the prototypes, heads or calibration of stage 2."""
         cfg, model = self.config_, self.network_
         fingerprint = run_fingerprint(cfg, x_train, y_train)
         x1, y1 = ((x_train, y_train) if cfg.extensions.contrast_anomalies
@@ -222,7 +224,6 @@ class AnoMem(Detector):
             self.history_["stage2"] = fit_heads(model, x_train, y_train, fingerprint, opts, normals)
         elif cfg.scoring.calibrate:
             calibrate_scales(model, normals, opts)
-        return normals
 
     def _set_threshold(self, scores: np.ndarray, n_held: int, fraction: float) -> None:
         """threshold_ from ``n_held`` held-out normal scores (or training ones when 0)."""
