@@ -18,6 +18,7 @@ from anomem.errors import ConfigError
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
 STEMS = ("cifar", "imagenet")
+PADDINGS = ("zeros", "replicate")
 NEGATIVES = ("all", "same_position")
 PROTOTYPES = ("hopfield", "kmeans")
 MEMORY_INITS = ("random", "data")
@@ -99,6 +100,7 @@ RULES: dict[str, Rule] = {
     "recipe": one_of(RECIPE_NAMES),
     "backbone.arch": one_of(ARCHS), "backbone.width": integer(1),
     "backbone.stem": one_of(STEMS), "backbone.image_size": integer(1),
+    "backbone.padding": one_of(PADDINGS),
     "memory.stages": _stages,
     "memory.sizes": lambda v: None if all(_is_int(m) and m >= 1 for m in v)
     else f"must be positive integers, got {v!r}",

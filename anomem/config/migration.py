@@ -20,10 +20,10 @@ from anomem.errors import ConfigError
 #: The configuration version this package writes.
 CONFIG_VERSION = 2
 
-#: Every key of version 1 and its name since version 2 (frozen: keys added later have no flat name).
+#: Every key's flat name (version 1's, and one for each key added since) and its name since version 2.
 FLAT_NAMES: dict[str, str] = {
     "recipe": "recipe",
-    **{k: f"backbone.{k}" for k in ("arch", "width", "stem", "image_size")},
+    **{k: f"backbone.{k}" for k in ("arch", "width", "stem", "image_size", "padding")},
     "memory_stages": "memory.stages", "mem_sizes": "memory.sizes", "memory_init": "memory.init",
     **{k: f"memory.{k}" for k in ("ratios", "beta", "normalize", "hopfield_steps", "hopfield_tol",
                                   "use_memory", "prototypes")},

@@ -48,14 +48,18 @@ class _Checked:
 @dataclass(frozen=True)
 class Backbone(_Checked):
     """The ResNet encoder f: ``arch``, ``width`` (channels of the first stage), ``stem``
-    (``cifar``: 3x3 conv, no max-pool; ``imagenet``: 7x7/2 conv + max-pool) and
-    ``image_size`` (inputs are resized to it, square)."""
+    (``cifar``: 3x3 conv, no max-pool; ``imagenet``: 7x7/2 conv + max-pool),
+    ``image_size`` (inputs are resized to it, square) and ``padding`` (what every
+    convolution reads beyond the border: ``zeros``, as ResNet, or ``replicate``, the edge
+    pixel repeated, so that a constant image gives constant feature maps)."""
 
     name = "backbone"
     arch: str = "resnet50"
     width: int = 64
     stem: str = "cifar"
     image_size: int = 32
+    padding: str = choice("zeros", "zeros", "what convolutions read beyond the border: zeros or "
+                          "the edge replicated")
 
 
 @dataclass(frozen=True)
