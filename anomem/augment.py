@@ -20,6 +20,7 @@ part of the image (:func:`corresponding_grid`).
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import kornia.augmentation as K
@@ -195,3 +196,78 @@ def rotated_pseudo_anomalies(v1: torch.Tensor, v2: torch.Tensor, y: torch.Tensor
         r = rot90_transform(turns, v1.shape[-1]).to(align)
         align = torch.cat([align, r @ align[:k] @ torch.linalg.inv(r)])
     return with_turned(v1), with_turned(v2), torch.cat([y, y.new_zeros(k)]), align
+
+
+def defect_masks(count: int, side: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` random local defect shapes on a ``side`` x ``side`` grid, (count, side, side) bool.
+
+    Each shape is a capsule: the pixels (centres at integer coordinates) within
+    radius r of a segment, with centre uniform over the image, length uniform
+    in [0, side / 2], direction uniform, r uniform in [1, max(1, side / 8)].
+    Length 0 gives a disc (a blob or hole), a long segment with a small r a
+    stroke (a crack or scratch), both common forms of real local defects; the
+    paper has no synthetic defects, and nothing here is fitted to one image set.
+
+    Example:
+        >>> m = defect_masks(3, 32, torch.Generator().manual_seed(0))
+        >>> m.shape, bool(m.flatten(1).any(1).all())
+        (torch.Size([3, 32, 32]), True)
+    """
+    centre = torch.rand(count, 1, 2, generator=generator) * (side - 1)
+    half = torch.rand(count, 1, 1, generator=generator) * side / 4
+    angle = torch.rand(count, 1, generator=generator) * math.pi
+    radius = 1 + torch.rand(count, 1, generator=generator) * max(0.0, side / 8 - 1)
+    direction = torch.stack([angle.cos(), angle.sin()], dim=-1)                # (count, 1, 2)
+    a, b = centre - half * direction, centre + half * direction
+    ii, jj = torch.meshgrid(torch.arange(side, dtype=torch.float32),
+                            torch.arange(side, dtype=torch.float32), indexing="ij")
+    pts = torch.stack([jj.flatten(), ii.flatten()], dim=-1).unsqueeze(0)       # (1, side^2, 2) as (x, y)
+    ab = b - a
+    t = (((pts - a) * ab).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-12)).clamp(0, 1)
+    dist = (pts - (a + t.unsqueeze(-1) * ab)).norm(dim=-1)                    # (count, side^2)
+    # the nearest pixel to the centre is always inside, so no mask is empty
+    inside = dist <= torch.maximum(radius, dist.min(dim=1, keepdim=True).values)
+    return inside.view(count, side, side)
+
+
+@torch.no_grad()
+def local_pseudo_anomalies(v1: torch.Tensor, v2: torch.Tensor, y: torch.Tensor, fraction: float,
+                           generator: torch.Generator, align: torch.Tensor | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Stage 1's ``extensions.pseudo_anomalies="local"``: the batch plus copies with a pasted local defect.
+
+    Eq. 3's y is one per image in the paper; this carries it to positions.
+    The first round(fraction * B) images of the (shuffled) batch are copied and
+    a :func:`defect_masks` shape is pasted into both views of each copy, at the
+    same pixels: there each view shows its source view of another image of the
+    batch (image i + 1 mod B), shifted by a random offset and scaled in
+    brightness by a factor uniform in [0.5, 1.5] (clamped to [0, 1]); this is
+    the cut-and-paste defect of CutPaste (Li et al. 2021) under a free-form
+    mask.  The labels come back per pixel, (B + k, S, S), 1 = normal, 0 at the
+    pasted pixels (and everywhere on an image labelled anomalous);
+    :func:`anomem.losses.position_labels` turns them into each scale's
+    position labels.  With ``align`` the copies keep their image's transform.
+
+    Example:
+        >>> v = torch.rand(4, 3, 16, 16)
+        >>> a, b, y, _ = local_pseudo_anomalies(v, v, torch.ones(4), 0.5, torch.Generator())
+        >>> a.shape, y.shape, bool((y[:4] == 1).all()), bool((y[4:] == 0).any())
+        (torch.Size([6, 3, 16, 16]), torch.Size([6, 16, 16]), True, True)
+    """
+    b, side = len(v1), v1.shape[-1]
+    k = max(1, round(fraction * b))
+    masks = defect_masks(k, side, generator).to(v1.device)
+    shift = torch.randint(side, (k, 2), generator=generator).tolist()
+    gain = (0.5 + torch.rand(k, 1, 1, 1, generator=generator)).to(v1)
+    source = [(i + 1) % b for i in range(k)]
+
+    def with_defects(v: torch.Tensor) -> torch.Tensor:
+        patch = torch.stack([torch.roll(v[s], tuple(d), dims=(1, 2)) for s, d in zip(source, shift)])
+        copies = torch.where(masks.unsqueeze(1), (patch * gain).clamp(0, 1), v[:k])
+        return torch.cat([v, copies])
+
+    pixel_y = y.to(v1.dtype).view(-1, 1, 1).expand(b, side, side)
+    labels = torch.cat([pixel_y, pixel_y[:k] * (~masks).to(v1.dtype)])
+    if align is not None:
+        align = torch.cat([align, align[:k]])
+    return with_defects(v1), with_defects(v2), labels, align

@@ -154,8 +154,8 @@ class Extensions(_Checked):
     """Mechanisms beyond the paper, each off in its literal reading: image-level memory scales
     (``global_memory``, ``global_mem_factor``), restarting dead patterns (``reseed_dead``),
     the closing consolidation of the patterns (``consolidate`` Lloyd steps on memories grown
-    ``consolidate_factor`` times), stage 1's projection head (``projector``), rotated
-    pseudo-anomalies (``pseudo_anomalies``, ``pseudo_fraction``) and whether labelled
+    ``consolidate_factor`` times), stage 1's projection head (``projector``), rotated or
+    locally defective pseudo-anomalies (``pseudo_anomalies``, ``pseudo_fraction``) and whether labelled
     anomalies enter stage 1 (``contrast_anomalies``)."""
 
     name = "extensions"
@@ -165,7 +165,8 @@ class Extensions(_Checked):
     consolidate: int = choice(10, 0, "Lloyd steps of the patterns on the training normals")
     consolidate_factor: int = choice(1, 1, "memories grow this many times before consolidation")
     projector: str = choice("none", "none", "an MLP head before Eq. 4 in stage 1")
-    pseudo_anomalies: str = choice("rotation", "none", "rotated copies labelled anomalous in Eq. 3")
+    pseudo_anomalies: str = choice("rotation", "none", "copies labelled anomalous in Eq. 3: rotated, "
+                                   "or with a pasted local defect (`local`, per position)")
     pseudo_fraction: float = 0.5
     contrast_anomalies: bool = choice(True, True, "labelled anomalies enter stage 1 (Eq. 3, y = 0)")
 

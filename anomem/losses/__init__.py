@@ -4,6 +4,7 @@ from anomem.losses.contrasted_memory import (
                                              contrasted_memory_loss,
                                              mem_select,
                                              multiscale_loss,
+                                             position_labels,
                                              sample_count,
                                              sample_positions,
                                              variance_loss,
@@ -12,4 +13,4 @@ from anomem.losses.hinge import double_hinge, sup_loss
 from anomem.losses.ntxent import nt_xent
 
 __all__ = ["contrasted_memory_loss", "double_hinge", "mem_select", "multiscale_loss", "nt_xent",
-           "sample_count", "sample_positions", "sup_loss", "variance_loss"]
+           "position_labels", "sample_count", "sample_positions", "sup_loss", "variance_loss"]

@@ -16,7 +16,13 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from anomem.augment import TwoViewAugment, corresponding_grid, rotated_pseudo_anomalies, sample_at
+from anomem.augment import (
+    TwoViewAugment,
+    corresponding_grid,
+    local_pseudo_anomalies,
+    rotated_pseudo_anomalies,
+    sample_at,
+)
 from anomem.config import AnoMemConfig
 from anomem.errors import TrainingDivergedError
 from anomem.heap import large_blocks_mmapped
@@ -24,6 +30,7 @@ from anomem.losses import (
     contrasted_memory_loss,
     mem_select,
     multiscale_loss,
+    position_labels,
     sample_positions,
     variance_loss,
 )
@@ -78,13 +85,13 @@ class ContrastedMemoryObjective(nn.Module):
         scales = self.model.view_scales(0)
         com, var, counts, stats = [], [], [], {}
         for scale, z in zip(scales, maps):
-            z1, z2, count = self._pairs(scale, z, v1.shape[0], v1.shape[-1], align)
-            mem, v = self._recall(scale, z1, y)
+            z1, z2, pos = self._pairs(scale, z, v1.shape[0], v1.shape[-1], align)
+            mem, v = self._recall(scale, z1, position_labels(y, pos, *z.shape[2:]))
             if self.model.projectors is not None:        # projector="mlp": Eq. 4 after the head
                 mem, z2 = self.model.projectors[scale.index](mem), self.model.projectors[scale.index](z2)
             com.append(contrasted_memory_loss(mem, z2, cfg.stage1.tau, cfg.stage1.negatives, gather, offset))
             var.append(v)
-            counts.append(count)
+            counts.append(len(pos))
             k = scale.index + 1
             stats[f"com{k}"], stats[f"var{k}"] = float(com[-1].detach()), float(v.detach())
         lam = cfg.stage1.lambda_v if cfg.memory.use_memory else 0.0
@@ -96,28 +103,29 @@ class ContrastedMemoryObjective(nn.Module):
 
     @staticmethod
     def _pairs(scale: Scale, z: torch.Tensor, b: int, side: int, align: torch.Tensor | None
-               ) -> tuple[torch.Tensor, torch.Tensor, int]:
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The first view's vectors at the positions Eq. 7 samples (``scale.ratio`` of them) and
-        their positives in the second view, (P, B, C) each, and P; ``z`` holds both views' maps."""
+        their positives in the second view, (P, B, C) each, and the positions (P,); ``z`` holds
+        both views' maps."""
         h, w = z.shape[2:]
         pos = sample_positions(h, w, scale.ratio).to(z.device)
         if align is not None and not scale.pooled:   # view_geometry="aligned": the same point in view 2
             z1 = z[:b].flatten(2)[:, :, pos].permute(2, 0, 1)
-            return z1, sample_at(z[b:], corresponding_grid(pos, h, w, side, align)), len(pos)
+            return z1, sample_at(z[b:], corresponding_grid(pos, h, w, side, align)), pos
         vecs = z.flatten(2)[:, :, pos].permute(2, 0, 1)      # (P, 2B, C)
-        return vecs[:, :b], vecs[:, b:], len(pos)
+        return vecs[:, :b], vecs[:, b:], pos
 
     def _recall(self, scale: Scale, z1: torch.Tensor, y: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. 3 from the N_mem patterns stage 1 trains, and Eq. 6's variance term; without a
-        memory (Table 4), the vectors themselves and 0."""
+        memory (Table 4), the vectors themselves and 0.  ``y`` is (B,) or per position (P, B)."""
         cfg = self.model.config
         if not cfg.memory.use_memory:
             return z1, z1.sum() * 0.0
         memory = self.model.memories[scale.memory]
         mem = mem_select(z1, memory(z1, rows=memory.size), y)
         if cfg.extensions.reseed_dead:
-            track_wins(memory, z1[:, y == 1].detach())
+            track_wins(memory, (z1[y == 1] if y.ndim == 2 else z1[:, y == 1]).detach())
         return mem, variance_loss(mem, y, cfg.stage1.variance)
 
 
@@ -249,12 +257,14 @@ def _views(cfg: AnoMemConfig, aug: TwoViewAugment, images: torch.Tensor, y: torc
            device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Two augmented views of a uint8 batch, its labels and (``stage1.view_geometry="aligned"``)
     where each position of the first view lies in the second, with ``extensions.pseudo_anomalies``'
-    rotated copies appended (seed stream ``"pseudo"``)."""
+    rotated or locally defective copies appended (seed stream ``"pseudo"``; ``local`` labels
+    pixels, (B, S, S))."""
     x = images.to(device, non_blocking=True).float().div_(255)
     v1, v2, align = aug.aligned_views(x) if cfg.stage1.view_geometry == "aligned" else (*aug(x), None)
     yb = y.to(device)
-    if cfg.extensions.pseudo_anomalies == "rotation":
-        v1, v2, yb, align = rotated_pseudo_anomalies(
+    copies = {"rotation": rotated_pseudo_anomalies, "local": local_pseudo_anomalies}
+    if cfg.extensions.pseudo_anomalies in copies:
+        v1, v2, yb, align = copies[cfg.extensions.pseudo_anomalies](
             v1, v2, yb, cfg.extensions.pseudo_fraction,
             torch.Generator().manual_seed(stream_seed(cfg.runtime.seed, "pseudo", step)), align)
     return v1, v2, yb, align
