@@ -214,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bank", type=int, default=20_000,
                    help="training vectors (or pixel cells) in the 1-NN baselines' heatmap bank")
     p.add_argument("--patch", type=int, default=8, help="side of the raw-pixel baseline's cells")
+    p.add_argument("--no-cross-type", action="store_true", help="skip the cross-type protocol")
+    p.add_argument("--save-model", default=None, metavar="FILE",
+                   help="also save the fitted one-class detector (for probes of its maps)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
@@ -224,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     oc.fit(oc_split.train.images, progress=True, validation_fraction=0.0)
     stage1_s = time.perf_counter() - t0
+    if args.save_model:
+        oc.save(args.save_model)
     t0 = time.perf_counter()
     oc_scores, oc_raw = score_and_map(oc, data.images, 0.0)
     infer_ms = 1000 * (time.perf_counter() - t0) / len(data)
@@ -254,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     results["semi-supervised test, one-class model"] = evaluate(ss_split.test, s, m)
     sweeps["semi-supervised (heads)"] = sigma_sweep(ss_split.test, ss_scores, ss_raw)
     cross: dict[str, Any] = {}
-    for held in MTD_TYPES:
+    for held in () if args.no_cross_type else MTD_TYPES:
         split = split_mtd(data, args.train_fraction, args.seed, args.labelled_per_type, held)
         det = with_heads(oc, split.train, note)
         sc, mp = score_and_map(det, split.test.images, args.sigma)
@@ -262,13 +267,12 @@ def main(argv: list[str] | None = None) -> int:
         cross[held] = {"heads": evaluate(split.test, sc, mp, overall=False)[held],
                        "one-class model": evaluate(split.test, s, m, overall=False)[held],
                        "n_labelled_train": int(split.train.labels.sum())}
-    results["cross-type (heads, held-out type only)"] = {t: c["heads"] for t, c in cross.items()}
-    results["cross-type test, one-class model"] = {t: c["one-class model"] for t, c in cross.items()}
-    results["cross-type (heads, held-out type only)"]["all"] = {
-        k: float(np.mean([c["heads"][k] for c in cross.values()])) for k in cross["Crack"]["heads"]}
-    results["cross-type test, one-class model"]["all"] = {
-        k: float(np.mean([c["one-class model"][k] for c in cross.values()]))
-        for k in cross["Crack"]["heads"]}
+    for row, part in (("cross-type (heads, held-out type only)", "heads"),
+                      ("cross-type test, one-class model", "one-class model")):
+        if cross:
+            results[row] = {t: c[part] for t, c in cross.items()}
+            results[row]["all"] = {k: float(np.mean([c[part][k] for c in cross.values()]))
+                                   for k in cross["Crack"][part]}
     out = Path(args.out)
     record = {
         "command": "python benchmarks/localisation/run_mtd.py " + " ".join(sys.argv[1:] if argv is None
