@@ -32,7 +32,8 @@ def make_ood(split: LabelledSplit, ood_images: np.ndarray, max_ood: int | None =
     if ood.shape[1:] != split.x_test.shape[1:]:
         raise InvalidInputError(f"ood_images have shape {ood.shape[1:]} per image but the "
                                 f"in-distribution test images {split.x_test.shape[1:]}; resize "
-                                f"them to the same size and channels")
+                                f"them to the same size and channels (in a benchmark grid: "
+                                f"size: <side> on both datasets, e.g. {{name: digits, size: 32}})")
     if max_ood is not None and len(ood) > max_ood:
         ood = ood[np.random.default_rng(seed).choice(len(ood), max_ood, replace=False)]
     x_test = np.concatenate([split.x_test, ood])
@@ -47,5 +48,6 @@ def run_ood(split: LabelledSplit, ood_images: np.ndarray, ood_name: str, seed: i
     task = make_ood(split, ood_images, max_ood, seed)
     scores = fit_score(task, seed)
     return {"in_distribution": len(split.classes), "ood": ood_name, "seed": seed,
-            "n_train": len(task.x_train), "n_ood": int(task.labels_test.sum()),
+            "n_train": len(task.x_train), "n_in_test": int((task.labels_test == 0).sum()),
+            "n_ood": int(task.labels_test.sum()),
             "auroc": auroc(task.labels_test, scores)}

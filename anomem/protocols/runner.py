@@ -12,7 +12,8 @@ Config keys (see ``benchmarks/configs/``)::
     name: cpu                      # label stored in every row
     preset: cpu                    # AnoMem preset every method starts from
     overrides: {stage1_epochs: 2}  # applied to every method
-    datasets: [cifar10_jpeg]       # or {name: cifar10, path: ...}, cifar100, digits, folders
+    datasets: [cifar10_jpeg]       # or {name: cifar10, path: ...}, cifar100, digits, folders;
+                                   # size: and classes: on any (anomem.protocols.datasets)
     classes: all                   # or a list of class indices
     gammas: [0.0, 0.05]
     draws: 1                       # draw d uses seed + d (anomaly draw and training)
@@ -49,7 +50,10 @@ from anomem.baselines.supervised import SupervisedClassifier
 from anomem.config import get_config, load_yaml, to_dict
 from anomem.data.dataset import LabelledSplit
 from anomem.detector import AnoMem
-from anomem.errors import ConfigError, InvalidInputError
+from anomem.errors import ConfigError
+from anomem.protocols.datasets import check_dataset_specs, is_int, load_all
+from anomem.protocols.datasets import load_dataset as load_dataset  # re-exported: scripts import it here
+from anomem.protocols.datasets import subsample as subsample
 from anomem.protocols.one_vs_all import OneVsAllTask, fit_estimator, run_one_vs_all
 from anomem.protocols.results import append_result, read_results
 
@@ -78,55 +82,6 @@ class Cell:
         return f"{self.method}|{self.dataset}|{self.normal_class}|{self.gamma:g}|{self.draw}"
 
 
-# ---------------------------------------------------------------- datasets
-def load_dataset(spec: str | dict[str, Any]) -> tuple[str, LabelledSplit]:
-    """A dataset of the grid: its label and its split (see the module docstring)."""
-    from anomem.data import cifar
-    from anomem.data.digits import load_digits_split
-    from anomem.data.locate import CIFAR10_JPEG, data_file
-
-    d = {"name": spec} if isinstance(spec, str) else dict(spec)
-    name, path = d.get("name"), d.get("path")
-    label = str(d.get("label", name))
-    if name == "cifar10_jpeg":
-        return label, cifar.cached_cifar10_jpeg(path or data_file(CIFAR10_JPEG))
-    if name == "digits":
-        return label, load_digits_split(seed=int(d.get("seed", 0)))
-    if path is None:
-        raise ConfigError(f"dataset {name!r} needs a 'path' (e.g. {{name: {name}, path: ...}})")
-    if name == "cifar10":
-        return label, cifar.read_cifar10_python(path)
-    if name == "cifar100":
-        return label, cifar.read_cifar100_python(path, coarse=bool(d.get("coarse", True)))
-    if name == "folders":
-        from anomem.data.folders import read_class_folders
-        size = int(d.get("size", 32))
-        xtr, ytr, classes = read_class_folders(Path(path) / "train", size)
-        xte, yte, test_classes = read_class_folders(Path(path) / "test", size)
-        if classes != test_classes:
-            raise InvalidInputError(f"dataset folder {path!r}: train/ and test/ must hold the "
-                                    f"same class sub-folders")
-        return label, LabelledSplit(xtr, ytr, xte, yte, classes)
-    raise ConfigError(f"unknown dataset {name!r}; use cifar10_jpeg, cifar10, cifar100, digits "
-                      f"or folders")
-
-
-def subsample(split: LabelledSplit, train_per_class: int | None, test_per_class: int | None,
-              seed: int = 0) -> LabelledSplit:
-    """Keep at most the given number of images per class (seeded, same for every cell)."""
-    rng = np.random.default_rng(seed)
-
-    def pick(y: np.ndarray, k: int | None) -> np.ndarray:
-        if k is None:
-            return np.arange(len(y))
-        return np.sort(np.concatenate([rng.permutation(np.flatnonzero(y == c))[:k]
-                                       for c in np.unique(y)]))
-
-    a, b = pick(split.y_train, train_per_class), pick(split.y_test, test_per_class)
-    return LabelledSplit(split.x_train[a], split.y_train[a], split.x_test[b], split.y_test[b],
-                         split.classes)
-
-
 # ---------------------------------------------------------------- the grid
 def load_grid(path_or_dict: str | Path | dict[str, Any]) -> dict[str, Any]:
     """A validated benchmark config with defaults filled in."""
@@ -148,16 +103,18 @@ def load_grid(path_or_dict: str | Path | dict[str, Any]) -> dict[str, Any]:
     g.setdefault("seed", 0)
     g.setdefault("methods", [{"name": "anomem"}])
     _check_grid_types(g)
+    before: list[str] = []
     for m in g["methods"]:
         kind = m.get("kind", m.get("name"))
         if kind not in KINDS:
             raise ConfigError(f"method {m.get('name')!r}: unknown kind {kind!r}; use one of "
                               f"{', '.join(KINDS)}")
+        if m.get("encoder") is not None and m["encoder"] not in before:
+            raise ConfigError(f"method {m['name']!r}: encoder {m['encoder']!r} must name a method "
+                              f"listed before it (methods run in the listed order); list "
+                              f"{m['encoder']!r} first")
+        before.append(m["name"])
     return g
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _is_number_list(v: Any) -> bool:
@@ -180,13 +137,14 @@ def _check_grid_types(g: dict[str, Any]) -> None:
     need(isinstance(g["datasets"], list) and len(g["datasets"]) > 0
          and all(isinstance(d, (str, dict)) for d in g["datasets"]),
          "datasets", "a non-empty list of dataset names or {name: ..., path: ...} mappings")
-    need(g["classes"] == "all" or (isinstance(g["classes"], list) and all(map(_is_int, g["classes"]))),
+    check_dataset_specs(g["datasets"])
+    need(g["classes"] == "all" or (isinstance(g["classes"], list) and all(map(is_int, g["classes"]))),
          "classes", "'all' or a list of class indices")
     need(_is_number_list(g["gammas"]) and len(g["gammas"]) > 0, "gammas", "a non-empty list of numbers")
-    need(_is_int(g["draws"]) and g["draws"] >= 1, "draws", "a positive integer")
-    need(_is_int(g["seed"]), "seed", "an integer")
+    need(is_int(g["draws"]) and g["draws"] >= 1, "draws", "a positive integer")
+    need(is_int(g["seed"]), "seed", "an integer")
     for key in ("train_per_class", "test_per_class"):
-        need(g.get(key) is None or (_is_int(g[key]) and g[key] >= 1), key, "null or a positive integer")
+        need(g.get(key) is None or (is_int(g[key]) and g[key] >= 1), key, "null or a positive integer")
     need(isinstance(g.get("results", ""), str), "results", "a file path")
     need(isinstance(g["methods"], list) and len(g["methods"]) > 0
          and all(isinstance(m, dict) and isinstance(m.get("name"), str) for m in g["methods"]),
@@ -195,15 +153,6 @@ def _check_grid_types(g: dict[str, Any]) -> None:
         if not isinstance(m.get("overrides", {}), dict) or not _is_number_list(m.get("gammas", [])):
             raise ConfigError(f"method {m['name']!r}: 'overrides' must be a mapping and 'gammas' a "
                               f"list of numbers")
-
-
-def load_all(grid: dict[str, Any]) -> dict[str, LabelledSplit]:
-    """Every dataset of the grid by label, subsampled as the grid says."""
-    out = {}
-    for spec in grid["datasets"]:
-        label, split = load_dataset(spec)
-        out[label] = subsample(split, grid.get("train_per_class"), grid.get("test_per_class"))
-    return out
 
 
 def method_config(grid: dict[str, Any], method: dict[str, Any], seed: int) -> Any:
@@ -225,7 +174,8 @@ def cells_of(grid: dict[str, Any], datasets: dict[str, LabelledSplit]) -> list[C
     return out
 
 
-def _peak_memory_mb() -> dict[str, float]:
+def peak_memory_mb() -> dict[str, float]:
+    """Peak resident memory of this process in MB (and of CUDA since the last reset)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out = {"peak_rss_mb": rss / (1024 * 1024 if sys.platform == "darwin" else 1024)}
     if torch.cuda.is_available():
@@ -233,35 +183,56 @@ def _peak_memory_mb() -> dict[str, float]:
     return out
 
 
+def method_fit_score(method: dict[str, Any], cfg: Any, fitted: dict[str, Any] | None = None
+                     ) -> tuple[Callable[[OneVsAllTask, int], np.ndarray], str | None]:
+    """The ``fit_score(task, seed)`` of one method and the name of the encoder it reuses.
+
+    It builds the method's estimator (its keys other than :data:`NON_ESTIMATOR_KEYS`
+    as arguments), fits it on the task's training images and scores its test
+    images.  With ``fitted`` (the detectors already fitted for the same data),
+    ``encoder: <method>`` takes that method's detector when it is there (else
+    the estimator trains its own encoder, and the name returned is None), and
+    the fitted detector is stored under this method's name.
+    """
+    kind = method.get("kind", method["name"])
+    extra = {k: v for k, v in method.items() if k not in NON_ESTIMATOR_KEYS}
+    encoder = (fitted or {}).get(method.get("encoder", ""))
+    if encoder is not None:
+        extra["encoder"] = encoder
+
+    def fit_score(task: OneVsAllTask, _seed: int) -> np.ndarray:
+        det = fit_estimator(KINDS[kind](cfg, **extra), task.x_train, task.labels_train)
+        if fitted is not None:
+            fitted[method["name"]] = det
+        return det.decision_function(task.x_test)
+
+    return fit_score, (method.get("encoder") if encoder is not None else None)
+
+
+def row_tail(method: dict[str, Any], cfg: Any) -> dict[str, Any]:
+    """What every row ends with: the method's options, its config, threads and finish time."""
+    return {"method_options": {k: v for k, v in method.items() if k not in ("name", "kind")},
+            "config": to_dict(cfg), "torch_threads": torch.get_num_threads(),
+            "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
 def run_cell(grid: dict[str, Any], cell: Cell, split: LabelledSplit,
              fitted: dict[str, Any]) -> dict[str, Any]:
     """Fit and score one cell; ``fitted`` holds the detectors already fitted for this
     (dataset, class, gamma, draw), so ``encoder: <method>`` can reuse one."""
     method = next(m for m in grid["methods"] if m["name"] == cell.method)
-    kind = method.get("kind", method["name"])
     seed = int(grid["seed"]) + cell.draw
     cfg = method_config(grid, method, seed)
-    extra = {k: v for k, v in method.items() if k not in NON_ESTIMATOR_KEYS}
-    encoder = fitted.get(method.get("encoder", ""))
-    if encoder is not None:
-        extra["encoder"] = encoder
+    fit_score, reused = method_fit_score(method, cfg, fitted)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-
-    def fit_score(task: OneVsAllTask, _seed: int) -> np.ndarray:
-        det = fit_estimator(KINDS[kind](cfg, **extra), task.x_train, task.labels_train)
-        fitted[cell.method] = det
-        return det.decision_function(task.x_test)
-
     t0 = time.perf_counter()
     res = run_one_vs_all(split, cell.normal_class, cell.gamma, seed, fit_score)
-    return {"cell": cell.key, "benchmark": grid["name"], "method": cell.method, "kind": kind,
-            "dataset": cell.dataset, "classes": list(split.classes), "draw": cell.draw, **res,
-            "wall_s": round(time.perf_counter() - t0, 2), **_peak_memory_mb(),
-            "encoder_reused": method.get("encoder") if encoder is not None else None,
-            "method_options": {k: v for k, v in method.items() if k not in ("name", "kind")},
-            "config": to_dict(cfg), "torch_threads": torch.get_num_threads(),
-            "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return {"cell": cell.key, "benchmark": grid["name"], "method": cell.method,
+            "kind": method.get("kind", method["name"]), "dataset": cell.dataset,
+            "classes": list(split.classes), "draw": cell.draw, **res,
+            "wall_s": round(time.perf_counter() - t0, 2), **peak_memory_mb(),
+            "encoder_reused": reused, **row_tail(method, cfg)}
 
 
 def run_grid(grid: dict[str, Any] | str | Path, results: str | Path, shard: tuple[int, int] = (0, 1),
@@ -311,72 +282,7 @@ def run_grid(grid: dict[str, Any] | str | Path, results: str | Path, shard: tupl
 
 def run_protocol(grid: dict[str, Any] | str | Path, protocol: str, results: str | Path,
                  datasets: dict[str, LabelledSplit] | None = None) -> list[dict[str, Any]]:
-    """The other protocols over the grid's methods, datasets, classes, gammas and draws.
-
-    ``ood``: each method is trained on the whole first dataset and tested
-    against each other dataset's test images (Table 3); ``cross_type``: every
-    normal class with every other class held out as the unseen anomaly type;
-    ``linear_eval``: AnoMem-kind methods, one-class on every training image,
-    then the linear probe over all classes.  Rows go to ``results`` as they
-    finish and finished cells are skipped, as for one-vs-all.
-    """
-    from anomem.protocols.cross_type import run_cross_type
-    from anomem.protocols.ood import run_ood
-
-    if protocol not in ("ood", "cross_type", "linear_eval"):
-        raise ConfigError(f"unknown protocol {protocol!r}; use ood, cross_type or linear_eval")
-    g = load_grid(grid)
-    data = datasets if datasets is not None else load_all(g)
-    labels = list(data)
-    added: list[dict[str, Any]] = []
-
-    def store(key: str, m: dict[str, Any], seed: int, dataset: str,
-              work: Callable[..., dict[str, Any]], *args: Any) -> None:
-        if key in {r.get("cell") for r in read_results(results)}:
-            return
-        t0 = time.perf_counter()
-        res = work(*args)
-        row = {"cell": key, "benchmark": g["name"], "protocol": protocol, "method": m["name"],
-               "dataset": dataset, **res, "wall_s": round(time.perf_counter() - t0, 2),
-               **_peak_memory_mb(), "config": to_dict(method_config(g, m, seed))}
-        append_result(results, row)
-        added.append(row)
-
-    for m in g["methods"]:
-        kind = m.get("kind", m["name"])
-        extra = {k: v for k, v in m.items() if k not in NON_ESTIMATOR_KEYS}
-        for d in range(int(g["draws"])):
-            seed = int(g["seed"]) + d
-            cfg = method_config(g, m, seed)
-            fit_score = _fit_score(KINDS[kind], cfg, extra)
-            if protocol == "ood":
-                for out in labels[1:]:
-                    store(f"ood|{m['name']}|{labels[0]}|{out}|{d}", m, seed, labels[0], run_ood,
-                          data[labels[0]], data[out].x_test, out, seed, fit_score)
-            elif protocol == "linear_eval" and kind == "anomem":
-                for ds, split in data.items():
-                    store(f"linear_eval|{m['name']}|{ds}|{d}", m, seed, ds, _linear_probe, cfg, split)
-            elif protocol == "cross_type":
-                for ds, split in data.items():
-                    classes = range(len(split.classes)) if g["classes"] == "all" else g["classes"]
-                    for c in classes:
-                        for t in (t for t in range(len(split.classes)) if t != c):
-                            for gm in g["gammas"]:
-                                store(f"cross_type|{m['name']}|{ds}|{c}|{t}|{float(gm):g}|{d}", m,
-                                      seed, ds, lambda *a: run_cross_type(*a)[0], split, int(c),
-                                      float(gm), seed, fit_score, [t])
-    return added
-
-
-def _linear_probe(cfg: Any, split: LabelledSplit) -> dict[str, Any]:
-    """Linear evaluation of a one-class AnoMem encoder fitted on every training image."""
-    from anomem.protocols.linear_eval import linear_eval
-    return linear_eval(fit_estimator(AnoMem(cfg), split.x_train), split)
-
-
-def _fit_score(estimator: Callable[..., Any], cfg: Any, extra: dict[str, Any]
-               ) -> Callable[[OneVsAllTask, int], np.ndarray]:
-    def fit_score(task: OneVsAllTask, _seed: int) -> np.ndarray:
-        det = fit_estimator(estimator(cfg, **extra), task.x_train, task.labels_train)
-        return det.decision_function(task.x_test)
-    return fit_score
+    """The ``ood``, ``cross_type`` and ``linear_eval`` protocols over a grid
+    (:func:`anomem.protocols.grid_protocols.run_protocol`)."""
+    from anomem.protocols.grid_protocols import run_protocol as run
+    return run(grid, protocol, results, datasets)
