@@ -5,6 +5,14 @@ any width (channels of the first stage; 64 is He et al.'s network).  The
 ``cifar`` stem is a 3x3 stride-1 convolution without max-pool, for 32x32
 inputs; the ``imagenet`` stem is the 7x7 stride-2 convolution and 3x3 max-pool.
 
+``padding`` is what every padded convolution reads beyond the border:
+``zeros`` (He et al.'s network) or ``replicate`` (the edge pixel repeated,
+``nn.Conv2d(padding_mode="replicate")``); the max-pool pads with -inf in both.
+Zeros frame the image in black, so a constant image gives feature maps that
+differ near the border; replicated edges keep them constant (and, since a
+stride-2 convolution with padding 1 on an even side reads the padding on its
+top and left only, zeros mark those two edges more than the others).
+
 Example:
     >>> import torch
     >>> net = ResNet("resnet18", width=8)
@@ -26,12 +34,12 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, c_in: int, planes: int, stride: int) -> None:
+    def __init__(self, c_in: int, planes: int, stride: int, padding: str = "zeros") -> None:
         super().__init__()
         c_out = planes * self.expansion
-        self.conv1 = nn.Conv2d(c_in, planes, 3, stride, 1, bias=False)
+        self.conv1 = nn.Conv2d(c_in, planes, 3, stride, 1, bias=False, padding_mode=padding)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, c_out, 3, 1, 1, bias=False)
+        self.conv2 = nn.Conv2d(planes, c_out, 3, 1, 1, bias=False, padding_mode=padding)
         self.bn2 = nn.BatchNorm2d(c_out)
         self.shortcut = _shortcut(c_in, c_out, stride)
 
@@ -47,12 +55,12 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, c_in: int, planes: int, stride: int) -> None:
+    def __init__(self, c_in: int, planes: int, stride: int, padding: str = "zeros") -> None:
         super().__init__()
         c_out = planes * self.expansion
         self.conv1 = nn.Conv2d(c_in, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False, padding_mode=padding)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, c_out, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(c_out)
@@ -78,18 +86,21 @@ class ResNet(nn.Module):
         width: channels of the first stage (stage s has ``width * 2^(s-1) * expansion``).
         stem: ``cifar`` or ``imagenet``.
         in_channels: channels of the input images.
+        padding: ``zeros`` or ``replicate``, what the padded convolutions read beyond the border.
     """
 
     def __init__(self, arch: str = "resnet18", width: int = 64, stem: str = "cifar",
-                 in_channels: int = 3) -> None:
+                 in_channels: int = 3, padding: str = "zeros") -> None:
         super().__init__()
         kind, depths = _LAYOUT[arch]
         block = BasicBlock if kind == "basic" else Bottleneck
         if stem == "cifar":
-            self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False),
+            self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False,
+                                                padding_mode=padding),
                                       nn.BatchNorm2d(width), nn.ReLU(inplace=True))
         else:
-            self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 7, 2, 3, bias=False),
+            self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 7, 2, 3, bias=False,
+                                                padding_mode=padding),
                                       nn.BatchNorm2d(width), nn.ReLU(inplace=True),
                                       nn.MaxPool2d(3, 2, 1))
         stages, c_in = [], width
@@ -97,7 +108,7 @@ class ResNet(nn.Module):
             planes = width * 2 ** i
             blocks = []
             for j in range(depth):
-                blocks.append(block(c_in, planes, 2 if (j == 0 and i > 0) else 1))
+                blocks.append(block(c_in, planes, 2 if (j == 0 and i > 0) else 1, padding))
                 c_in = planes * block.expansion
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)

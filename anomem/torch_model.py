@@ -98,7 +98,8 @@ class AnoMemModel(nn.Module):
     def __init__(self, config: AnoMemConfig, semi_supervised: bool = False) -> None:
         super().__init__()
         self.config = config
-        self.encoder = ResNet(config.backbone.arch, config.backbone.width, config.backbone.stem)
+        bb = config.backbone
+        self.encoder = ResNet(bb.arch, bb.width, bb.stem, padding=bb.padding)
         self.scales: tuple[Scale, ...] = scales_of(config, self.encoder.channels)
         self.views = SCORE_VIEWS[config.scoring.views]
         self.memories = self._memories()

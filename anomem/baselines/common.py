@@ -38,7 +38,8 @@ class PooledEncoder(nn.Module):
 
     def __init__(self, cfg: AnoMemConfig) -> None:
         super().__init__()
-        self.net = ResNet(cfg.backbone.arch, cfg.backbone.width, cfg.backbone.stem)
+        bb = cfg.backbone
+        self.net = ResNet(bb.arch, bb.width, bb.stem, padding=bb.padding)
         self.dim = self.net.channels[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
