@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from anomem.base import Detector
+from anomem.base import Detector, is_real
 from anomem.config import AnoMemConfig, get_config
 from anomem.data.convert import to_image_tensor, to_normal_flags
 from anomem.errors import InvalidInputError, RequiresFitting
@@ -39,7 +39,7 @@ from anomem.fit_setup import (
     resolve_device,
     run_fingerprint,
 )
-from anomem.localisation import anomaly_map
+from anomem.heatmaps import at_input_size, model_side_maps, pixel_threshold
 from anomem.model_file import MODEL_FORMAT, MODEL_VERSION, model_blob, read_model_file
 from anomem.presets import AUTO, auto_preset, input_side
 from anomem.progress import auto_progress
@@ -123,6 +123,10 @@ class AnoMem(Detector):
             threshold does not come from held-out normals.
         threshold_normals_: how many held-out normal images set threshold_ (0: the
             training normals did, and no bound holds).
+        pixel_threshold_: heatmap value above which :meth:`predict_mask` calls a pixel
+            anomalous: the same order statistic as threshold_, over every pixel of the
+            maps of the same normal images (:func:`anomem.heatmaps.pixel_threshold`).
+            None after loading a model file written before it existed.
         decision_scores_: float64 (N,) scores of every image given to :meth:`fit`, in
             their order, by the fitted network (as :meth:`decision_function` gives them):
             training images, labelled anomalies and the normals held out for the
@@ -133,6 +137,7 @@ class AnoMem(Detector):
     #: until fit or load: no threshold, hence no bound and no held-out normals (see Attributes)
     threshold_frr_bound_: float | None = None
     threshold_normals_: int = 0
+    pixel_threshold_: float | None = None
 
     def __init__(self, config: AnoMemConfig | str | Path = AUTO, **overrides: Any) -> None:
         self.config = config
@@ -170,11 +175,12 @@ class AnoMem(Detector):
         order statistic of their scores whose expected false-alarm rate is at
         most ``scoring.target_frr`` (:mod:`anomem.threshold`; a ``ThresholdWarning`` says
         when they are too few for that).  0 trains on every image and sets the
-        threshold on the training normals, without a bound.  ``progress``:
+        threshold on the training normals, without a bound.  The same images set
+        :attr:`pixel_threshold_` (one more pass over them for their heatmaps).  ``progress``:
         progress bars; None shows them on a terminal or in a notebook, not
         in redirected output.  With ``checkpoint_dir``, both stages
         checkpoint there and a rerun resumes where it stopped.  Sets
-        :attr:`config_`, :attr:`network_`, the threshold attributes,
+        :attr:`config_`, :attr:`network_`, the threshold attributes (image and pixel),
         :attr:`decision_scores_` and :attr:`history_`.
         """
         cfg = resolve_config(self.config, self._overrides, images)
@@ -207,6 +213,7 @@ class AnoMem(Detector):
         self.decision_scores_ = _score_network(self.network_, x_all)
         ref = held if len(held) else torch.nonzero(train & (y == 1)).squeeze(1)
         self._set_threshold(self.decision_scores_[ref.numpy()], len(held), validation_fraction)
+        self.pixel_threshold_ = pixel_threshold(self.network_, x_all[ref], cfg.scoring.target_frr)
         return self
 
     def _train(self, x_train: torch.Tensor, y_train: torch.Tensor, opts: RunOptions) -> None:
@@ -288,18 +295,44 @@ class AnoMem(Detector):
                           lambda m, b: [d.cpu() for d in m.deviation_maps(b)], batch_size)
         return [torch.cat([o[s.index] for o in out]).numpy() for s in model.scales]
 
-    def anomaly_map(self, images: Any, sigma: float = 4.0, batch_size: int = 64) -> np.ndarray:
-        """Per-pixel anomaly heatmap (N, S, S) at the model's input side S, float32.
+    def anomaly_map(self, images: Any, sigma: float | None = None,
+                    batch_size: int = 64) -> np.ndarray | list[np.ndarray]:
+        """Per-pixel anomaly heatmap of each image at its own height x width, float32.
 
-        The per-position deviations of every memory scale, upsampled and fused
-        with alpha(s), then smoothed by a gaussian of ``sigma`` pixels (see
-        :func:`anomem.localisation.anomaly_map`); one-class and semi-supervised.
+        An array or tensor batch (N images of one size H x W) gives an (N, H, W)
+        array; a list of images (sizes may differ) gives a list of (H, W) arrays.
+        Computed at the model's side S: the per-position deviations of every memory
+        scale, upsampled and fused with alpha(s), smoothed by a gaussian of ``sigma``
+        pixels of S (None: S / 32, which :attr:`pixel_threshold_` is set with), then
+        resized back to each image's size (:mod:`anomem.heatmaps`).
+
+        Example:
+            >>> maps = det.anomaly_map(np.zeros((2, 200, 150), np.uint8))   # doctest: +SKIP
+            >>> maps.shape                                                   # doctest: +SKIP
+            (2, 200, 150)
         """
         model = self._require_model()
         x = to_image_tensor(images, model.config.backbone.image_size, "images")
-        out = map_batches(model, x, RunOptions(device=self._device()),
-                          lambda m, b: anomaly_map(m, b, sigma).cpu(), batch_size)
-        return torch.cat(out).numpy().astype(np.float32)
+        return at_input_size(model_side_maps(model, x, sigma, batch_size), images)
+
+    def predict_mask(self, images: Any, threshold: float | None = None,
+                     batch_size: int = 64) -> np.ndarray | list[np.ndarray]:
+        """Boolean anomalous-pixel masks: :meth:`anomaly_map` (default smoothing) above
+        ``threshold`` (default :attr:`pixel_threshold_`), each at its image's own size.
+
+        Raises:
+            RequiresFitting: no threshold given and the detector has no pixel threshold.
+            InvalidInputError: ``threshold`` is not a number.
+        """
+        t = self.pixel_threshold_ if threshold is None else threshold
+        if t is None:
+            self._require_model()
+            raise RequiresFitting("this detector has no pixel threshold (its model file predates "
+                                  "it): fit it again or pass threshold=...")
+        if not is_real(t) or np.isnan(t):
+            raise InvalidInputError(f"threshold must be a number (a heatmap value), got {t!r}")
+        maps = self.anomaly_map(images, batch_size=batch_size)
+        return maps > t if isinstance(maps, np.ndarray) else [m > t for m in maps]
 
     @property
     def network(self) -> AnoMemModel:
@@ -315,7 +348,7 @@ class AnoMem(Detector):
     def save(self, path: str | Path) -> Path:
         """Write the fitted detector to one versioned file (atomic, pickle-free to load)."""
         blob = model_blob(self._require_model(), self.threshold_, self.threshold_frr_bound_,
-                          self.threshold_normals_)
+                          self.threshold_normals_, self.pixel_threshold_)
         return atomic_torch_save(blob, path)
 
     @classmethod
@@ -347,4 +380,5 @@ class AnoMem(Detector):
         det.threshold_ = found.threshold
         det.threshold_frr_bound_ = found.threshold_frr_bound
         det.threshold_normals_ = found.threshold_normals
+        det.pixel_threshold_ = found.pixel_threshold
         return det

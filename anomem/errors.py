@@ -12,12 +12,13 @@ Which entry raises what:
   type, out-of-range or non-finite value, unreadable or invalid YAML file),
   ``AnoMem.load(path, device=...)`` with a malformed device.
 * :class:`InvalidInputError`: ``AnoMem.fit`` / ``decision_function`` /
-  ``scale_scores`` / ``deviation_maps`` / ``anomaly_map`` / ``predict``
+  ``scale_scores`` / ``deviation_maps`` / ``anomaly_map`` / ``predict`` / ``predict_mask``
   (images, labels, ``batch_size``, ``threshold``, ``validation_fraction``,
   ``checkpoint_dir``, ``log``, a CUDA device the machine lacks), every reader
   in :mod:`anomem.data` (image arrays, image files and folders, CIFAR and MTD
   archives), ``AnoMem.load`` given something that is not a path.
-* :class:`RequiresFitting`: scoring or ``predict`` before ``fit``/``load``.
+* :class:`RequiresFitting`: scoring or ``predict`` before ``fit``/``load``; ``predict_mask``
+  without a threshold on a detector loaded from a file that has no pixel threshold.
 * :class:`ModelFileError`: ``AnoMem.load`` and a resuming ``fit`` (missing,
   truncated, corrupt (checksum), unsafe (pickled code), inconsistent or
   other-version model file or checkpoint; a checkpoint of another run).

@@ -11,6 +11,9 @@ Versions: 1 held the configuration with flat keys (``stage1_epochs``); 2 holds
 it by section (``{"stage1": {"epochs": ...}}``, :func:`anomem.config.to_dict`),
 and k-means prototypes (Table 4) as the patterns of the memories they fill
 (``memories.K.patterns``, where version 1 had ``memories.K.centroids``).
+Within a version, fields come and go without a new number: a configuration key
+added since a file was written reads as the file was made (:data:`ADDED_KEYS`),
+and a file from before the pixel threshold loads without one (None).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch
 
 from anomem import __version__
 from anomem.base import is_real
-from anomem.config import AnoMemConfig, from_dict, migrate, to_dict
+from anomem.config import AnoMemConfig, dotted, from_dict, migrate, to_dict
 from anomem.errors import ModelFileError
 from anomem.serialization import require_checksum, safe_torch_load
 from anomem.torch_model import AnoMemModel
@@ -45,25 +48,32 @@ LEGACY_CONFIG = {"consolidate_factor": 1, "pseudo_anomalies": "none", "score_vie
                  "head_deviations": "in_sample"}
 
 
+#: Keys (``section.key``) that files written before they existed lack, with the value those
+#: files were made with (whatever the default is now): convolutions padded with zeros.
+ADDED_KEYS = {"backbone.padding": "zeros"}
+
+
 @dataclass
 class ModelFile:
-    """The content of a model file, checked: configuration, network (on the CPU) and threshold."""
+    """The content of a model file, checked: configuration, network (on the CPU), thresholds."""
 
     config: AnoMemConfig
     network: AnoMemModel
     threshold: float | None
     threshold_frr_bound: float | None
     threshold_normals: int
+    pixel_threshold: float | None = None
 
 
 def model_blob(network: AnoMemModel, threshold: float | None, frr_bound: float | None,
-               normals: int) -> dict[str, Any]:
+               normals: int, pixel_threshold: float | None = None) -> dict[str, Any]:
     """The dictionary :meth:`anomem.AnoMem.save` writes for a fitted ``network``."""
     state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
     return {"format": MODEL_FORMAT, "version": MODEL_VERSION, "anomem_version": __version__,
             "config": to_dict(network.config), "semi_supervised": network.semi_supervised,
             "kmeans": network.config.memory.prototypes == "kmeans", "threshold": threshold,
-            "threshold_frr_bound": frr_bound, "threshold_normals": normals, "state_dict": state}
+            "threshold_frr_bound": frr_bound, "threshold_normals": normals,
+            "pixel_threshold": pixel_threshold, "state_dict": state}
 
 
 def upgrade(blob: dict[str, Any]) -> dict[str, Any]:
@@ -86,21 +96,24 @@ def upgrade(blob: dict[str, Any]) -> dict[str, Any]:
             "state_dict": state}
 
 
-def _threshold_fields(blob: dict[str, Any]) -> tuple[float | None, float | None, int]:
-    """Threshold, its false-alarm bound and held-out count, checked, from a model file.
+def _threshold_fields(blob: dict[str, Any]) -> tuple[float | None, float | None, int, float | None]:
+    """Threshold, its false-alarm bound, held-out count and pixel threshold, checked, from a
+    model file.
 
-    Files written before the bound was stored lack the last two: None and 0.
+    Files written before the bound was stored lack the bound and the count: None and 0;
+    files written before the pixel threshold lack it: None.
     """
     threshold, bound = blob["threshold"], blob.get("threshold_frr_bound")
-    normals = blob.get("threshold_normals", 0)
-    if not (threshold is None or (is_real(threshold) and not np.isnan(threshold))):
-        raise TypeError(f"threshold {threshold!r} is not a number")
+    normals, pixel = blob.get("threshold_normals", 0), blob.get("pixel_threshold")
+    for name, value in (("threshold", threshold), ("pixel_threshold", pixel)):
+        if not (value is None or (is_real(value) and not np.isnan(value))):
+            raise TypeError(f"{name} {value!r} is not a number")
     if not (bound is None or (is_real(bound) and 0 <= bound <= 1)):
         raise TypeError(f"threshold_frr_bound {bound!r} is not a rate in [0, 1]")
     if not (isinstance(normals, int) and not isinstance(normals, bool) and normals >= 0):
         raise TypeError(f"threshold_normals {normals!r} is not a count")
     return (None if threshold is None else float(threshold), None if bound is None else float(bound),
-            normals)
+            normals, None if pixel is None else float(pixel))
 
 
 def _network(blob: dict[str, Any], cfg: AnoMemConfig) -> AnoMemModel:
@@ -147,11 +160,11 @@ def read_model_file(path: str | Path) -> ModelFile:
     require_checksum(blob, "model file", path)
     try:
         blob = upgrade(blob)
-        cfg = from_dict(blob["config"])
-        threshold, bound, normals = _threshold_fields(blob)
+        cfg = from_dict({**ADDED_KEYS, **dotted(blob["config"])})
+        thresholds = _threshold_fields(blob)
         network = _network(blob, cfg)
     except (KeyError, IndexError, AttributeError, RuntimeError, TypeError, ValueError) as e:
         reason = " ".join(str(e).split())[:300]
         raise ModelFileError(f"model file {str(path)!r} is inconsistent ({reason}); re-fit "
                              f"and save the model again") from None
-    return ModelFile(cfg, network, threshold, bound, normals)
+    return ModelFile(cfg, network, *thresholds)

@@ -42,9 +42,18 @@ def rank(n: int, target: float) -> int:
 
 
 def order_statistic_threshold(scores: np.ndarray, target: float) -> float:
-    """The :func:`rank`-th highest of ``scores`` (n >= 1 held-out normal scores)."""
-    s = np.sort(np.asarray(scores, dtype=np.float64))
-    return float(s[len(s) - rank(len(s), target)])
+    """The :func:`rank`-th highest of ``scores`` (n >= 1 held-out normal scores, of any shape:
+    the pixels of heatmaps count one by one).
+
+    Example:
+        >>> order_statistic_threshold(np.arange(1.0, 41.0), 0.05)   # k = floor(41 * 0.05) = 2
+        39.0
+    """
+    s = np.asarray(scores).ravel()
+    if not np.issubdtype(s.dtype, np.floating):
+        s = s.astype(np.float64)
+    at = len(s) - rank(len(s), target)
+    return float(np.partition(s, at)[at])
 
 
 def frr_upper_bound(n: int, target: float, confidence: float = CONFIDENCE) -> float:
