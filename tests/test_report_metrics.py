@@ -15,7 +15,6 @@ from anomem.data.convert import to_image_tensor
 from anomem.reports.metrics import aupr, auroc, detection_metrics, f1_at_threshold, fpr_at_tpr
 from anomem.reports.report import (
     OVERLAY_MIN_SIDE,
-    anomaly_heatmaps,
     csv_text,
     overlay,
     safe_name,
@@ -80,14 +79,14 @@ def fitted(digits):
 
 def test_heatmaps_have_the_input_side_and_follow_the_images(fitted):
     det, images, _ = fitted
-    heat = anomaly_heatmaps(det, images)
+    heat = det.anomaly_map(images)
     assert heat.shape == (len(images), 16, 16)
     assert np.isfinite(heat).all() and (heat >= 0).all()
     assert not np.allclose(heat[0], heat[-1])
     # one image alone gets the same map as inside a batch (no batch coupling, which would move
     # it by O(its scale)); 1 vs 24 images only changes the float32 kernels' rounding (measured
     # 1e-6 of the scale), so 1e-4 of the scale
-    np.testing.assert_allclose(anomaly_heatmaps(det, images[3:4])[0], heat[3], rtol=0,
+    np.testing.assert_allclose(det.anomaly_map(images[3:4])[0], heat[3], rtol=0,
                                atol=1e-4 * float(np.abs(heat).max()))
     ov = overlay(images[0], heat[0], float(heat.min()), float(heat.max()))
     assert ov.dtype == np.uint8 and ov.shape[2] == 3 and min(ov.shape[:2]) >= OVERLAY_MIN_SIDE

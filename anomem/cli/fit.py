@@ -193,5 +193,5 @@ def run(args: argparse.Namespace) -> int:
     mode = "semi-supervised" if det.semi_supervised else "one-class"
     print(f"anomem fit: {mode} model written to {out} in {time.perf_counter() - t0:.0f} s; "
           f"threshold {det.threshold_:.6g} ({threshold_origin(det, args.threshold)}); "
-          f"log {log.path}", file=sys.stderr)
+          f"pixel threshold {det.pixel_threshold_:.6g}; log {log.path}", file=sys.stderr)
     return 0

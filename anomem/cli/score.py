@@ -6,11 +6,16 @@ score is more anomalous and decision is 'anomaly' when score > threshold
 'normal'.  Folders are searched at any depth for PNG, JPEG, BMP and TIFF
 files; a '.txt' (one path per line) or '.csv' ('path' column) list file
 names images, relative to the list's folder.  With '--heatmaps DIR' one PNG
-per image shows where it deviates from the memorised normal patterns (Eq. 8,
-fused over scales), on one colour scale for all images of the run; the
-heatmaps mirror the input tree ('test/defects/crazing/crazing_100.jpg' given
-as 'test/defects' becomes 'DIR/defects/crazing/crazing_100.png'), and images
-that would share a name keep their extension ('crazing_100_png.png').
+per image, at the image's own size, shows where it deviates from the
+memorised normal patterns (Eq. 8, fused over scales: the map of
+AnoMem.anomaly_map) in colour over the image in gray, on one colour scale for
+all images of the run, with a cyan contour around the pixels above the
+model's pixel threshold (set by 'anomem fit' on held-out normal images; a
+model file written before it has none, and a warning says so); images
+smaller than 128 px are enlarged by a whole factor.  The heatmaps mirror the
+input tree ('test/defects/crazing/crazing_100.jpg' given as 'test/defects'
+becomes 'DIR/defects/crazing/crazing_100.png'), and images that would share
+a name keep their extension ('crazing_100_png.png').
 
 examples:
   anomem score parts.anomem new_parts/ -o scores.csv
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from anomem.cli.paths import check_image_sources, check_model_argument
@@ -30,7 +36,7 @@ from anomem.data.sources import expand_sources, load_entries, mirror_names
 from anomem.detector import AnoMem
 from anomem.errors import InvalidInputError
 from anomem.progress import auto_progress
-from anomem.reports.report import anomaly_heatmaps, csv_text, write_overlays
+from anomem.reports.report import csv_text, write_heatmaps
 from anomem.serialization import atomic_write_text
 
 
@@ -44,7 +50,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="CSV file to write (default: - for standard output)")
     p.add_argument("--threshold", type=float, metavar="T",
                    help="decision threshold to use instead of the model's")
-    p.add_argument("--heatmaps", metavar="DIR", help="write one heatmap overlay PNG per image here")
+    p.add_argument("--heatmaps", metavar="DIR",
+                   help="write one heatmap overlay PNG per image here, at the image's own size")
     p.add_argument("--bad-images", choices=("fail", "skip"), default="fail",
                    help="unreadable or truncated image files: stop with an error (default) or skip "
                         "them with a listed warning")
@@ -83,8 +90,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         atomic_write_text(args.output, text)
     if args.heatmaps:
-        heat = anomaly_heatmaps(det, loaded.images)
-        write_overlays(Path(args.heatmaps), mirror_names(entries), loaded.images, heat)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            write_heatmaps(Path(args.heatmaps), det, mirror_names(entries), loaded.paths,
+                           loaded.images, args.batch_size)
+        for w in caught:
+            print(f"anomem score: warning: {w.message}", file=sys.stderr)
     n_anom = sum(r[2] == "anomaly" for r in rows)
     print(f"anomem score: {len(rows)} images, {n_anom} anomalies at threshold {threshold:.6g}"
           + (f"; scores in {args.output}" if args.output != "-" else "")

@@ -5,7 +5,7 @@
   truth, defect pixels positive.
 * **AUPRO** (per-region overlap, Bergmann et al., MVTec AD): each connected
   defect region r (8-connectivity, per image) is one unit.  At threshold t,
-  PRO(t) = mean over regions of |r ∩ {map > t}| / |r| and FPR(t) = the share of
+  PRO(t) = mean over regions of |r ∩ {map > t}| / |r| (:func:`pro_at`) and FPR(t) = the share of
   defect-free pixels (over all images, defect-free tiles included) above t.
   The PRO-vs-FPR curve is integrated (trapezoids) from FPR 0 to ``max_fpr``
   (0.3), the last segment interpolated at ``max_fpr``, and divided by
@@ -35,8 +35,8 @@ from anomem.reports import metrics
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
-def _pixels(masks: np.ndarray, maps: np.ndarray, valid: np.ndarray | None
-            ) -> tuple[np.ndarray, np.ndarray]:
+def _pixels(masks: np.ndarray, maps: np.ndarray, valid: np.ndarray | None,
+            need_normal: bool = True) -> tuple[np.ndarray, np.ndarray]:
     masks, maps = np.asarray(masks).astype(bool), np.asarray(maps, dtype=np.float64)
     if masks.ndim != 3 or masks.shape != maps.shape:
         raise InvalidInputError(f"masks and maps must both be (N, H, W) with the same shape, got "
@@ -49,10 +49,22 @@ def _pixels(masks: np.ndarray, maps: np.ndarray, valid: np.ndarray | None
             raise InvalidInputError(f"valid must have one flag per image ({len(masks)}), got "
                                     f"shape {valid.shape}")
         masks, maps = masks[valid], maps[valid]
-    if not masks.any() or masks.all():
-        raise InvalidInputError("pixel metrics need both defect and defect-free pixels among the "
-                                "valid images")
+    if not masks.any() or (need_normal and masks.all()):
+        what = "both defect and defect-free pixels" if need_normal else "defect pixels"
+        raise InvalidInputError(f"pixel metrics need {what} among the valid images")
     return masks, maps
+
+
+def label_regions(masks: np.ndarray) -> tuple[np.ndarray, int]:
+    """The connected defect regions of boolean masks (N, H, W), 8-connectivity within each image:
+    int64 labels 1..count numbered across the images (0: no defect), and count."""
+    regions = np.zeros(masks.shape, dtype=np.int64)
+    count = 0
+    for i, m in enumerate(masks):
+        lab, n = ndimage.label(m, structure=EIGHT_CONNECTED)
+        regions[i] = np.where(lab > 0, lab + count, 0)
+        count += n
+    return regions, count
 
 
 def image_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -70,12 +82,7 @@ def pro_curve(masks: np.ndarray, maps: np.ndarray, valid: np.ndarray | None = No
               ) -> tuple[np.ndarray, np.ndarray]:
     """The exact (FPR, PRO) curve, one point per distinct score, from (0, 0) to (1, 1)."""
     masks, maps = _pixels(masks, maps, valid)
-    regions = np.zeros(masks.shape, dtype=np.int64)
-    count = 0
-    for i, m in enumerate(masks):
-        lab, n = ndimage.label(m, structure=EIGHT_CONNECTED)
-        regions[i] = np.where(lab > 0, lab + count, 0)
-        count += n
+    regions, count = label_regions(masks)
     sizes = np.bincount(regions.ravel())
     r, s = regions.ravel(), maps.ravel()
     neg = r == 0
@@ -87,6 +94,24 @@ def pro_curve(masks: np.ndarray, maps: np.ndarray, valid: np.ndarray | None = No
     fpr = np.r_[0.0, np.cumsum(fpr_w)[ends]]
     pro = np.r_[0.0, np.cumsum(pro_w)[ends]]
     return np.minimum(fpr, 1.0), np.minimum(pro, 1.0)
+
+
+def pro_at(masks: np.ndarray, maps: np.ndarray, threshold: float,
+           valid: np.ndarray | None = None) -> tuple[float, int]:
+    """PRO(threshold): the mean over connected defect regions of the share of their pixels whose
+    map value is above ``threshold``; returned with the number of regions.
+
+    Example:
+        >>> masks = np.array([[[1, 1, 0], [0, 0, 0], [0, 0, 1]]], dtype=bool)   # 2 regions
+        >>> maps = np.array([[[0.9, 0.1, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.8]]])
+        >>> pro_at(masks, maps, 0.5)                                            # (1/2 + 1) / 2
+        (0.75, 2)
+    """
+    masks, maps = _pixels(masks, maps, valid, need_normal=False)
+    regions, count = label_regions(masks)
+    r = regions.ravel()
+    inside = np.bincount(r, weights=(maps.ravel() > threshold), minlength=count + 1)[1:]
+    return float(np.mean(inside / np.bincount(r, minlength=count + 1)[1:])), count
 
 
 def aupro(masks: np.ndarray, maps: np.ndarray, valid: np.ndarray | None = None,
