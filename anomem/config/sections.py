@@ -155,8 +155,9 @@ class Extensions(_Checked):
     (``global_memory``, ``global_mem_factor``), restarting dead patterns (``reseed_dead``),
     the closing consolidation of the patterns (``consolidate`` Lloyd steps on memories grown
     ``consolidate_factor`` times), stage 1's projection head (``projector``), rotated or
-    locally defective pseudo-anomalies (``pseudo_anomalies``, ``pseudo_fraction``) and whether labelled
-    anomalies enter stage 1 (``contrast_anomalies``)."""
+    locally defective pseudo-anomalies (``pseudo_anomalies``, ``pseudo_fraction``), whether labelled
+    anomalies enter stage 1 (``contrast_anomalies``) and the weights stage 1 ends at
+    (``weight_average``, :mod:`anomem.stages.averaging`)."""
 
     name = "extensions"
     global_memory: str = choice("every", "none", "image-level scale(s) beside the maps")
@@ -169,6 +170,8 @@ class Extensions(_Checked):
                                    "or with a pasted local defect (`local`, per position)")
     pseudo_fraction: float = 0.5
     contrast_anomalies: bool = choice(True, True, "labelled anomalies enter stage 1 (Eq. 3, y = 0)")
+    weight_average: float = choice(0.0, 0.0, "stage 1 ends at the mean weights of this last share "
+                                   "of its steps (0: its last weights)")
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from anomem.losses import (
 )
 from anomem.memory import HopfieldMemory
 from anomem.scales import Scale
+from anomem.stages.averaging import TrajectoryAverage, finish_average, trajectory_average
 from anomem.stages.common import (
     RunOptions,
     check_finite,
@@ -144,14 +145,15 @@ def track_wins(memory: HopfieldMemory, queries: torch.Tensor) -> None:
 
 @torch.no_grad()
 def reseed_dead_patterns(model: AnoMemModel, opt: torch.optim.Optimizer, epoch: int,
-                         opts: RunOptions) -> int:
+                         opts: RunOptions, average: TrajectoryAverage | None = None) -> int:
     """``extensions.reseed_dead``: patterns that answered no normal query in an epoch restart as a query.
 
     The paper is silent on patterns that never win the attention; left alone
     they are dead weight, and the memory holds fewer prototypes than N_mem.
     At the end of every epoch each such pattern is replaced by a normal query
     vector of the epoch's last step, drawn at random (seed stream
-    ``"reseed"``), and its momentum is cleared.  Under DDP the counts are
+    ``"reseed"``), its momentum is cleared and its weight average (if any)
+    restarts at its new value.  Under DDP the counts are
     summed over ranks and rank 0's choice is broadcast.  Returns the number of
     patterns replaced.
     """
@@ -168,6 +170,8 @@ def reseed_dead_patterns(model: AnoMemModel, opt: torch.optim.Optimizer, epoch: 
         buf = opt.state.get(memory.patterns, {}).get("momentum_buffer")
         if buf is not None:
             buf[:memory.size][dead] = 0.0
+        if average is not None:
+            average.restart_rows(memory.patterns, dead)
         memory.wins.zero_()
     return total
 
@@ -271,13 +275,22 @@ def _views(cfg: AnoMemConfig, aug: TwoViewAugment, images: torch.Tensor, y: torc
 
 
 def _end_epoch(model: AnoMemModel, opt: torch.optim.Optimizer, epoch: int, per_epoch: int,
-               ips: float, epoch_stats: dict[str, float], opts: RunOptions) -> dict[str, float]:
+               ips: float, epoch_stats: dict[str, float], opts: RunOptions,
+               average: TrajectoryAverage | None) -> dict[str, float]:
     """Reseed dead patterns, check for a collapse; the epoch's row of the history."""
     if model.config.memory.use_memory and model.config.extensions.reseed_dead:
-        epoch_stats["reseeded"] = reseed_dead_patterns(model, opt, epoch, opts) * per_epoch
+        epoch_stats["reseeded"] = reseed_dead_patterns(model, opt, epoch, opts, average) * per_epoch
     check_collapse(model, f"at epoch {epoch + 1}")
     return {"epoch": epoch + 1, "images_per_s": ips,
             **{k: v / per_epoch for k, v in epoch_stats.items()}}
+
+
+def _probe(model: AnoMemModel, row: dict[str, float], opts: RunOptions) -> None:
+    """``opts.on_epoch`` (main rank) on the epoch's ``row``; its random draws (if any) must not
+    move training's."""
+    if opts.on_epoch is not None and opts.is_main:
+        with torch.random.fork_rng(devices=[] if torch.device(opts.device).type == "cpu" else None):
+            opts.on_epoch(model, row)
 
 
 def train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
@@ -312,7 +325,8 @@ def _train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
     opt, sched = sgd_cosine(params, cfg.stage1.lr, cfg.stage1.momentum, cfg.stage1.weight_decay, total)
     aug = TwoViewAugment.of(cfg.backbone.image_size, cfg.stage1)
     ckpt = opts.checkpoint_dir / "stage1.ckpt" if opts.checkpoint_dir else None
-    modules = {"model": model, "opt": opt, "sched": sched}
+    average = trajectory_average(model, params, total)
+    modules = {"model": model, "opt": opt, "sched": sched, **({"average": average} if average else {})}
     start, history, epoch_stats = _start(ckpt, modules, fingerprint, images, y, opts)
     model.train()
     bar = tqdm(total=total, initial=start, desc="stage 1", disable=not (opts.progress and opts.is_main),
@@ -329,6 +343,8 @@ def _train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
         loss.backward()
         opt.step()
         sched.step()
+        if average is not None:
+            average.update(step)
         seen += len(yb)     # the rotated pseudo-anomalous copies count: the step processed them
         stats = {"loss": value, **stats}
         for k, v in stats.items():
@@ -340,15 +356,13 @@ def _train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
             opts.log({"stage": 1, "step": step + 1, "epoch": epoch + 1, "lr": sched.get_last_lr()[0],
                       "images_per_s": ips, **stats})
         if i == per_epoch - 1:
-            history.append(_end_epoch(model, opt, epoch, per_epoch, ips, epoch_stats, opts))
+            history.append(_end_epoch(model, opt, epoch, per_epoch, ips, epoch_stats, opts, average))
             epoch_stats = {}
-            if opts.on_epoch is not None and opts.is_main:
-                # the probe's random draws (if any) must not move training's
-                with torch.random.fork_rng(devices=[] if torch.device(opts.device).type == "cpu" else None):
-                    opts.on_epoch(model, history[-1])
+            _probe(model, history[-1], opts)
         if ckpt is not None and ((step + 1) % opts.checkpoint_every == 0 or step + 1 == total):
             _save(ckpt, step + 1, modules, fingerprint, history, epoch_stats, opts)
     bar.close()
+    finish_average(average, model, images, y, bsz, opts)
     fill_view_memories(model)
     if cfg.consolidates:       # k-means prototypes fill the patterns later: nothing to consolidate
         consolidate_prototypes(model, images, y, opts)
