@@ -110,6 +110,23 @@ def _short_fit(opts: Any) -> dict[str, Any]:
             "scores": torch.as_tensor(det.decision_function(split.x_test[:5]))}
 
 
+def _averaged_fit(opts: Any) -> dict[str, Any]:
+    """A fit with ``extensions.weight_average`` whose ranks hold 4 and 8 normals (strided shards):
+    the BatchNorm pass over the normals takes 1 and 2 batches of its own, as many collectively."""
+    split = load_digits_split()
+    x = split.x_train[split.y_train == 0][:16].copy()
+    labels = torch.zeros(16)
+    labels[[0, 2, 4, 6]] = 1
+    x[[0, 2, 4, 6]] = split.x_train[split.y_train == 1][:4]
+    cfg = _config("all").replace(stage1_epochs=2, weight_average=1.0, **{"stage2.epochs": 1})
+    det = DistributedAnoMem(cfg).fit(x, labels.numpy(), validation_fraction=0.0, options=opts)
+    params = torch.cat([t.detach().flatten().double() for t in det.network_.state_dict().values()])
+    gathered = [torch.empty_like(params) for _ in range(WORLD)]
+    torch.distributed.all_gather(gathered, params)
+    return {"spread": float((gathered[0] - gathered[1]).abs().max()),
+            "scores": torch.as_tensor(det.decision_function(split.x_test[:5]))}
+
+
 def _worker(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
@@ -118,7 +135,7 @@ def _worker(rank: int, port: int, out: str) -> None:
     try:
         result = {"distributed": is_distributed() and opts.rank == rank,
                   "step": {neg: _one_step(opts, neg) for neg in ("all", "same_position")},
-                  "fit": _short_fit(opts)}
+                  "fit": _short_fit(opts), "averaged": _averaged_fit(opts)}
         if rank == 0:
             atomic_torch_save(result, Path(out))
     finally:
@@ -168,6 +185,13 @@ def test_distributed_fit_keeps_ranks_identical_and_restores_plain_batchnorm(
     assert got["spread"] == 0.0
     assert got["bn"] == ["BatchNorm2d"]
     assert got["epochs"] == 2
+    assert torch.isfinite(got["scores"]).all()
+
+
+@pytest.mark.slow
+def test_a_distributed_fit_with_weight_averaging_keeps_ranks_identical(rank0: dict[str, Any]) -> None:
+    got = rank0["averaged"]
+    assert got["spread"] == 0.0              # weights, means and the recomputed BatchNorm statistics
     assert torch.isfinite(got["scores"]).all()
 
 

@@ -28,8 +28,12 @@ averaged network.  So after the averaged weights are loaded,
 computes them again in one pass over the un-augmented training normals in
 training mode, without gradient (equal weight per batch, batches of near
 equal size).  Under DDP every rank's weights and means are identical (the
-same steps on the same all-reduced gradients); each rank computes the
-statistics of its own shard and the ranks average them.
+same steps on the same all-reduced gradients), so each rank averages
+locally; the pass runs while stage 1's BatchNorm layers are still global
+(:mod:`anomem.distributed`), so its statistics span every rank's normals,
+and every rank takes as many batches as the rank that needs most (a rank
+short of normals passes empty batches), since each batch is a collective
+step.
 """
 
 from __future__ import annotations
@@ -115,7 +119,9 @@ def recompute_batchnorm(model: AnoMemModel, images: torch.Tensor, y: torch.Tenso
     One pass over the un-augmented normals (y = 1; every image when there is
     none) of uint8 ``images`` in training mode, in near-equal batches of at
     most ``batch_size`` (never one image alone), each batch counting equally
-    (``momentum=None``); under DDP the ranks' statistics are averaged.
+    (``momentum=None``).  Under DDP every rank takes the largest number of
+    batches of any rank, and the ranks' statistics (already global with
+    global BatchNorm layers) are averaged, so they agree to the bit.
     """
     norms = _norms(model.encoder)
     normal = images[y == 1] if bool((y == 1).any()) else images
@@ -128,12 +134,17 @@ def recompute_batchnorm(model: AnoMemModel, images: torch.Tensor, y: torch.Tenso
     was_training = model.training
     model.train()
     n_batches = max(1, min(math.ceil(len(normal) / batch_size), len(normal) // 2))
+    ddp = opts.world_size > 1 and dist.is_initialized()
+    if ddp:
+        most = torch.tensor([n_batches], device=opts.device)
+        dist.all_reduce(most, op=dist.ReduceOp.MAX)
+        n_batches = int(most)
     for part in torch.tensor_split(normal, n_batches):
         model.features(part.to(opts.device).float().div_(255))
     model.train(was_training)
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
-        if opts.world_size > 1 and dist.is_initialized():
+        if ddp:
             for t in (m.running_mean, m.running_var):
                 dist.all_reduce(t)
                 t.div_(opts.world_size)
