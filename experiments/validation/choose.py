@@ -18,10 +18,14 @@ classes' held-out training images the validation anomalies.  Rows (AUROC %):
   (``ss_oc_evidence_null``: ``oc_evidence=null`` changes nothing else), and
   its heads trained again (same start) with ``head_sampling=uniform``
   (``ss_uniform``), ``head_deviations=in_sample`` (``ss_in_sample``) and the
-  defaults (``ss_retrained``, the reference of those two).
+  defaults (``ss_retrained``, the reference of those two);
+* with ``--set KEY=VALUE`` (repeatable): one more one-class refit with those
+  overrides, row ``set``; ``--only-set`` keeps the rows ``default`` and
+  ``set`` alone (no other refit, no 1-NN, no semi-supervised fit).
 
     python -m experiments.validation.choose --dataset digits --seed 0 >> experiments/validation/rows.jsonl
     python -m experiments.validation.choose --dataset cifar --seed 0 --classes 0 1 >> ...
+    python -m experiments.validation.choose --dataset digits --only-set --set weight_average=0.5
 
 ``digits``: scikit-learn's digits, the ``digits`` preset; ``cifar``: CIFAR-10
 (``ANOMEM_DATA``), the ``cpu`` preset at the grid budget (3 stage-1 epochs,
@@ -45,7 +49,7 @@ from sklearn.metrics import roc_auc_score
 from anomem import AnoMem
 from anomem.baselines.knn import KNNDetector
 from anomem.baselines.pixel_knn import PixelKNN
-from anomem.config import get_config
+from anomem.config import get_config, parse_override
 from anomem.data.convert import to_image_tensor, to_normal_flags
 from anomem.presets import input_side
 from anomem.protocols.one_vs_all import make_one_vs_all
@@ -53,6 +57,9 @@ from anomem.protocols.validation import carve_validation
 from anomem.scales import alphas
 from anomem.stages.common import RunOptions
 from anomem.stages.stage2 import fit_heads
+
+#: How every one-class fit here runs: on all the carved training images, no progress bars.
+FIT = {"validation_fraction": 0.0, "progress": False}
 
 
 def validation_source(dataset: str, seed: int) -> tuple[Any, str, dict[str, Any]]:
@@ -72,9 +79,19 @@ def fused(scale_scores: np.ndarray, alphas: tuple[float, ...]) -> np.ndarray:
     return scale_scores[:, :len(a)] @ (a / a.sum())
 
 
-def one_class_rows(task: Any, preset: str, budget: dict[str, Any], seed: int) -> dict[str, np.ndarray]:
-    fit = {"validation_fraction": 0.0, "progress": False}
-    det = AnoMem(preset, seed=seed, **budget).fit(task.x_train, **fit)
+def one_class_rows(task: Any, preset: str, budget: dict[str, Any], seed: int,
+                   overrides: dict[str, Any] | None = None, only_set: bool = False
+                   ) -> dict[str, np.ndarray]:
+    det = AnoMem(preset, seed=seed, **budget).fit(task.x_train, **FIT)
+    rows = {"default": det.decision_function(task.x_test)} if only_set else default_rows(det, task, preset)
+    if overrides:
+        rows["set"] = AnoMem(preset, seed=seed, **{**budget, **overrides}).fit(
+            task.x_train, **FIT).decision_function(task.x_test)
+    return rows if only_set else {**rows, **refit_rows(task, preset, budget, seed)}
+
+
+def default_rows(det: AnoMem, task: Any, preset: str) -> dict[str, np.ndarray]:
+    """The default fit's rows: its score, the same fit read otherwise, and the 1-NN rows."""
     cfg = det.network.config
     per_scale = det.scale_scores(task.x_test)
     n_views = len(det.network.views)
@@ -88,10 +105,16 @@ def one_class_rows(task: Any, preset: str, budget: dict[str, Any], seed: int) ->
     rows["knn"] = KNNDetector(preset, k=1, encoder=det).fit(task.x_train).decision_function(task.x_test)
     rows["pixel"] = PixelKNN(size=input_side(task.x_train), k=1).fit(task.x_train).decision_function(
         task.x_test)
+    return rows
+
+
+def refit_rows(task: Any, preset: str, budget: dict[str, Any], seed: int) -> dict[str, np.ndarray]:
+    """The one-class refits with one choice at another value."""
+    rows = {}
     for name, change in (("pseudo_none", {"pseudo_anomalies": "none"}),
                          ("factor1", {"consolidate_factor": 1})):
         rows[name] = AnoMem(preset, seed=seed, **budget, **change).fit(
-            task.x_train, **fit).decision_function(task.x_test)
+            task.x_train, **FIT).decision_function(task.x_test)
     return rows
 
 
@@ -122,15 +145,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gamma", type=float, default=0.05)
     p.add_argument("--classes", type=int, nargs="+", default=list(range(10)))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="one more one-class refit with this override (row 'set')")
+    p.add_argument("--only-set", action="store_true", help="only the rows 'default' and 'set'")
     args = p.parse_args(argv)
+    overrides = dict(parse_override(o) for o in args.set)
+    if args.only_set and not overrides:
+        p.error("--only-set needs --set")
     torch.set_num_threads(1)
     split, preset, budget = validation_source(args.dataset, args.seed)
-    get_config(preset, budget)   # a bad budget fails before any fit
+    get_config(preset, {**budget, **overrides})   # a bad budget fails before any fit
     for c in args.classes:
         t0 = time.time()
-        rows = one_class_rows(make_one_vs_all(split, c, 0.0, args.seed), preset, budget, args.seed)
+        task = make_one_vs_all(split, c, 0.0, args.seed)
+        rows = one_class_rows(task, preset, budget, args.seed, overrides, args.only_set)
         semi = make_one_vs_all(split, c, args.gamma, args.seed)
-        rows.update(semi_rows(semi, preset, budget, args.seed))
+        if not args.only_set:
+            rows.update(semi_rows(semi, preset, budget, args.seed))
         print(json.dumps({"ds": args.dataset, "split": "validation", "seed": args.seed, "c": c,
                           **{k: round(100 * roc_auc_score(semi.labels_test, v), 2)
                              for k, v in rows.items()}, "t": round(time.time() - t0)}), flush=True)
