@@ -97,6 +97,15 @@ def test_design_doc_holds_the_generated_choices_table():
         assert f"#### `{key}`" in text, f"docs/design.md has no section for the choice {key!r}"
 
 
+def test_every_choice_in_design_doc_names_its_evidence():
+    """The protocol of docs/design.md: each default says whether validation data chose it."""
+    text = DESIGN.read_text(encoding="utf-8")
+    for key in choices():
+        section = text.split(f"#### `{key}`", 1)[1].split("\n#### ", 1)[0]
+        assert "**Validation**" in section or "**Evidence:**" in section, (
+            f"docs/design.md: the section of {key!r} has no **Validation** or **Evidence:** line")
+
+
 def test_every_choice_has_a_literal_value_or_says_it_has_none():
     for key, f in choices().items():
         assert f.metadata["what"], key
