@@ -119,3 +119,14 @@ def test_a_resumed_run_with_averaging_ends_as_an_uninterrupted_one(digits, tmp_p
     resumed = AnoMem("digits", **config).fit(x, validation_fraction=0.0, checkpoint_dir=tmp_path,
                                              options=RunOptions(checkpoint_every=3))
     np.testing.assert_array_equal(resumed.decision_function(test), ref.decision_function(test))
+
+
+def test_the_batchnorm_pass_changes_the_statistics_alone(digits):
+    """``extensions.batchnorm_pass``: the same encoder weights, BatchNorm statistics of the clean normals."""
+    x = normals(digits, 64)
+    plain, passed = (AnoMem("digits", stage1_epochs=2, batchnorm_pass=on).fit(
+        x, validation_fraction=0.0, progress=False).network_.encoder.state_dict() for on in (False, True))
+    stats = [k for k in plain if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(not torch.equal(plain[k], passed[k]) for k in stats)
+    weights = [k for k in plain if "running" not in k and "num_batches" not in k]
+    assert all(torch.equal(plain[k], passed[k]) for k in weights)

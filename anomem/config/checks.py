@@ -135,6 +135,7 @@ RULES: dict[str, Rule] = {
     "extensions.contrast_anomalies": boolean,
     "extensions.weight_average": lambda v: None if _is_number(v) and 0.0 <= v <= 1.0
     else f"must be in [0, 1], got {v!r}",
+    "extensions.batchnorm_pass": boolean,
     "runtime.seed": _seed, "runtime.device": lambda v: None if isinstance(v, str) and
     re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) else f"expected auto, cpu, cuda or cuda:N, got {v!r}",
     "runtime.amp": boolean, "runtime.channels_last": boolean,

@@ -157,7 +157,8 @@ class Extensions(_Checked):
     ``consolidate_factor`` times), stage 1's projection head (``projector``), rotated or
     locally defective pseudo-anomalies (``pseudo_anomalies``, ``pseudo_fraction``), whether labelled
     anomalies enter stage 1 (``contrast_anomalies``) and the weights stage 1 ends at
-    (``weight_average``, :mod:`anomem.stages.averaging`)."""
+    (``weight_average``) and their BatchNorm statistics (``batchnorm_pass``, both in
+    :mod:`anomem.stages.averaging`)."""
 
     name = "extensions"
     global_memory: str = choice("every", "none", "image-level scale(s) beside the maps")
@@ -172,6 +173,8 @@ class Extensions(_Checked):
     contrast_anomalies: bool = choice(True, True, "labelled anomalies enter stage 1 (Eq. 3, y = 0)")
     weight_average: float = choice(0.0, 0.0, "stage 1 ends at the mean weights of this last share "
                                    "of its steps (0: its last weights)")
+    batchnorm_pass: bool = choice(False, False, "BatchNorm statistics recomputed on the training "
+                                  "normals at the end of stage 1")
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,14 @@ locally; the pass runs while stage 1's BatchNorm layers are still global
 and every rank takes as many batches as the rank that needs most (a rank
 short of normals passes empty batches), since each batch is a collective
 step.
+
+``extensions.batchnorm_pass`` runs the same pass on the last weights without
+averaging.  The paper is silent on BatchNorm's statistics.  Stage 1's
+running statistics are momentum-0.1 means of the batches of augmented two-view
+batches with their pseudo-anomalous copies; after ten steps 0.9^10 = 35 % of
+them is still the initial 0 and 1.  The pass gives the statistics of the
+clean normals that scoring reads (measured on the small sets: it is what moves
+their scores, averaging adds nothing to it; ``docs/results.md``).
 """
 
 from __future__ import annotations
@@ -152,6 +160,8 @@ def recompute_batchnorm(model: AnoMemModel, images: torch.Tensor, y: torch.Tenso
 
 def finish_average(average: TrajectoryAverage | None, model: AnoMemModel, images: torch.Tensor,
                    y: torch.Tensor, batch_size: int, opts: RunOptions) -> None:
-    """Load the averaged weights (when averaging) and recompute BatchNorm for them."""
-    if average is not None and average.apply():
+    """Load the averaged weights (when averaging) and recompute BatchNorm for them, or for the
+    last weights when ``extensions.batchnorm_pass`` asks."""
+    averaged = average is not None and average.apply()
+    if averaged or model.config.extensions.batchnorm_pass:
         recompute_batchnorm(model, images, y, batch_size, opts)
