@@ -20,7 +20,7 @@ classes' held-out training images the validation anomalies.  Rows (AUROC %):
   (``ss_uniform``), ``head_deviations=in_sample`` (``ss_in_sample``) and the
   defaults (``ss_retrained``, the reference of those two);
 * with ``--set KEY=VALUE`` (repeatable): one more one-class refit with those
-  overrides, row ``set``; ``--only-set`` keeps the rows ``default`` and
+  overrides, row ``set`` (the overrides in ``set_keys``); ``--only-set`` keeps the rows ``default`` and
   ``set`` alone (no other refit, no 1-NN, no semi-supervised fit).
 
     python -m experiments.validation.choose --dataset digits --seed 0 >> experiments/validation/rows.jsonl
@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.update(semi_rows(semi, preset, budget, args.seed))
         print(json.dumps({"ds": args.dataset, "split": "validation", "seed": args.seed, "c": c,
                           **{k: round(100 * roc_auc_score(semi.labels_test, v), 2)
-                             for k, v in rows.items()}, "t": round(time.time() - t0)}), flush=True)
+                             for k, v in rows.items()}, **({"set_keys": overrides} if overrides else {}),
+                          "t": round(time.time() - t0)}), flush=True)
     return 0
 
 
