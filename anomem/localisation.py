@@ -16,7 +16,9 @@ quantities the image score is made of, so that heatmap and score agree:
    (:meth:`~anomem.torch_model.ScaleHead.position_map`).  It is exact for a uniform map and piecewise-linear
    in Delta_ij, like g(s) itself.
 2. **Upsampling** of each m(s) to the input side (bilinear, ``align_corners=False``).
-3. **Fusion** with the normalised alpha(s) weights of Eq. 13 (the ``alphas``
+3. **Fusion** (``scoring.heatmap_scales="all"``; the default ``finest`` keeps the
+   earliest memory stage's map alone, see :func:`heatmap_weights`) with the normalised
+   alpha(s) weights of Eq. 13 (the ``alphas``
    buffer of :class:`~anomem.torch_model.AnoMemModel`); one-class positions are
    divided by the scale's ``score_std`` (1 unless calibrated), as the image
    score is (:meth:`~anomem.torch_model.AnoMemModel.score_and_maps` computes
@@ -89,9 +91,25 @@ def anomaly_map(model: AnoMemModel, images: torch.Tensor, sigma: float = 4.0) ->
         raise InvalidInputError(f"sigma must be a non-negative number of pixels, got {sigma!r}")
     if not torch.jit.is_tracing() and (images.ndim != 4 or images.shape[1] != 3):
         raise InvalidInputError(f"images must be a (B, 3, H, W) batch, got shape {tuple(images.shape)}")
-    weights = model.alphas[[s.index for s in model.scales if not s.pooled]]
-    return fuse_maps(position_scores(model, images), weights / weights.sum(),
-                     images.shape[-2:], sigma)
+    return fuse_maps(position_scores(model, images), heatmap_weights(model), images.shape[-2:], sigma)
+
+
+def heatmap_weights(model: AnoMemModel) -> torch.Tensor:
+    """Step 3's weights of the spatial scales (every view's, in :func:`position_scores`' order).
+
+    ``scoring.heatmap_scales="all"``: Eq. 13's alphas, renormalised over the spatial
+    scales.  ``"finest"`` (the default): the earliest memory stage's map alone (each
+    view's, averaged), the finest grid; Eq. 13 gives the coarse, semantic scales the
+    most weight, which serves the image score, while a heatmap needs resolution.
+    Measured in ``benchmarks/localisation/README.md``.
+    """
+    spatial = [s for s in model.scales if not s.pooled]
+    if model.config.scoring.heatmap_scales == "finest":
+        first = min(s.stage for s in spatial)
+        w = torch.tensor([float(s.stage == first) for s in spatial], device=model.alphas.device)
+    else:
+        w = model.alphas[[s.index for s in spatial]]
+    return w / w.sum()
 
 
 def fuse_maps(maps: list[torch.Tensor], weights: torch.Tensor, size: tuple[int, int] | torch.Size,

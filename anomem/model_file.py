@@ -50,7 +50,7 @@ LEGACY_CONFIG = {"consolidate_factor": 1, "pseudo_anomalies": "none", "score_vie
 
 #: Keys (``section.key``) that files written before they existed lack, with the value those
 #: files were made with (whatever the default is now): convolutions padded with zeros.
-ADDED_KEYS = {"backbone.padding": "zeros"}
+ADDED_KEYS = {"backbone.padding": "zeros", "scoring.heatmap_scales": "all"}
 
 
 @dataclass

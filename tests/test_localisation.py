@@ -44,9 +44,10 @@ def test_head_map_is_the_head_on_the_broadcast_position():
 def test_fusion_worked_by_hand(monkeypatch):
     # scale 1: a 2x2 map with ||Delta|| = 1 at row 0, column 1 only; scale 2: 1x1, ||Delta|| = 3.
     # Bilinear (align_corners=False) 2 -> 4 spreads index 0 with weights [1, .75, .25, 0] and
-    # index 1 with [0, .25, .75, 1] along an axis; fused with alpha = (1/3, 2/3).
-    model = AnoMemModel(get_config("digits", {"global_memory": "none", "score_views": "single"})
-                        ).eval()                                      # alphas 1/3, 2/3
+    # index 1 with [0, .25, .75, 1] along an axis; fused with alpha = (1/3, 2/3)
+    # (heatmap_scales="all"; the default "finest" reads scale 1 alone, checked at the end).
+    model = AnoMemModel(get_config("digits", {"global_memory": "none", "score_views": "single",
+                                              "heatmap_scales": "all"})).eval()   # alphas 1/3, 2/3
     d1 = torch.zeros(1, 4, 2, 2)
     d1[0, 1, 0, 1] = 1.0
     d2 = torch.zeros(1, 8, 1, 1)
@@ -60,7 +61,13 @@ def test_fusion_worked_by_hand(monkeypatch):
     model.score_std.copy_(torch.tensor([2.0, 1.0]))           # a calibrated one-class model
     heat = anomaly_map(model, torch.zeros(1, 3, 4, 4), sigma=0.0)[0]
     assert heat[0, 3].item() == pytest.approx(1 / 6 + 2)
-
+    finest = AnoMemModel(get_config("digits", {"global_memory": "none", "score_views": "single"})
+                         ).eval()
+    monkeypatch.setattr(finest, "deviation_maps", lambda x: [d1, d2])
+    heat = anomaly_map(finest, torch.zeros(1, 3, 4, 4), sigma=0.0)[0]
+    assert heat[0, 3].item() == pytest.approx(1.0)                 # scale 1 alone, weight 1
+    assert heat[1, 1].item() == pytest.approx(0.75 * 0.25)
+    assert heat[3, 0].item() == pytest.approx(0.0)
 
 def test_gaussian_smoothing():
     impulse = torch.zeros(1, 21, 21)

@@ -37,6 +37,7 @@ RECIPE_NAMES = ("tuned", "paper")
 SCORE_VIEWS = {"single": ((),), "mirror": ((), (3,)), "flips": ((), (3,), (2,), (2, 3))}
 CALIBRATIONS = ("scales", "fused")
 IMAGE_ALPHAS = ("stage", "last")
+HEATMAP_SCALES = ("finest", "all")
 SCORE_RETRIEVALS = ("nearest", "hopfield")
 
 Rule = Callable[[Any], "str | None"]
@@ -124,6 +125,7 @@ RULES: dict[str, Rule] = {
     else f"must be null or a non-negative finite number, got {v!r}",
     "scoring.calibrate": boolean, "scoring.calibration": one_of(CALIBRATIONS),
     "scoring.image_alpha": one_of(IMAGE_ALPHAS),
+    "scoring.heatmap_scales": one_of(HEATMAP_SCALES),
     "scoring.target_frr": lambda v: None if _is_number(v) and 0.0 <= v < 1.0
     else f"must be in [0, 1), got {v!r}",
     "extensions.global_memory": one_of(GLOBAL_MEMORIES), "extensions.global_mem_factor": integer(1),

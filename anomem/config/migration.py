@@ -35,7 +35,7 @@ FLAT_NAMES: dict[str, str] = {
     **{f"stage2_{k}": f"stage2.{k}" for k in ("epochs", "lr")},
     "score_retrieval": "scoring.retrieval", "score_views": "scoring.views",
     **{k: f"scoring.{k}" for k in ("scale_norm", "semi_score", "oc_evidence", "calibrate",
-                                   "calibration", "image_alpha", "target_frr")},
+                                   "calibration", "image_alpha", "heatmap_scales", "target_frr")},
     **{k: f"extensions.{k}" for k in ("global_memory", "global_mem_factor", "reseed_dead",
                                       "consolidate", "consolidate_factor", "projector",
                                       "pseudo_anomalies", "pseudo_fraction", "contrast_anomalies",

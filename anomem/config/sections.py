@@ -134,7 +134,8 @@ class Scoring(_Checked):
     """How an image is scored (Eq. 8, 9, 13): Eq. 8's ``retrieval``, the test-time
     ``views``, Eq. 9's ``scale_norm``, the semi-supervised score (``semi_score``,
     ``oc_evidence``), the one-class standardisation (``calibrate``, ``calibration``), an
-    image-level scale's alpha (``image_alpha``), and ``target_frr``, the false-rejection
+    image-level scale's alpha (``image_alpha``), the scales a heatmap reads
+    (``heatmap_scales``), and ``target_frr``, the false-rejection
     rate on held-out normals that sets the decision threshold."""
 
     name = "scoring"
@@ -146,6 +147,8 @@ class Scoring(_Checked):
     calibrate: bool = choice(False, False, "one-class scales standardised before Eq. 13")
     calibration: str = choice("scales", NOT_IN_PAPER, "standardise each scale or the fused score")
     image_alpha: str = choice("stage", NOT_IN_PAPER, "Eq. 13's alpha of an image-level scale")
+    heatmap_scales: str = choice("finest", NOT_IN_PAPER, "the heatmap: the finest map scale, or all "
+                                 "map scales fused with Eq. 13's alphas")
     target_frr: float = 0.05
 
 
