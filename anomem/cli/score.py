@@ -7,15 +7,16 @@ score is more anomalous and decision is 'anomaly' when score > threshold
 files; a '.txt' (one path per line) or '.csv' ('path' column) list file
 names images, relative to the list's folder.  With '--heatmaps DIR' one PNG
 per image, at the image's own size, shows where it deviates from the
-memorised normal patterns (Eq. 8 at the finest memory scale, or fused over
-scales with scoring.heatmap_scales=all: the map of AnoMem.anomaly_map) in colour over the image in gray, on one colour scale for
-all images of the run, with a cyan contour around the pixels above the
-model's pixel threshold (set by 'anomem fit' on held-out normal images; a
-model file written before it has none, and a warning says so); images
-smaller than 128 px are enlarged by a whole factor.  The heatmaps mirror the
-input tree ('test/defects/crazing/crazing_100.jpg' given as 'test/defects'
-becomes 'DIR/defects/crazing/crazing_100.png'), and images that would share
-a name keep their extension ('crazing_100_png.png').
+memorised normal patterns (Eq.  8 at the finest memory scale, or fused over
+scales with scoring.heatmap_scales=all: the map of AnoMem.anomaly_map) in
+colour over the image in gray, on one colour scale for all images of the
+run, with a cyan contour around the pixels above the model's pixel threshold
+(set by 'anomem fit' on held-out normal images; a model file written before
+it has none, and a warning says so); images smaller than 128 px are enlarged
+by a whole factor.  The heatmaps mirror the input tree
+('test/defects/crazing/crazing_100.jpg' given as 'test/defects' becomes
+'DIR/defects/crazing/crazing_100.png'), and images that would share a name
+keep their extension ('crazing_100_png.png').
 
 examples:
   anomem score parts.anomem new_parts/ -o scores.csv
