@@ -45,7 +45,7 @@ def test_fusion_worked_by_hand(monkeypatch):
     # scale 1: a 2x2 map with ||Delta|| = 1 at row 0, column 1 only; scale 2: 1x1, ||Delta|| = 3.
     # Bilinear (align_corners=False) 2 -> 4 spreads index 0 with weights [1, .75, .25, 0] and
     # index 1 with [0, .25, .75, 1] along an axis; fused with alpha = (1/3, 2/3)
-    # (heatmap_scales="all"; the default "finest" reads scale 1 alone, checked at the end).
+    # (heatmap_scales="all", the default; "finest" reads scale 1 alone, checked at the end).
     model = AnoMemModel(get_config("digits", {"global_memory": "none", "score_views": "single",
                                               "heatmap_scales": "all"})).eval()   # alphas 1/3, 2/3
     d1 = torch.zeros(1, 4, 2, 2)
@@ -61,8 +61,8 @@ def test_fusion_worked_by_hand(monkeypatch):
     model.score_std.copy_(torch.tensor([2.0, 1.0]))           # a calibrated one-class model
     heat = anomaly_map(model, torch.zeros(1, 3, 4, 4), sigma=0.0)[0]
     assert heat[0, 3].item() == pytest.approx(1 / 6 + 2)
-    finest = AnoMemModel(get_config("digits", {"global_memory": "none", "score_views": "single"})
-                         ).eval()
+    finest = AnoMemModel(get_config("digits", {"global_memory": "none", "score_views": "single",
+                                               "heatmap_scales": "finest"})).eval()
     monkeypatch.setattr(finest, "deviation_maps", lambda x: [d1, d2])
     heat = anomaly_map(finest, torch.zeros(1, 3, 4, 4), sigma=0.0)[0]
     assert heat[0, 3].item() == pytest.approx(1.0)                 # scale 1 alone, weight 1
