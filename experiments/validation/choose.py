@@ -21,11 +21,19 @@ classes' held-out training images the validation anomalies.  Rows (AUROC %):
   defaults (``ss_retrained``, the reference of those two);
 * with ``--set KEY=VALUE`` (repeatable): one more one-class refit with those
   overrides, row ``set`` (the overrides in ``set_keys``); ``--only-set`` keeps the rows ``default`` and
-  ``set`` alone (no other refit, no 1-NN, no semi-supervised fit).
+  ``set`` alone (no other refit, no 1-NN, no semi-supervised fit);
+* with ``--variant NAME KEY=VALUE...`` (repeatable): one one-class refit per variant,
+  row ``NAME`` (its overrides in ``variants``), beside the one ``default`` fit;
+* with ``--head-variant NAME KEY=VALUE...`` (repeatable): the semi-supervised rows,
+  plus the heads trained again from the same start with those keys and scored with
+  them, row ``ss_NAME`` (reference ``ss_retrained``).  ``--only-set`` with variants
+  keeps ``default``, the variants and, for head variants, the semi-supervised rows.
 
     python -m experiments.validation.choose --dataset digits --seed 0 >> experiments/validation/rows.jsonl
     python -m experiments.validation.choose --dataset cifar --seed 0 --classes 0 1 >> ...
     python -m experiments.validation.choose --dataset digits --only-set --set weight_average=0.5
+    python -m experiments.validation.choose --dataset digits --only-set \
+        --variant beta2 memory.beta=2.0 --head-variant raw stage2.head_inputs=raw
 
 ``digits``: scikit-learn's digits, the ``digits`` preset; ``cifar``: CIFAR-10
 (``ANOMEM_DATA``), the ``cpu`` preset at the grid budget (3 stage-1 epochs,
@@ -80,12 +88,14 @@ def fused(scale_scores: np.ndarray, alphas: tuple[float, ...]) -> np.ndarray:
 
 
 def one_class_rows(task: Any, preset: str, budget: dict[str, Any], seed: int,
-                   overrides: dict[str, Any] | None = None, only_set: bool = False
-                   ) -> dict[str, np.ndarray]:
+                   overrides: dict[str, Any] | None = None, only_set: bool = False,
+                   variants: dict[str, dict[str, Any]] | None = None) -> dict[str, np.ndarray]:
     det = AnoMem(preset, seed=seed, **budget).fit(task.x_train, **FIT)
     rows = {"default": det.decision_function(task.x_test)} if only_set else default_rows(det, task, preset)
     if overrides:
-        rows["set"] = AnoMem(preset, seed=seed, **{**budget, **overrides}).fit(
+        variants = {"set": overrides, **(variants or {})}
+    for name, change in (variants or {}).items():
+        rows[name] = AnoMem(preset, seed=seed, **{**budget, **change}).fit(
             task.x_train, **FIT).decision_function(task.x_test)
     return rows if only_set else {**rows, **refit_rows(task, preset, budget, seed)}
 
@@ -118,7 +128,8 @@ def refit_rows(task: Any, preset: str, budget: dict[str, Any], seed: int) -> dic
     return rows
 
 
-def semi_rows(task: Any, preset: str, budget: dict[str, Any], seed: int) -> dict[str, np.ndarray]:
+def semi_rows(task: Any, preset: str, budget: dict[str, Any], seed: int,
+              head_variants: dict[str, dict[str, Any]] | None = None) -> dict[str, np.ndarray]:
     det = AnoMem(preset, seed=seed, **budget).fit(task.x_train, task.labels_train,
                                                   validation_fraction=0.0, progress=False)
     fitted = det.network
@@ -127,8 +138,10 @@ def semi_rows(task: Any, preset: str, budget: dict[str, Any], seed: int) -> dict
     rows["ss_oc_evidence_null"] = det.decision_function(task.x_test)
     x = to_image_tensor(task.x_train, fitted.config.backbone.image_size, "x_train")
     y = to_normal_flags(task.labels_train, len(x), "labels_train")
-    for name, change in (("ss_retrained", {}), ("ss_uniform", {"head_sampling": "uniform"}),
-                         ("ss_in_sample", {"head_deviations": "in_sample"})):
+    retrains = {"ss_retrained": {}, "ss_uniform": {"head_sampling": "uniform"},
+                "ss_in_sample": {"head_deviations": "in_sample"},
+                **{f"ss_{name}": change for name, change in (head_variants or {}).items()}}
+    for name, change in retrains.items():
         net = copy.deepcopy(fitted)
         net.config = net.config.replace(**change)
         torch.manual_seed(seed)   # every retrained variant starts its heads alike
@@ -147,24 +160,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--classes", type=int, nargs="+", default=list(range(10)))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="one more one-class refit with this override (row 'set')")
-    p.add_argument("--only-set", action="store_true", help="only the rows 'default' and 'set'")
+    p.add_argument("--variant", action="append", nargs="+", default=[], metavar="NAME KEY=VALUE",
+                   help="a one-class refit with these overrides (row NAME)")
+    p.add_argument("--head-variant", action="append", nargs="+", default=[], metavar="NAME KEY=VALUE",
+                   help="the semi-supervised fit's heads retrained with these keys (row ss_NAME)")
+    p.add_argument("--only-set", action="store_true",
+                   help="only the rows 'default', 'set' and the variants'")
     args = p.parse_args(argv)
     overrides = dict(parse_override(o) for o in args.set)
-    if args.only_set and not overrides:
-        p.error("--only-set needs --set")
+    variants, head_variants = (
+        {v[0]: dict(parse_override(o) for o in v[1:]) for v in given}
+        for given in (args.variant, args.head_variant))
+    if args.only_set and not (overrides or variants or head_variants):
+        p.error("--only-set needs --set, --variant or --head-variant")
     torch.set_num_threads(1)
     split, preset, budget = validation_source(args.dataset, args.seed)
-    get_config(preset, {**budget, **overrides})   # a bad budget fails before any fit
+    for change in (overrides, *variants.values(), *head_variants.values()):
+        get_config(preset, {**budget, **change})   # a bad key fails before any fit
     for c in args.classes:
         t0 = time.time()
         task = make_one_vs_all(split, c, 0.0, args.seed)
-        rows = one_class_rows(task, preset, budget, args.seed, overrides, args.only_set)
+        rows = one_class_rows(task, preset, budget, args.seed, overrides, args.only_set, variants)
         semi = make_one_vs_all(split, c, args.gamma, args.seed)
-        if not args.only_set:
-            rows.update(semi_rows(semi, preset, budget, args.seed))
+        if head_variants or not args.only_set:
+            rows.update(semi_rows(semi, preset, budget, args.seed, head_variants))
         print(json.dumps({"ds": args.dataset, "split": "validation", "seed": args.seed, "c": c,
                           **{k: round(100 * roc_auc_score(semi.labels_test, v), 2)
                              for k, v in rows.items()}, **({"set_keys": overrides} if overrides else {}),
+                          **({"variants": {**variants, **head_variants}}
+                             if variants or head_variants else {}),
                           "t": round(time.time() - t0)}), flush=True)
     return 0
 
