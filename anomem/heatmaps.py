@@ -65,21 +65,6 @@ def model_side_maps(model: AnoMemModel, x: torch.Tensor, sigma: float | None = N
     return torch.cat(out).numpy().astype(np.float32, copy=False)
 
 
-def _one_at_a_time(images: Any) -> bool:
-    """Whether ``images`` are single images (a list, a tuple or one PIL image), each of its own size."""
-    return isinstance(images, (list, tuple)) or convert._is_pil(images)
-
-
-def image_sizes(images: Any, name: str = "images") -> list[tuple[int, int]]:
-    """(height, width) of each image as given, before any resizing; ``images`` are read with the
-    layout rules of :func:`anomem.data.convert.to_image_tensor` (call it first: it checks them)."""
-    if _one_at_a_time(images):
-        singles = [images] if convert._is_pil(images) else images
-        return [tuple(convert._one_image_chw(im, name).shape[-2:]) for im in singles]
-    x = convert._batch_nchw(convert._as_tensor(images, name), name)
-    return [(int(x.shape[2]), int(x.shape[3]))] * len(x)
-
-
 def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Maps (N, h, w) resized to (N, H, W) = ``size``, bilinear and antialiased (float32).
 
@@ -99,8 +84,8 @@ def at_input_size(maps: np.ndarray, images: Any) -> np.ndarray | list[np.ndarray
     An array or tensor batch (one size) gives one (N, H, W) array; a list or tuple of
     images (or one PIL image) gives a list of (H, W) arrays, each its image's size.
     """
-    sizes = image_sizes(images)
-    if _one_at_a_time(images):
+    sizes = convert.image_sizes(images)
+    if convert.one_at_a_time(images):
         return [resize_maps(m[None], s)[0] for m, s in zip(maps, sizes, strict=True)]
     return resize_maps(maps, sizes[0])
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from anomem.data.convert import _as_tensor, _one_image_chw, to_image_tensor
+from anomem.data.convert import image_sizes, to_image_tensor
 
 AUTO = "auto"
 #: (largest side, preset): the first row whose side the images do not exceed wins.
@@ -57,19 +57,10 @@ def input_side(images: Any) -> int:
     Accepts what :meth:`anomem.AnoMem.fit` accepts; input it cannot read raises
     the same :class:`~anomem.errors.InvalidInputError` as fitting would.
     """
-    if isinstance(images, (list, tuple)) and len(images) > 0:
-        return int(np.median([max(im.size) if hasattr(im, "convert") and hasattr(im, "size")
-                              else max(_one_image_chw(im, "images").shape[1:]) for im in images]))
-    if hasattr(images, "mode") and hasattr(images, "convert"):
-        return max(images.size)
-    x = _as_tensor(images, "images")
-    if x.ndim == 3:
-        return max(x.shape[1:])
-    if x.ndim == 4:
-        channels_first = x.shape[1] in (1, 3, 4) or x.shape[-1] not in (1, 3, 4)
-        return max(x.shape[2:] if channels_first else x.shape[1:3])
-    to_image_tensor(images, 1, "images")   # raises the usual message for this input
-    raise AssertionError("unreachable: to_image_tensor accepted an input of rank other than 3 or 4")
+    sizes = image_sizes(images)
+    if not sizes:
+        to_image_tensor(images, 1, "images")   # raises the usual message for no images
+    return int(np.median([max(hw) for hw in sizes]))
 
 
 def files_side(paths: Iterable[str | Path]) -> int:

@@ -141,6 +141,33 @@ def _batch_nchw(x: torch.Tensor, name: str) -> torch.Tensor:
     return x
 
 
+def one_at_a_time(images: Any) -> bool:
+    """Whether ``images`` are single images (a list, a tuple or one PIL image), each of its own size."""
+    return isinstance(images, (list, tuple)) or _is_pil(images)
+
+
+def image_sizes(images: Any, name: str = "images") -> list[tuple[int, int]]:
+    """(height, width) of each image as given, before any resizing, read with the layout
+    rules of :func:`to_image_tensor` (PIL images from their headers); a 3-D array reads
+    as N gray images even where :func:`to_image_tensor` would call it ambiguous (as one
+    (C, H, W) image its height and width are the same).
+
+    Raises:
+        InvalidInputError: input :func:`to_image_tensor` would refuse for its layout.
+
+    Example:
+        >>> image_sizes(np.zeros((2, 5, 7, 3), dtype=np.uint8))
+        [(5, 7), (5, 7)]
+    """
+    if one_at_a_time(images):
+        singles = [images] if _is_pil(images) else images
+        return [(int(im.size[1]), int(im.size[0])) if _is_pil(im)
+                else tuple(int(v) for v in _one_image_chw(im, name).shape[-2:]) for im in singles]
+    x = _as_tensor(images, name)
+    x = _batch_nchw(x.unsqueeze(1) if x.ndim == 3 else x, name)
+    return [(int(x.shape[2]), int(x.shape[3]))] * len(x)
+
+
 def _check_values(x: torch.Tensor, name: str) -> None:
     """Refuse an image dtype, or fractions outside [0, 1] (uint8 and uint16 are always fine)."""
     if x.dtype == torch.bool or x.is_complex():
