@@ -3,6 +3,7 @@
     python benchmarks/quality/regression.py                    # every check, exit 1 on a fall
     python benchmarks/quality/regression.py --only digits_oc digits_ss
     python benchmarks/quality/regression.py --write-baseline   # after a change is accepted
+    python benchmarks/quality/regression.py --set extensions.reseed_dead=false   # a candidate default
 
 Run it before changing any default.  Each check refits 3 seeds and takes the
 mean over seeds of the per-seed mean AUROC over its classes:
@@ -29,10 +30,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from anomem.config import parse_override
 from anomem.serialization import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
@@ -41,14 +44,15 @@ SEEDS = (0, 1, 2)
 CHECKS = ("digits_oc", "digits_ss", "cifar_oc")
 
 
-def digits_means(gamma: float) -> list[float]:
+def digits_means(gamma: float, overrides: dict[str, Any]) -> list[float]:
     """Per seed, the mean AUROC (%) over the ten digit classes."""
     from anomem.cli.demo import run_cell
     key = f"gamma={gamma:g}"
-    return [100 * float(np.mean([run_cell(c, s, [gamma], {})[key] for c in range(10)])) for s in SEEDS]
+    return [100 * float(np.mean([run_cell(c, s, [gamma], overrides)[key] for c in range(10)]))
+            for s in SEEDS]
 
 
-def cifar_means(classes: tuple[int, ...] = (0, 1)) -> list[float]:
+def cifar_means(overrides: dict[str, Any], classes: tuple[int, ...] = (0, 1)) -> list[float]:
     """Per seed, the mean one-class AUROC (%) over ``classes`` at the grid budget."""
     from anomem import AnoMem
     from anomem.protocols.one_vs_all import auroc, make_one_vs_all
@@ -60,14 +64,14 @@ def cifar_means(classes: tuple[int, ...] = (0, 1)) -> list[float]:
         scores = []
         for c in classes:
             task = make_one_vs_all(split, c, 0.0, s)
-            det = AnoMem("cpu", seed=s, stage1_epochs=3).fit(task.x_train, validation_fraction=0.0,
-                                                             progress=False)
+            det = AnoMem("cpu", seed=s, stage1_epochs=3, **overrides).fit(
+                task.x_train, validation_fraction=0.0, progress=False)
             scores.append(auroc(task.labels_test, det.decision_function(task.x_test)))
         out.append(100 * float(np.mean(scores)))
     return out
 
 
-RUN = {"digits_oc": lambda: digits_means(0.0), "digits_ss": lambda: digits_means(0.05),
+RUN = {"digits_oc": lambda o: digits_means(0.0, o), "digits_ss": lambda o: digits_means(0.05, o),
        "cifar_oc": cifar_means}
 
 
@@ -86,13 +90,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write-baseline", action="store_true",
                    help="compare, then store this run's means as the new baseline (after a change "
                         "of default is accepted)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="refit with a candidate default (compared with the same baseline)")
     args = p.parse_args(argv)
+    overrides = dict(parse_override(o) for o in args.set)
+    if overrides and args.write_baseline:
+        p.error("--write-baseline stores the defaults' means: change the default, then run it "
+                "without --set")
     torch.set_num_threads(1)
     baseline = json.loads(BASELINE.read_text()) if BASELINE.is_file() else {}
     failed = False
     for name in args.only:
         t0 = time.time()
-        per_seed = RUN[name]()
+        per_seed = RUN[name](overrides)
         if name in baseline:
             ok, line = verdict(name, per_seed, baseline[name])
             print(line + f" ({time.time() - t0:.0f} s)", flush=True)
