@@ -15,6 +15,11 @@ scored on a fixed test set, beside a 1-NN on the fit's encoder and on pixels:
 
     python -m experiments.small_sets.spread --set-name cifar200 --classes 0 3 --seeds 0 1 2 3 4
     python -m experiments.small_sets.spread --set-name cifar200 --fit validation_fraction=0 ...
+    python -m experiments.small_sets.spread --set-name cifar200 --ensemble 3 --name ens3
+
+``--ensemble K``: the row's detector is K fits (seeds S, S + 100, ..., S + 100 (K-1)),
+each fit's scores standardised by their mean and std over its own training
+images, then averaged; the 1-NN column reads the first fit's encoder.
 """
 
 from __future__ import annotations
@@ -58,6 +63,17 @@ def small_task(name: str, c: int) -> Any:
                            labels_test=sp.test.labels)
 
 
+def ensemble_scores(dets: list[AnoMem], x_train: Any, x_test: Any) -> np.ndarray:
+    """The mean over fits of each fit's test scores standardised on its own training images."""
+    if len(dets) == 1:
+        return dets[0].decision_function(x_test)
+    out = []
+    for det in dets:
+        ref = det.decision_function(x_train)
+        out.append((det.decision_function(x_test) - ref.mean()) / max(ref.std(), 1e-12))
+    return np.mean(out, axis=0)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--set-name", choices=("digits28", "cifar200", "mtd100"), required=True)
@@ -67,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     p.add_argument("--fit", action="append", default=[], metavar="KEY=VALUE",
                    help="AnoMem.fit argument, e.g. validation_fraction=0")
+    p.add_argument("--ensemble", type=int, default=1, help="fits averaged per seed (see above)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     overrides = dict(parse_override(o) for o in args.set)
@@ -75,8 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         t = small_task(args.set_name, c)
         for seed in args.seeds:
             t0 = time.time()
-            det = AnoMem(seed=seed, **overrides).fit(t.x_train, progress=False, **fit_kw)
-            row = {"anomem": det.decision_function(t.x_test)}
+            dets = [AnoMem(seed=seed + 100 * j, **overrides).fit(t.x_train, progress=False, **fit_kw)
+                    for j in range(args.ensemble)]
+            det = dets[0]
+            row = {"anomem": ensemble_scores(dets, t.x_train, t.x_test)}
             preset = auto_preset(input_side(t.x_train))
             row["knn"] = KNNDetector(preset, k=1, encoder=det).fit(t.x_train).decision_function(t.x_test)
             if seed == args.seeds[0]:
