@@ -301,9 +301,9 @@ class AnoMem(Detector):
 
         An array or tensor batch (N images of one size H x W) gives an (N, H, W)
         array; a list of images (sizes may differ) gives a list of (H, W) arrays.
-        Computed at the model's side S: the per-position deviations of every map
-        scale, fused with alpha(s) (``scoring.heatmap_scales="finest"``: of the finest
-        scale alone), upsampled, smoothed by a gaussian of ``sigma``
+        Computed at the model's side S: the per-position deviations of the finest
+        memory scale (``scoring.heatmap_scales="all"``: of every map scale, fused with
+        alpha(s)), upsampled, smoothed by a gaussian of ``sigma``
         pixels of S (None: S / 32, which :attr:`pixel_threshold_` is set with), then
         resized back to each image's size (:mod:`anomem.heatmaps`).
 

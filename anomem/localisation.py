@@ -16,7 +16,7 @@ quantities the image score is made of, so that heatmap and score agree:
    (:meth:`~anomem.torch_model.ScaleHead.position_map`).  It is exact for a uniform map and piecewise-linear
    in Delta_ij, like g(s) itself.
 2. **Upsampling** of each m(s) to the input side (bilinear, ``align_corners=False``).
-3. **Fusion** (``scoring.heatmap_scales="all"``, the default; ``finest`` keeps the
+3. **Fusion** (``scoring.heatmap_scales="all"``; the default ``finest`` keeps the
    earliest memory stage's map alone, see :func:`heatmap_weights`) with the normalised
    alpha(s) weights of Eq. 13 (the ``alphas``
    buffer of :class:`~anomem.torch_model.AnoMemModel`); one-class positions are
@@ -97,12 +97,12 @@ def anomaly_map(model: AnoMemModel, images: torch.Tensor, sigma: float = 4.0) ->
 def heatmap_weights(model: AnoMemModel) -> torch.Tensor:
     """Step 3's weights of the spatial scales (every view's, in :func:`position_scores`' order).
 
-    ``scoring.heatmap_scales="all"`` (the default): Eq. 13's alphas, renormalised over
-    the spatial scales.  ``"finest"``: the earliest memory stage's map alone (each
+    ``scoring.heatmap_scales="all"``: Eq. 13's alphas, renormalised over the spatial
+    scales.  ``"finest"`` (the default): the earliest memory stage's map alone (each
     view's, averaged), the finest grid; Eq. 13 gives the coarse, semantic scales the
     most weight, which serves the image score, while a heatmap needs resolution.
-    Measured in ``benchmarks/localisation/README.md`` (on a test split only, so not
-    the default).
+    Chosen on synthetic defects in held-out training normals of two image sets
+    (``docs/design.md``).
     """
     spatial = [s for s in model.scales if not s.pooled]
     if model.config.scoring.heatmap_scales == "finest":

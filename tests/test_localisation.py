@@ -45,7 +45,7 @@ def test_fusion_worked_by_hand(monkeypatch):
     # scale 1: a 2x2 map with ||Delta|| = 1 at row 0, column 1 only; scale 2: 1x1, ||Delta|| = 3.
     # Bilinear (align_corners=False) 2 -> 4 spreads index 0 with weights [1, .75, .25, 0] and
     # index 1 with [0, .25, .75, 1] along an axis; fused with alpha = (1/3, 2/3)
-    # (heatmap_scales="all", the default; "finest" reads scale 1 alone, checked at the end).
+    # (heatmap_scales="all"; "finest", the default, reads scale 1 alone, checked at the end).
     model = AnoMemModel(get_config("digits", {"global_memory": "none", "score_views": "single",
                                               "heatmap_scales": "all"})).eval()   # alphas 1/3, 2/3
     d1 = torch.zeros(1, 4, 2, 2)

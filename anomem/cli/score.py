@@ -7,8 +7,8 @@ score is more anomalous and decision is 'anomaly' when score > threshold
 files; a '.txt' (one path per line) or '.csv' ('path' column) list file
 names images, relative to the list's folder.  With '--heatmaps DIR' one PNG
 per image, at the image's own size, shows where it deviates from the
-memorised normal patterns (Eq. 8 fused over scales, or at the finest scale
-with scoring.heatmap_scales=finest: the map of AnoMem.anomaly_map) in
+memorised normal patterns (Eq. 8 at the finest memory scale, or fused over
+scales with scoring.heatmap_scales=all: the map of AnoMem.anomaly_map) in
 colour over the image in gray, on one colour scale for all images of the
 run, with a cyan contour around the pixels above the model's pixel threshold
 (set by 'anomem fit' on held-out normal images; a model file written before

@@ -147,8 +147,8 @@ class Scoring(_Checked):
     calibrate: bool = choice(False, False, "one-class scales standardised before Eq. 13")
     calibration: str = choice("scales", NOT_IN_PAPER, "standardise each scale or the fused score")
     image_alpha: str = choice("stage", NOT_IN_PAPER, "Eq. 13's alpha of an image-level scale")
-    heatmap_scales: str = choice("all", NOT_IN_PAPER, "the heatmap: all map scales fused with Eq. 13's "
-                                 "alphas, or the finest map scale alone")
+    heatmap_scales: str = choice("finest", NOT_IN_PAPER, "the heatmap: the finest map scale alone, or "
+                                 "all map scales fused with Eq. 13's alphas")
     target_frr: float = 0.05
 
 
