@@ -16,6 +16,9 @@ do not predict a test score.
 
     python -m experiments.validation.heatmaps --dataset mtd --seed 0 >> experiments/validation/heatmaps.jsonl
     python -m experiments.validation.heatmaps --dataset cifar --seed 0 --classes 0 1 >> ...
+    python -m experiments.validation.heatmaps --dataset mtd --seed 0 --set "memory.stages=[1,2,3]" ...
+
+``--set KEY=VALUE`` (repeatable) fits with those overrides (column ``set_keys``).
 
 ``mtd``: the ``mtd`` preset on the split of :func:`anomem.data.mtd.split_mtd`
 (seed 0), its 666 training tiles carved; ``cifar``: the ``cpu`` preset at the
@@ -34,6 +37,7 @@ import torch
 
 from anomem import AnoMem
 from anomem.augment import local_pseudo_anomalies
+from anomem.config import parse_override
 from anomem.data.convert import to_image_tensor
 from anomem.heatmaps import model_side_maps
 from anomem.reports.pixel_metrics import aupro, pixel_auroc
@@ -60,8 +64,9 @@ def defective_copies(x: torch.Tensor, seed: int) -> tuple[torch.Tensor, np.ndarr
     return images, (y == 0).numpy()
 
 
-def rows_of(dataset: str, c: int, seed: int) -> dict:
+def rows_of(dataset: str, c: int, seed: int, overrides: dict | None = None) -> dict:
     normals, preset, budget = normals_of(dataset, c)
+    budget = {**budget, **(overrides or {})}
     rng = np.random.default_rng(seed)
     held = rng.permutation(len(normals))[:round(0.2 * len(normals))]
     train = np.setdiff1d(np.arange(len(normals)), held)
@@ -84,13 +89,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", choices=("mtd", "cifar"), default="mtd")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--classes", type=int, nargs="+", default=[0])
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     args = p.parse_args(argv)
+    overrides = dict(parse_override(o) for o in args.set)
     torch.set_num_threads(1)
     for c in ([0] if args.dataset == "mtd" else args.classes):
         t0 = time.time()
-        row = rows_of(args.dataset, c, args.seed)
+        row = rows_of(args.dataset, c, args.seed, overrides)
         print(json.dumps({"ds": args.dataset, "split": "validation", "seed": args.seed, "c": c,
-                          **row, "t": round(time.time() - t0)}), flush=True)
+                          **row, **({"set_keys": overrides} if overrides else {}),
+                          "t": round(time.time() - t0)}), flush=True)
     return 0
 
 
