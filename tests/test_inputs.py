@@ -114,3 +114,14 @@ def test_other_integer_dtypes_are_fractions_and_name_their_dtype_otherwise(dtype
         to_image_tensor(x, 8)
     mask = (x > 127).astype(dtype)
     assert torch.equal(to_image_tensor(mask, 8)[:, 0], torch.from_numpy((x > 127).astype(np.uint8) * 255))
+
+
+def test_image_sizes_reads_each_layout_before_resizing():
+    from anomem.data.convert import image_sizes
+    assert image_sizes(np.zeros((2, 5, 7, 3), np.uint8)) == [(5, 7), (5, 7)]        # (N, H, W, C)
+    assert image_sizes(torch.zeros(1, 3, 9, 4)) == [(9, 4)]                           # (N, C, H, W)
+    assert image_sizes(np.zeros((3, 8, 6))) == [(8, 6)] * 3               # (N, H, W), even (3, H, W)
+    assert image_sizes([Image.new("L", (20, 10)), np.zeros((5, 6, 3))]) == [(10, 20), (5, 6)]
+    assert image_sizes(Image.new("RGB", (11, 13))) == [(13, 11)]                     # one PIL image
+    with pytest.raises(InvalidInputError, match="must have shape"):
+        image_sizes(np.zeros(5))
