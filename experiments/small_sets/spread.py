@@ -63,15 +63,13 @@ def small_task(name: str, c: int) -> Any:
                            labels_test=sp.test.labels)
 
 
-def ensemble_scores(dets: list[AnoMem], x_train: Any, x_test: Any) -> np.ndarray:
-    """The mean over fits of each fit's test scores standardised on its own training images."""
+def ensemble_scores(dets: list[AnoMem], x_test: Any) -> np.ndarray:
+    """The mean over fits of each fit's test scores standardised on its own training images
+    (``decision_scores_``, scored at the end of the fit)."""
     if len(dets) == 1:
         return dets[0].decision_function(x_test)
-    out = []
-    for det in dets:
-        ref = det.decision_function(x_train)
-        out.append((det.decision_function(x_test) - ref.mean()) / max(ref.std(), 1e-12))
-    return np.mean(out, axis=0)
+    return np.mean([(det.decision_function(x_test) - det.decision_scores_.mean())
+                    / max(det.decision_scores_.std(), 1e-12) for det in dets], axis=0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             dets = [AnoMem(seed=seed + 100 * j, **overrides).fit(t.x_train, progress=False, **fit_kw)
                     for j in range(args.ensemble)]
             det = dets[0]
-            row = {"anomem": ensemble_scores(dets, t.x_train, t.x_test)}
+            row = {"anomem": ensemble_scores(dets, t.x_test)}
             preset = auto_preset(input_side(t.x_train))
             row["knn"] = KNNDetector(preset, k=1, encoder=det).fit(t.x_train).decision_function(t.x_test)
             if seed == args.seeds[0]:
