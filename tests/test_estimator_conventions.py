@@ -152,7 +152,9 @@ def test_labelled_fit_and_a_refit_give_the_same_scores(digits):
     det = AnoMem("digits", **TINY).fit(x, labels, validation_fraction=0.0)
     first = det.decision_scores_.copy()
     np.testing.assert_array_equal(det.fit(x, labels, validation_fraction=0.0).decision_scores_, first)
-    np.testing.assert_array_equal(det.decision_function(x[5:20]), det.decision_function(x)[5:20])
+    # another batch size may pick another float32 kernel blocking: a few ulp of O(1) scores
+    np.testing.assert_allclose(det.decision_function(x[5:20]), det.decision_function(x)[5:20],
+                               rtol=1e-6, atol=1e-6)
 
 
 def test_unfitted_detectors_say_so(images):

@@ -40,7 +40,9 @@ def test_the_upgrade_reads_the_flat_configuration_of_version_1():
     up = upgrade(blob)
     assert up["version"] == MODEL_VERSION and up["config"]["stage1"]["epochs"] == 1
     want = get_config("digits", {"width": 4, "mem_sizes": [16, 8], "stage1_epochs": 1,
-                                 "stage2_epochs": 2, "consolidate_factor": 4})  # that day's default
+                                 "stage2_epochs": 2, "consolidate_factor": 4, "beta": 10.0,
+                                 "hopfield_steps": 3, "reseed_dead": True,
+                                 "calibrate": False})  # that day's defaults
     assert from_dict(up["config"]) == want
     kmeans = upgrade(safe_torch_load(DATA / "model_v1_kmeans.anomem", "model file"))["state_dict"]
     assert "memories.0.patterns" in kmeans and not any(k.endswith(".centroids") for k in kmeans)

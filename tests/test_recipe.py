@@ -57,7 +57,9 @@ def test_default_recipe_departs_where_the_table_says():
     cfg = get_config("cpu")
     assert cfg.recipe == "tuned"
     departs = cfg.beyond_paper()
-    assert departs["memory.normalize"] == (True, False) and departs["memory.beta"] == (10.0, 2.0)
+    assert departs["memory.normalize"] == (True, False)
+    assert departs["scoring.calibrate"] == (True, False)
+    assert "memory.beta" not in departs and "memory.hopfield_steps" not in departs
     assert "stage1.negatives" not in departs and "stage1.variance" not in departs
 
 

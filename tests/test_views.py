@@ -35,6 +35,8 @@ def one_view(model: AnoMemModel, v: int) -> AnoMemModel:
     n = len(model.memories) // len(model.views)
     single.encoder = model.encoder
     single.memories = nn.ModuleList(model.memories[v * n:(v + 1) * n])
+    single.score_mean.copy_(model.score_mean[v * n:(v + 1) * n])      # that view's calibration
+    single.score_std.copy_(model.score_std[v * n:(v + 1) * n])
     return single.eval()
 
 

@@ -74,10 +74,11 @@ class Memory(_Checked):
     stages: tuple[int, ...] = (3, 4)
     sizes: tuple[int, ...] = (512, 256)
     ratios: tuple[float, ...] = (0.3, 1.0)
-    beta: float = choice(10.0, 2.0, "inverse temperature of Eq. 1")
+    beta: float = choice(2.0, 2.0, "inverse temperature of Eq. 1")
     normalize: bool = choice(True, False, "L2-normalised queries and patterns (cosine attention)")
-    hopfield_steps: int = choice(3, HOPFIELD_STEPS_CAP, "most updates of Eq. 1; literal: until it "
-                                 f"converges (moves < hopfield_tol), capped at {HOPFIELD_STEPS_CAP}")
+    hopfield_steps: int = choice(HOPFIELD_STEPS_CAP, HOPFIELD_STEPS_CAP,
+                                 "most updates of Eq. 1: until it converges (moves < "
+                                 f"hopfield_tol), capped at {HOPFIELD_STEPS_CAP}")
     hopfield_tol: float = 1e-3
     use_memory: bool = True
     prototypes: str = "hopfield"
@@ -144,7 +145,7 @@ class Scoring(_Checked):
     scale_norm: str = choice("rms", "frobenius", "Eq. 9's norm of the whole map or per position")
     semi_score: str = choice("heads+oc", "heads", "the semi-supervised score: heads, + one-class")
     oc_evidence: float | None = choice(2.0, NOT_IN_PAPER, "the one-class score's weight, in anomalies")
-    calibrate: bool = choice(False, False, "one-class scales standardised before Eq. 13")
+    calibrate: bool = choice(True, False, "one-class scales standardised before Eq. 13")
     calibration: str = choice("scales", NOT_IN_PAPER, "standardise each scale or the fused score")
     image_alpha: str = choice("stage", NOT_IN_PAPER, "Eq. 13's alpha of an image-level scale")
     heatmap_scales: str = choice("finest", NOT_IN_PAPER, "the heatmap: the finest map scale alone, or "
@@ -166,7 +167,7 @@ class Extensions(_Checked):
     name = "extensions"
     global_memory: str = choice("every", "none", "image-level scale(s) beside the maps")
     global_mem_factor: int = choice(1, NOT_IN_PAPER, "patterns of an image-level memory, x N_mem")
-    reseed_dead: bool = choice(True, False, "patterns that answered no normal query restart")
+    reseed_dead: bool = choice(False, False, "patterns that answered no normal query restart")
     consolidate: int = choice(10, 0, "Lloyd steps of the patterns on the training normals")
     consolidate_factor: int = choice(1, 1, "memories grow this many times before consolidation")
     projector: str = choice("none", "none", "an MLP head before Eq. 4 in stage 1")
