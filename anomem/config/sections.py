@@ -74,11 +74,10 @@ class Memory(_Checked):
     stages: tuple[int, ...] = (3, 4)
     sizes: tuple[int, ...] = (512, 256)
     ratios: tuple[float, ...] = (0.3, 1.0)
-    beta: float = choice(2.0, 2.0, "inverse temperature of Eq. 1")
+    beta: float = choice(10.0, 2.0, "inverse temperature of Eq. 1")
     normalize: bool = choice(True, False, "L2-normalised queries and patterns (cosine attention)")
-    hopfield_steps: int = choice(HOPFIELD_STEPS_CAP, HOPFIELD_STEPS_CAP,
-                                 "most updates of Eq. 1: until it converges (moves < "
-                                 f"hopfield_tol), capped at {HOPFIELD_STEPS_CAP}")
+    hopfield_steps: int = choice(3, HOPFIELD_STEPS_CAP, "most updates of Eq. 1; literal: until it "
+                                 f"converges (moves < hopfield_tol), capped at {HOPFIELD_STEPS_CAP}")
     hopfield_tol: float = 1e-3
     use_memory: bool = True
     prototypes: str = "hopfield"

@@ -1,4 +1,4 @@
-"""The thin-anomaly guard over fit seeds: the four verdicts (now the defaults) against the defaults before.
+"""The thin-anomaly guard over fit seeds: the current defaults, the four verdicts of 3c78590, the defaults before.
 
 The guard (``tests/test_quality.py::test_empty_and_thin_images_score_above_the_normals``):
 fitted on digit 5 (``digits`` preset), an all-black and an all-white image
@@ -8,11 +8,12 @@ normals (share of normals below them; the guard wants > 0.9), the AUROC of
 the seven against the normals (the guard wants >= 0.9), each of the seven's
 score over the normals' 95th percentile (the guard as first written wanted
 every value above 1; meaningful while that percentile is above 0) and digit
-5's whole test AUROC.  Rows: the four verdicts (``new``), each one reverted
-alone, and the defaults before them (``old``).
+5's whole test AUROC.  Rows: the current defaults (``now``), the four verdicts
+(``new``: the defaults from commit 3c78590 until beta 10 and 3 Hopfield steps
+returned), each of them reverted alone, and the defaults before them (``old``).
 
     python -m experiments.validation.thin_guard                           # seed 0, every row
-    python -m experiments.validation.thin_guard --seeds 0 1 2 3 4 5 6 7 --only new old
+    python -m experiments.validation.thin_guard --seeds 0 1 2 3 4 5 6 7 --only now new old
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from anomem import AnoMem
 from anomem.data.digits import load_digits_split
 from anomem.protocols.one_vs_all import auroc
 
-#: the four verdicts, the defaults since commit 3c78590 (given explicitly, as OLD is)
+#: the four verdicts, the defaults of commit 3c78590 (given explicitly, as OLD is)
 NEW = {"memory.beta": 2.0, "memory.hopfield_steps": 100, "extensions.reseed_dead": False,
        "scoring.calibrate": True}
 #: the defaults before them
@@ -50,7 +51,7 @@ def main() -> None:
     anomalies = d.x_test[d.y_test != 5]
     thin = anomalies[np.argsort(anomalies.reshape(len(anomalies), -1).sum(1))[:5]]
     blank = np.stack([np.zeros((8, 8), np.uint8), np.full((8, 8), 255, np.uint8)])
-    rows = {"new": NEW, **{f"new, {k}={OLD[k]}": {**NEW, k: OLD[k]} for k in NEW}, "old": OLD}
+    rows = {"now": {}, "new": NEW, **{f"new, {k}={OLD[k]}": {**NEW, k: OLD[k]} for k in NEW}, "old": OLD}
     for seed in args.seeds:
         for name, keys in rows.items():
             if args.only and name not in args.only:
