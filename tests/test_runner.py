@@ -164,6 +164,20 @@ def test_a_method_left_out_of_a_gamma_is_na_there_and_blocks_no_mean() -> None:
     assert "| knn | 70.0 (1/10 cl.) | — | n/a | — |" in md
 
 
+def test_spread_over_draws_pairs_each_class_by_draw_not_by_file_order() -> None:
+    # two processes (--reverse) append class 1's draws in the opposite order: draw 0 has
+    # class means (0.6 + 0.8) / 2 = 0.7 and draw 1 (0.8 + 0.6) / 2 = 0.7, std 0; paired by
+    # file order they would be 0.6 and 0.8, std 10 points.
+    grid = load_grid({"name": "c", "datasets": ["cifar10_jpeg"], "gammas": [0.0],
+                      "methods": [{"name": "anomem"}]})
+    classes = [f"c{i}" for i in range(10)]
+    rows = [{"cell": f"anomem|cifar10_jpeg|{c}|0|{d}", "method": "anomem",
+             "dataset": "cifar10_jpeg", "normal_class": c, "gamma": 0.0, "draw": d, "auroc": a,
+             "classes": classes}
+            for c, d, a in [(0, 0, 0.6), (0, 1, 0.8), (1, 1, 0.6), (1, 0, 0.8)]]
+    assert "| anomem | 70.0 ± 0.0 (2/10 cl.) | — |" in render(grid, rows)
+
+
 def test_cli_runs_a_tiny_real_grid_and_writes_tables(tmp_path: Path) -> None:
     cfg = tmp_path / "g.yaml"
     cfg.write_text("name: tiny\npreset: digits\noverrides: {stage1_epochs: 1}\n"

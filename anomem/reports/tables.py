@@ -50,16 +50,17 @@ def _fmt(v: float | None, digits: int = 1) -> str:
     return "—" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
 
 
-def per_class(rows: list[dict[str, Any]]) -> dict[tuple[str, str, float, int], list[float]]:
-    """AUROC (%) per (method, dataset, gamma, class), one value per draw."""
-    out: dict[tuple[str, str, float, int], list[float]] = defaultdict(list)
+def per_class(rows: list[dict[str, Any]]) -> dict[tuple[str, str, float, int], dict[int, float]]:
+    """AUROC (%) per (method, dataset, gamma, class), keyed by draw: processes that share a
+    results file (``--shard``, ``--reverse``) append a class's draws in any order."""
+    out: dict[tuple[str, str, float, int], dict[int, float]] = defaultdict(dict)
     for r in rows:
-        out[(r["method"], r["dataset"], float(r["gamma"]), int(r["normal_class"]))].append(
-            100 * float(r["auroc"]))
+        out[(r["method"], r["dataset"], float(r["gamma"]), int(r["normal_class"]))][
+            int(r.get("draw", 0))] = 100 * float(r["auroc"])
     return out
 
 
-def complete_classes(table: dict[tuple[str, str, float, int], list[float]], methods: list[str],
+def complete_classes(table: dict[tuple[str, str, float, int], dict[int, float]], methods: list[str],
                      dataset: str, gamma: float, classes: list[int]) -> list[int]:
     """Classes for which every method of ``methods`` has a result at ``gamma``."""
     return [c for c in classes if all((m, dataset, gamma, c) in table for m in methods)]
@@ -85,11 +86,11 @@ def one_vs_all_table(grid: dict[str, Any], rows: list[dict[str, Any]], dataset: 
                 cells += ["n/a", _fmt(None)]
                 continue
             done = complete_classes(table, runs_at[g], dataset, g, classes)
-            vals = np.array([table[(m["name"], dataset, g, c)] for c in done], dtype=object)
+            vals = [table[(m["name"], dataset, g, c)] for c in done]
             if len(done):
-                draws = min(len(v) for v in vals)
-                per_draw = np.array([[v[d] for v in vals] for d in range(draws)]).mean(axis=1)
-                std = f" ± {per_draw.std():.1f}" if draws > 1 else ""
+                draws = sorted(set.intersection(*(set(v) for v in vals)))  # every class has them
+                per_draw = np.array([[v[d] for v in vals] for d in draws]).mean(axis=1)
+                std = f" ± {per_draw.std():.1f}" if len(draws) > 1 else ""
                 cells.append(f"{per_draw.mean():.1f}{std} ({len(done)}/{len(classes)} cl.)")
             else:
                 cells.append("— (0 cl.)")
@@ -100,7 +101,8 @@ def one_vs_all_table(grid: dict[str, Any], rows: list[dict[str, Any]], dataset: 
               "| class | " + " | ".join(f"{m} γ={g:g}" for g in gammas for m in methods) + " |",
               "|---|" + "---:|" * (len(gammas) * len(methods))]
     for c in classes:
-        vals = [_fmt(float(np.mean(table[(m, dataset, g, c)])) if (m, dataset, g, c) in table
+        vals = [_fmt(float(np.mean(list(table[(m, dataset, g, c)].values())))
+                     if (m, dataset, g, c) in table
                      else None) for g in gammas for m in methods]
         lines.append(f"| {c} {names[c]} | " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"
@@ -119,7 +121,8 @@ def ablation_table(grid: dict[str, Any], rows: list[dict[str, Any]], dataset: st
              f"{len(classes)} classes", "", "| variant | measured | paper |", "|---|---:|---:|"]
     for m in ab:
         key = "multi_scale" if m["paper"] == "anomem" else m["paper"]
-        v = np.mean([np.mean(table[(m["name"], dataset, 0.0, c)]) for c in done]) if done else None
+        v = np.mean([np.mean(list(table[(m["name"], dataset, 0.0, c)].values()))
+                     for c in done]) if done else None
         lines.append(f"| {m['name']} ({key}) | {_fmt(v)} | {_fmt(PAPER_ABLATION[key])} |")
     return "\n".join(lines) + "\n"
 

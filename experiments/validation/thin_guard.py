@@ -1,4 +1,4 @@
-"""The thin-anomaly guard over fit seeds: the current defaults, the four verdicts of 3c78590, the defaults before.
+"""The thin-anomaly guard over fit seeds: the current defaults, the verdicts of 3c78590, the ones before.
 
 The guard (``tests/test_quality.py::test_empty_and_thin_images_score_above_the_normals``):
 fitted on digit 5 (``digits`` preset), an all-black and an all-white image
