@@ -13,6 +13,13 @@ Beside AnoMem's one-class rows stand two 1-NN references on the same split:
 on the fitted encoder's features and on raw pixels (:func:`encoder_knn`,
 :func:`pixel_knn`).
 
+One more one-class row, ``one-class x raw-pixel cells`` (:data:`FUSED`): the
+geometric mean of AnoMem's map and the raw-pixel cells' map, pixel by pixel,
+with AnoMem's image scores.  Pixel AUROC and AUPRO read only the order of the
+pixels, which a product keeps whatever each map's scale: the two maps need no
+common calibration.  It asks whether the learned map and the learning-free one
+find different defects.
+
 To fit the CPU budget, the semi-supervised and cross-type detectors reuse the
 one-class stage 1 (trained on normals only) and train only their heads; the
 estimator's own semi-supervised ``fit`` would also show the labelled defects
@@ -57,6 +64,10 @@ from anomem.stages.common import RunOptions, map_batches
 from anomem.stages.stage2 import fit_heads
 
 SIGMAS = (0.0, 4.0, 8.0)
+
+
+#: the row of AnoMem's one-class map fused with the raw-pixel cells' map (geometric mean)
+FUSED = "one-class x raw-pixel cells"
 
 
 def feature_maps(det: AnoMem, images: np.ndarray) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -243,12 +254,13 @@ def main(argv: list[str] | None = None) -> int:
     s, m, r = oc_on(oc_split.test)
     results["one-class"] = evaluate(oc_split.test, s, m)
     sweeps = {"one-class": sigma_sweep(oc_split.test, s, r)}
-    for name, (sc, mp) in {
-            "1-NN on the encoder": encoder_knn(oc, oc_split.train, oc_split.test, args.sigma,
+    refs = {"1-NN on the encoder": encoder_knn(oc, oc_split.train, oc_split.test, args.sigma,
                                                args.bank, args.seed),
             "1-NN on raw pixels": pixel_knn(oc_split.train, oc_split.test, args.sigma, args.bank,
-                                            args.patch, args.seed)}.items():
+                                            args.patch, args.seed)}
+    for name, (sc, mp) in refs.items():
         results[name] = evaluate(oc_split.test, sc, mp)
+    results[FUSED] = evaluate(oc_split.test, s, np.sqrt(np.maximum(m * refs["1-NN on raw pixels"][1], 0)))
     note = {"config": to_dict(oc.config_), "seed": args.seed}
     ss_split = split_mtd(data, args.train_fraction, args.seed, args.labelled_per_type)
     ss = with_heads(oc, ss_split.train, note)
