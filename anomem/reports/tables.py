@@ -60,6 +60,11 @@ def per_class(rows: list[dict[str, Any]]) -> dict[tuple[str, str, float, int], d
     return out
 
 
+def draw_mean(by_draw: dict[int, float]) -> float:
+    """Mean AUROC over the draws of one cell of :func:`per_class`."""
+    return float(np.mean(list(by_draw.values())))
+
+
 def complete_classes(table: dict[tuple[str, str, float, int], dict[int, float]], methods: list[str],
                      dataset: str, gamma: float, classes: list[int]) -> list[int]:
     """Classes for which every method of ``methods`` has a result at ``gamma``."""
@@ -101,8 +106,7 @@ def one_vs_all_table(grid: dict[str, Any], rows: list[dict[str, Any]], dataset: 
               "| class | " + " | ".join(f"{m} γ={g:g}" for g in gammas for m in methods) + " |",
               "|---|" + "---:|" * (len(gammas) * len(methods))]
     for c in classes:
-        vals = [_fmt(float(np.mean(list(table[(m, dataset, g, c)].values())))
-                     if (m, dataset, g, c) in table
+        vals = [_fmt(draw_mean(table[(m, dataset, g, c)]) if (m, dataset, g, c) in table
                      else None) for g in gammas for m in methods]
         lines.append(f"| {c} {names[c]} | " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"
@@ -121,8 +125,7 @@ def ablation_table(grid: dict[str, Any], rows: list[dict[str, Any]], dataset: st
              f"{len(classes)} classes", "", "| variant | measured | paper |", "|---|---:|---:|"]
     for m in ab:
         key = "multi_scale" if m["paper"] == "anomem" else m["paper"]
-        v = np.mean([np.mean(list(table[(m["name"], dataset, 0.0, c)].values()))
-                     for c in done]) if done else None
+        v = np.mean([draw_mean(table[(m["name"], dataset, 0.0, c)]) for c in done]) if done else None
         lines.append(f"| {m['name']} ({key}) | {_fmt(v)} | {_fmt(PAPER_ABLATION[key])} |")
     return "\n".join(lines) + "\n"
 
