@@ -206,7 +206,8 @@ def test_empty_and_thin_images_score_above_the_normals(digits: LabelledSplit, se
     # ||Delta|| must not be small for a map of background (the failure this guards against
     # ranked such images below the normals, AUROC 0.24-0.40).  Measured over fit seeds 0-7
     # (experiments/validation/thin_guard.py): the blanks rank at 1.0 and the seven at AUROC
-    # 0.965-1.0 (0.945-1.0 and 0.928-0.994 with beta 2 and Eq. 1 until converged).  A
+    # 0.965-1.0, with calibrate false and true alike (0.945-1.0 and 0.928-0.994 with beta 2
+    # and Eq. 1 until converged).  A
     # stricter bound (every thin image above the 95th percentile) fails at some seed under both.
     x_normal = digits.x_train[digits.y_train == 5]
     det = AnoMem("digits", seed=seed).fit(x_normal, validation_fraction=0.0, progress=False)

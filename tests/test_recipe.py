@@ -58,7 +58,7 @@ def test_default_recipe_departs_where_the_table_says():
     assert cfg.recipe == "tuned"
     departs = cfg.beyond_paper()
     assert departs["memory.normalize"] == (True, False)
-    assert departs["scoring.calibrate"] == (True, False) and departs["memory.beta"] == (10.0, 2.0)
+    assert "scoring.calibrate" not in departs and departs["memory.beta"] == (10.0, 2.0)
     assert departs["memory.hopfield_steps"] == (3, HOPFIELD_STEPS_CAP)
     assert "stage1.negatives" not in departs and "stage1.variance" not in departs
 

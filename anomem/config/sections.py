@@ -144,7 +144,7 @@ class Scoring(_Checked):
     scale_norm: str = choice("rms", "frobenius", "Eq. 9's norm of the whole map or per position")
     semi_score: str = choice("heads+oc", "heads", "the semi-supervised score: heads, + one-class")
     oc_evidence: float | None = choice(2.0, NOT_IN_PAPER, "the one-class score's weight, in anomalies")
-    calibrate: bool = choice(True, False, "one-class scales standardised before Eq. 13")
+    calibrate: bool = choice(False, False, "one-class scales standardised before Eq. 13")
     calibration: str = choice("scales", NOT_IN_PAPER, "standardise each scale or the fused score")
     image_alpha: str = choice("stage", NOT_IN_PAPER, "Eq. 13's alpha of an image-level scale")
     heatmap_scales: str = choice("finest", NOT_IN_PAPER, "the heatmap: the finest map scale alone, or "
