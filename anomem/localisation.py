@@ -27,6 +27,16 @@ quantities the image score is made of, so that heatmap and score agree:
    alphas are renormalised to sum to 1.
 4. **Smoothing** (optional) by a gaussian of standard deviation ``sigma`` input pixels.
 
+With ``scoring.heatmap_margin`` m > 0 the image is first mirrored beyond each
+border by round(m S) pixels (``reflect``, at most S - 1), steps 1-4 run on the
+larger image and the margin is cropped from the map.  A convolution near the
+border of a plain input reads its zero padding, so positions within the
+network's reach of the border see a frame that no interior position sees: a
+constant image gets a map brighter or darker along its edges.  Mirrored, a
+constant image stays constant, and with a margin beyond that reach (m = 0.5 at
+128 px with the ``mtd`` preset) its map is flat.  Only the heatmap reads the
+margin (the image score does not): it costs (1 + 2m)^2 times the compute.
+
 Everything is plain tensor algebra, so :class:`AnomalyMapNet` can be traced
 (``torch.jit.trace``) for export.  Higher = more anomalous, as everywhere.
 
@@ -91,7 +101,19 @@ def anomaly_map(model: AnoMemModel, images: torch.Tensor, sigma: float = 4.0) ->
         raise InvalidInputError(f"sigma must be a non-negative number of pixels, got {sigma!r}")
     if not torch.jit.is_tracing() and (images.ndim != 4 or images.shape[1] != 3):
         raise InvalidInputError(f"images must be a (B, 3, H, W) batch, got shape {tuple(images.shape)}")
-    return fuse_maps(position_scores(model, images), heatmap_weights(model), images.shape[-2:], sigma)
+    h, w = images.shape[-2:]
+    ph, pw = margin_pixels(model, h), margin_pixels(model, w)
+    if ph == 0 and pw == 0:
+        return fuse_maps(position_scores(model, images), heatmap_weights(model), (h, w), sigma)
+    padded = F.pad(images, (pw, pw, ph, ph), mode="reflect")
+    maps = fuse_maps(position_scores(model, padded), heatmap_weights(model), padded.shape[-2:], sigma)
+    return maps[:, ph:ph + h, pw:pw + w]
+
+
+def margin_pixels(model: AnoMemModel, side: int) -> int:
+    """The mirrored margin of ``scoring.heatmap_margin`` at an input ``side``, in pixels
+    (at most ``side - 1``, what a reflection can mirror)."""
+    return min(round(model.config.scoring.heatmap_margin * int(side)), int(side) - 1)
 
 
 def heatmap_weights(model: AnoMemModel) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """The heatmap a user gets: at each input's own size, and flat where the image is (no border).
 
 ``AnoMem.anomaly_map`` computes the fused map at the model's side and resizes it back to
-every input's height x width; ``backbone.padding="replicate"`` removes the frame that zero
-padding draws around a constant image, and the map pipeline itself (bilinear upsampling,
-gaussian smoothing, the mirror view flipped back, the resizing) adds none.
+every input's height x width; ``backbone.padding="replicate"`` or a mirrored margin
+(``scoring.heatmap_margin``) removes the frame that zero padding draws around a constant
+image, and the map pipeline itself (bilinear upsampling, gaussian smoothing, the mirror view
+flipped back, the resizing) adds none.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from PIL import Image
 from anomem import AnoMem
 from anomem.config import get_config
 from anomem.data.convert import to_image_tensor
+from anomem.errors import ConfigError
 from anomem.heatmaps import SIGMA_PER_SIDE, at_input_size, model_side_maps, resize_maps
-from anomem.localisation import anomaly_map
+from anomem.localisation import anomaly_map, margin_pixels
 from anomem.torch_model import AnoMemModel
 
 #: Gray levels of the constant images, uint8.
@@ -103,6 +105,39 @@ def test_zero_padding_marks_the_border_of_a_constant_image():
     ranges = relative_range(maps)
     assert ranges[0] <= FLAT                  # black: the padding is the image
     assert (ranges[1:] > 1e-2).all(), ranges  # measured 0.036 at each other level
+
+
+def test_a_mirrored_margin_beyond_the_networks_reach_gives_a_flat_map():
+    """Zero padding, the ``mtd`` preset (128 px, ImageNet stem, untrained): half the side
+    mirrored beyond each border (64 px) is beyond the reach of the finest memory scale, so
+    every position of a constant image computes the same sums and the map is flat; without
+    the margin the frame shows (measured 8 % relative range at gray 128 with this seed)."""
+    torch.manual_seed(0)
+    model = AnoMemModel(get_config("mtd", {"heatmap_margin": 0.0})).eval()
+    x = constant_images(128)
+    ranges = relative_range(model_side_maps(model, x))
+    assert ranges[0] <= FLAT and (ranges[1:] > 1e-2).all(), ranges
+    model.config = model.config.replace(**{"scoring.heatmap_margin": 0.5})
+    assert (relative_range(model_side_maps(model, x)) <= FLAT).all()
+
+
+def test_the_margin_is_the_map_of_the_mirrored_image_cropped():
+    torch.manual_seed(0)
+    plain = AnoMemModel(get_config("digits", {"image_size": 20, "heatmap_margin": 0.0})).eval()
+    mirrored = AnoMemModel(plain.config.replace(**{"scoring.heatmap_margin": 0.25})).eval()
+    mirrored.load_state_dict(plain.state_dict())
+    assert margin_pixels(mirrored, 20) == 5 and margin_pixels(mirrored, 3) == 1
+    x = torch.rand(2, 3, 20, 20)
+    # numpy's "reflect" mirrors without repeating the edge, as torch's does: 5 px each side
+    big = torch.from_numpy(np.pad(x.numpy(), ((0, 0), (0, 0), (5, 5), (5, 5)), mode="reflect"))
+    with torch.no_grad():
+        want = anomaly_map(plain, big, sigma=1.5)[:, 5:25, 5:25]
+        torch.testing.assert_close(anomaly_map(mirrored, x, sigma=1.5), want)
+    # at most side - 1 pixels: what one reflection can mirror
+    near_one = mirrored.config.replace(**{"scoring.heatmap_margin": 0.99})
+    assert margin_pixels(AnoMemModel(near_one), 16) == 15
+    with pytest.raises(ConfigError, match="heatmap_margin"):
+        get_config("digits", {"heatmap_margin": 1.0})
 
 
 @pytest.mark.parametrize("views", ["single", "mirror"])

@@ -126,6 +126,8 @@ RULES: dict[str, Rule] = {
     "scoring.calibrate": boolean, "scoring.calibration": one_of(CALIBRATIONS),
     "scoring.image_alpha": one_of(IMAGE_ALPHAS),
     "scoring.heatmap_scales": one_of(HEATMAP_SCALES),
+    "scoring.heatmap_margin": lambda v: None if _is_number(v) and 0.0 <= v < 1.0
+    else f"must be in [0, 1) (a fraction of the input side), got {v!r}",
     "scoring.target_frr": lambda v: None if _is_number(v) and 0.0 <= v < 1.0
     else f"must be in [0, 1), got {v!r}",
     "extensions.global_memory": one_of(GLOBAL_MEMORIES), "extensions.global_mem_factor": integer(1),

@@ -135,7 +135,8 @@ class Scoring(_Checked):
     ``views``, Eq. 9's ``scale_norm``, the semi-supervised score (``semi_score``,
     ``oc_evidence``), the one-class standardisation (``calibrate``, ``calibration``), an
     image-level scale's alpha (``image_alpha``), the scales a heatmap reads
-    (``heatmap_scales``), and ``target_frr``, the false-rejection
+    (``heatmap_scales``) and the mirrored margin it is computed with (``heatmap_margin``),
+    and ``target_frr``, the false-rejection
     rate on held-out normals that sets the decision threshold."""
 
     name = "scoring"
@@ -149,6 +150,8 @@ class Scoring(_Checked):
     image_alpha: str = choice("stage", NOT_IN_PAPER, "Eq. 13's alpha of an image-level scale")
     heatmap_scales: str = choice("finest", NOT_IN_PAPER, "the heatmap: the finest map scale alone, or "
                                  "all map scales fused with Eq. 13's alphas")
+    heatmap_margin: float = choice(0.0, NOT_IN_PAPER, "the input of a heatmap mirrored beyond its "
+                                   "border by this fraction of its side, the margin cropped after")
     target_frr: float = 0.05
 
 

@@ -18,8 +18,9 @@ that need no new training, each measured per defect type (pixel AUROC and AUPRO)
 * ``no border``: the ``anomem`` map with an 8-pixel frame left out of the pixel
   metrics (does the border cost anything?).
 
-``--quick`` scores only the package's heatmap, with ``scoring.heatmap_scales`` ``all``
-and ``finest``.
+``--quick`` scores only the package's heatmap, under each reading of the heatmap keys
+that the validation compares (``experiments.validation.heatmaps.READINGS``: every map
+scale or the finest, without or with a mirrored margin).
 
 Beside them: the raw-pixel cells (1-NN) at cell sides 4, 8 and 16, the same
 question of resolution for a map that learns nothing.  Image scores are the
@@ -45,6 +46,7 @@ from anomem.data.mtd import MTDImages, read_mtd, split_mtd
 from anomem.localisation import fuse_maps
 from anomem.serialization import atomic_write_text
 from benchmarks.localisation.run_mtd import evaluate, feature_maps, nearest_patch, pixel_knn, table
+from experiments.validation.heatmaps import READINGS
 
 
 def kmeans_distance(train: torch.Tensor, test: torch.Tensor, k: int, seed: int) -> torch.Tensor:
@@ -100,12 +102,12 @@ def variants(det: AnoMem, train: MTDImages, test: MTDImages, sigma: float, bank:
     return out
 
 
-def heatmap_scales(det: AnoMem, test: MTDImages, sigma: float) -> dict[str, np.ndarray]:
-    """``AnoMem.anomaly_map`` of ``test`` with ``scoring.heatmap_scales`` all and finest."""
+def heatmap_readings(det: AnoMem, test: MTDImages, sigma: float) -> dict[str, np.ndarray]:
+    """``AnoMem.anomaly_map`` of ``test`` under each reading of :data:`READINGS`."""
     out = {}
-    for value in ("all", "finest"):
-        det.network_.config = det.network_.config.replace(**{"scoring.heatmap_scales": value})
-        out[f"anomem, heatmap_scales={value}"] = det.anomaly_map(test.images, sigma=sigma)
+    for name, keys in READINGS.items():
+        det.network_.config = det.network_.config.replace(**keys)
+        out[f"anomem, {name}"] = det.anomaly_map(test.images, sigma=sigma)
     return out
 
 
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bank", type=int, default=20_000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true",
-                   help="only the package's heatmap with scoring.heatmap_scales all and finest")
+                   help="only the package's heatmap under each reading of the heatmap keys")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     det = AnoMem.load(args.model)
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     split = split_mtd(data, args.train_fraction, args.seed)
     scores = det.decision_function(split.test.images, batch_size=64)
     rows: dict[str, Any] = {}
-    maps = (heatmap_scales(det, split.test, args.sigma) if args.quick
+    maps = (heatmap_readings(det, split.test, args.sigma) if args.quick
             else variants(det, split.train, split.test, args.sigma, args.bank, args.seed))
     for name, m in maps.items():
         rows[name] = evaluate(split.test, scores, m)

@@ -1,4 +1,5 @@
-"""Validate ``scoring.heatmap_scales`` on synthetic defects in held-out training normals.
+"""Validate the heatmap's keys (``scoring.heatmap_scales``, ``scoring.heatmap_margin``) on
+synthetic defects in held-out training normals.
 
 The heatmap choice needs pixel truth, and the one image set with it (Magnetic
 Tile Defects) has it only on its test split.  Here the truth is made from the
@@ -9,8 +10,9 @@ and every held-out normal gets a defective copy: a :func:`anomem.augment.defect_
 shape filled with another held-out image, shifted and rescaled in brightness
 (:func:`anomem.augment.local_pseudo_anomalies`, seed stream of the row's seed).
 Pixel AUROC and AUPRO (up to 30 % FPR) are read over the held-out normals and
-their copies, with the same fit's maps under each value of the key (it only
-changes how maps are read).  A pasted patch of the same material is a harder
+their copies, with the same fit's maps under each reading of :data:`READINGS`
+(the keys only change how maps are read; columns ``<reading>_pixel_auroc``,
+``<reading>_aupro``).  A pasted patch of the same material is a harder
 and different defect than a real one; the rows rank the two readings, they
 do not predict a test score.
 
@@ -42,7 +44,11 @@ from anomem.data.convert import to_image_tensor
 from anomem.heatmaps import model_side_maps
 from anomem.reports.pixel_metrics import aupro, pixel_auroc
 
-SCALES = ("all", "finest")
+#: The heatmap readings compared on one fit: name -> the keys it sets.
+READINGS = {"all": {"scoring.heatmap_scales": "all", "scoring.heatmap_margin": 0.0},
+            "finest": {"scoring.heatmap_scales": "finest", "scoring.heatmap_margin": 0.0},
+            "finest_m25": {"scoring.heatmap_scales": "finest", "scoring.heatmap_margin": 0.25},
+            "finest_m50": {"scoring.heatmap_scales": "finest", "scoring.heatmap_margin": 0.5}}
 
 
 def normals_of(dataset: str, c: int) -> tuple[np.ndarray, str, dict]:
@@ -76,11 +82,11 @@ def rows_of(dataset: str, c: int, seed: int, overrides: dict | None = None) -> d
     x = to_image_tensor(normals[held], net.config.backbone.image_size, "normals")
     images, masks = defective_copies(x, seed)
     out = {}
-    for scales in SCALES:
-        net.config = net.config.replace(**{"scoring.heatmap_scales": scales})
+    for name, keys in READINGS.items():
+        net.config = net.config.replace(**keys)
         maps = model_side_maps(net, images)
-        out[f"{scales}_pixel_auroc"] = round(100 * pixel_auroc(masks, maps), 2)
-        out[f"{scales}_aupro"] = round(100 * aupro(masks, maps), 2)
+        out[f"{name}_pixel_auroc"] = round(100 * pixel_auroc(masks, maps), 2)
+        out[f"{name}_aupro"] = round(100 * aupro(masks, maps), 2)
     return out
 
 
