@@ -103,9 +103,7 @@ def anomaly_map(model: AnoMemModel, images: torch.Tensor, sigma: float = 4.0) ->
         raise InvalidInputError(f"images must be a (B, 3, H, W) batch, got shape {tuple(images.shape)}")
     h, w = images.shape[-2:]
     ph, pw = margin_pixels(model, h), margin_pixels(model, w)
-    if ph == 0 and pw == 0:
-        return fuse_maps(position_scores(model, images), heatmap_weights(model), (h, w), sigma)
-    padded = F.pad(images, (pw, pw, ph, ph), mode="reflect")
+    padded = F.pad(images, (pw, pw, ph, ph), mode="reflect") if ph or pw else images
     maps = fuse_maps(position_scores(model, padded), heatmap_weights(model), padded.shape[-2:], sigma)
     return maps[:, ph:ph + h, pw:pw + w]
 
