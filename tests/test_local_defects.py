@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from anomem.augment import defect_masks, local_pseudo_anomalies
 from anomem.config import get_config
-from anomem.losses import mem_select, position_labels, variance_loss
+from anomem.losses import mem_select, position_hinge, position_labels, variance_loss
 from anomem.stages.common import RunOptions
 from anomem.stages.stage1 import ContrastedMemoryObjective, train_stage1
 from anomem.torch_model import AnoMemModel
@@ -125,3 +127,42 @@ def test_stage1_with_local_pseudo_anomalies_trains_on_pixel_labels():
     train_stage1(model, images, torch.ones(16, dtype=torch.long), {}, RunOptions(), objective=Spy())
     assert [s[:2] for s in seen] == [((10, side, side), 10)] * 2
     assert all(0 < s[2] < 1 for s in seen)        # the copies are partly anomalous
+
+
+def test_position_hinge_matches_a_loop_over_positions():
+    """Eq. 11 per position (M = sqrt 2), normal and anomalous positions averaged apart."""
+    torch.manual_seed(0)
+    d = torch.rand(5, 4) * 2
+    y = (torch.rand(5, 4) > 0.3).float()
+    m = math.sqrt(2.0)
+    normal = [max(float(d[p, b]) - 1 / m, 0.0) for p in range(5) for b in range(4) if y[p, b] == 1]
+    anomalous = [max(m - float(d[p, b]), 0.0) for p in range(5) for b in range(4) if y[p, b] == 0]
+    naive = sum(normal) / len(normal) + sum(anomalous) / len(anomalous)
+    assert abs(float(position_hinge(d, y)) - naive) < 1e-6
+    # image labels (B,) hold at every position; all-normal batches have no anomalous term
+    image_y = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    assert torch.allclose(position_hinge(d, image_y), position_hinge(d, image_y.expand(5, 4)))
+    ones = torch.ones(5, 4)
+    assert abs(float(position_hinge(d, ones)) - float((d - 1 / m).clamp_min(0).mean())) < 1e-6
+
+
+def test_stage1_adds_the_weighted_position_hinge_to_com_ms():
+    """``extensions.position_hinge`` w: the loss is COM-MS plus w times the scales' mean hinge,
+    each scale's hinge computed from the deviations of its sampled positions (Eq. 8)."""
+    base = {"batch_size": 8, "pseudo_anomalies": "local", "pseudo_fraction": 0.5}
+    side = get_config("digits", base).backbone.image_size
+    torch.manual_seed(3)
+    v = torch.rand(8, 3, side, side)
+    v1, v2, y, _ = local_pseudo_anomalies(v, v.flip(-1), torch.ones(8), 0.5, torch.Generator().manual_seed(1))
+    losses, hinges = {}, {}
+    for w in (0.0, 0.7):
+        torch.manual_seed(0)
+        model = AnoMemModel(get_config("digits", {**base, "position_hinge": w}))
+        torch.manual_seed(5)                          # the same sampled positions in both
+        loss, stats = ContrastedMemoryObjective(model)(v1, v2, y)
+        losses[w] = float(loss.detach())
+        hinges[w] = [v for k, v in stats.items() if k.startswith("hinge")]
+    assert not hinges[0.0] and len(hinges[0.7]) == len(model.view_scales(0)) == 4  # maps + image level
+    assert all(h > 0 for h in hinges[0.7])
+    expected = losses[0.0] + 0.7 * sum(hinges[0.7]) / len(hinges[0.7])
+    assert abs(losses[0.7] - expected) < 1e-5 * max(1.0, abs(expected))

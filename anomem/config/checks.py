@@ -137,6 +137,7 @@ RULES: dict[str, Rule] = {
     "extensions.pseudo_fraction": lambda v: None if _is_number(v) and 0.0 < v <= 1.0
     else f"must be in (0, 1], got {v!r}",
     "extensions.contrast_anomalies": boolean,
+    "extensions.position_hinge": non_negative,
     "extensions.weight_average": lambda v: None if _is_number(v) and 0.0 <= v <= 1.0
     else f"must be in [0, 1], got {v!r}",
     "extensions.batchnorm_pass": boolean,

@@ -30,6 +30,7 @@ from anomem.losses import (
     contrasted_memory_loss,
     mem_select,
     multiscale_loss,
+    position_hinge,
     position_labels,
     sample_positions,
     variance_loss,
@@ -84,10 +85,14 @@ class ContrastedMemoryObjective(nn.Module):
         if amp:
             maps = [z.float() for z in maps]
         scales = self.model.view_scales(0)
-        com, var, counts, stats = [], [], [], {}
+        com, var, counts, hinge, stats = [], [], [], [], {}
         for scale, z in zip(scales, maps):
             z1, z2, pos = self._pairs(scale, z, v1.shape[0], v1.shape[-1], align)
-            mem, v = self._recall(scale, z1, position_labels(y, pos, *z.shape[2:]))
+            yp = position_labels(y, pos, *z.shape[2:])
+            mem, v, d = self._recall(scale, z1, yp)
+            if cfg.extensions.position_hinge > 0:
+                hinge.append(position_hinge(d, yp))
+                stats[f"hinge{scale.index + 1}"] = float(hinge[-1].detach())
             if self.model.projectors is not None:        # projector="mlp": Eq. 4 after the head
                 mem, z2 = self.model.projectors[scale.index](mem), self.model.projectors[scale.index](z2)
             com.append(contrasted_memory_loss(mem, z2, cfg.stage1.tau, cfg.stage1.negatives, gather, offset))
@@ -100,6 +105,8 @@ class ContrastedMemoryObjective(nn.Module):
         loss = multiscale_loss(com[:n_maps], var[:n_maps], counts[:n_maps], [s.alpha for s in scales], lam)
         if len(maps) > n_maps:      # the image-level scale(s): one term beside Eq. 7's maps
             loss = loss + torch.stack([c + lam * v for c, v in zip(com[n_maps:], var[n_maps:])]).mean()
+        if hinge:
+            loss = loss + cfg.extensions.position_hinge * torch.stack(hinge).mean()
         return loss, stats
 
     @staticmethod
@@ -117,17 +124,20 @@ class ContrastedMemoryObjective(nn.Module):
         return vecs[:, :b], vecs[:, b:], pos
 
     def _recall(self, scale: Scale, z1: torch.Tensor, y: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eq. 3 from the N_mem patterns stage 1 trains, and Eq. 6's variance term; without a
-        memory (Table 4), the vectors themselves and 0.  ``y`` is (B,) or per position (P, B)."""
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Eq. 3 from the N_mem patterns stage 1 trains, Eq. 6's variance term and each vector's
+        deviation norm from its recollection (Eq. 8), (P, B); without a memory (Table 4), the
+        vectors themselves, 0 and zeros.  ``y`` is (B,) or per position (P, B)."""
         cfg = self.model.config
         if not cfg.memory.use_memory:
-            return z1, z1.sum() * 0.0
+            return z1, z1.sum() * 0.0, z1.sum(-1) * 0.0
         memory = self.model.memories[scale.memory]
-        mem = mem_select(z1, memory(z1, rows=memory.size), y)
+        recalled = memory(z1, rows=memory.size)
+        mem = mem_select(z1, recalled, y)
         if cfg.extensions.reseed_dead:
             track_wins(memory, (z1[y == 1] if y.ndim == 2 else z1[:, y == 1]).detach())
-        return mem, variance_loss(mem, y, cfg.stage1.variance)
+        deviation = (memory.prepare(z1) - recalled).norm(dim=-1)
+        return mem, variance_loss(mem, y, cfg.stage1.variance), deviation
 
 
 @torch.no_grad()

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from anomem import AnoMem
-from anomem.augment import local_pseudo_anomalies
+from anomem.augment import defect_masks, local_pseudo_anomalies
 from anomem.config import parse_override
 from anomem.data.convert import to_image_tensor
 from anomem.heatmaps import model_side_maps
@@ -61,16 +61,47 @@ def normals_of(dataset: str, c: int) -> tuple[np.ndarray, str, dict]:
     return split.x_train[split.y_train == c][:1000], "cpu", {"stage1_epochs": 3}
 
 
-def defective_copies(x: torch.Tensor, seed: int) -> tuple[torch.Tensor, np.ndarray]:
-    """uint8 images (2n, 3, S, S): ``x`` then a defective copy of each; masks (2n, S, S), 1 = defect."""
+def stained(v: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``v`` (n, 3, S, S) in [0, 1] then a stained copy of each, and pixel labels (2n, S, S), 1 = normal.
+
+    A stain is the image's own content under a :func:`anomem.augment.defect_masks`
+    shape, blurred (a 5 x 5 binomial kernel) and scaled in brightness by a
+    factor uniform in [0.6, 0.8] or [1.25, 1.5] (clamped to [0, 1]): no pasted
+    material and no shift, so not a defect that ``pseudo_anomalies=local``
+    ever shows stage 1.
+    """
+    n, side = len(v), v.shape[-1]
+    masks = defect_masks(n, side, g).unsqueeze(1)
+    darker = torch.rand(n, 1, 1, 1, generator=g) < 0.5
+    gain = torch.where(darker, 0.6 + 0.2 * torch.rand(n, 1, 1, 1, generator=g),
+                       1.25 + 0.25 * torch.rand(n, 1, 1, 1, generator=g))
+    k = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0])
+    k = (k[:, None] * k[None, :] / 256).expand(3, 1, 5, 5)
+    blurred = torch.nn.functional.conv2d(torch.nn.functional.pad(v, (2, 2, 2, 2), mode="replicate"),
+                                         k, groups=3)
+    copies = torch.where(masks, (blurred * gain).clamp(0, 1), v)
+    labels = torch.cat([torch.ones(n, side, side), (~masks[:, 0]).float()])
+    return torch.cat([v, copies]), labels
+
+
+def defective_copies(x: torch.Tensor, seed: int, family: str = "paste") -> tuple[torch.Tensor, np.ndarray]:
+    """uint8 images (2n, 3, S, S): ``x`` then a defective copy of each; masks (2n, S, S), 1 = defect.
+
+    ``family``: ``paste``, the defects of :func:`anomem.augment.local_pseudo_anomalies`
+    (what ``pseudo_anomalies=local`` trains on); ``stain``, :func:`stained`.
+    """
     v = x.float() / 255
     g = torch.Generator().manual_seed(seed)
-    both, _, y, _ = local_pseudo_anomalies(v, v, torch.ones(len(v)), 1.0, g)
+    if family == "stain":
+        both, y = stained(v, g)
+    else:
+        both, _, y, _ = local_pseudo_anomalies(v, v, torch.ones(len(v)), 1.0, g)
     images = (both * 255).round().clamp(0, 255).to(torch.uint8)
     return images, (y == 0).numpy()
 
 
-def rows_of(dataset: str, c: int, seed: int, overrides: dict | None = None) -> dict:
+def rows_of(dataset: str, c: int, seed: int, overrides: dict | None = None,
+            family: str = "paste") -> dict:
     normals, preset, budget = normals_of(dataset, c)
     budget = {**budget, **(overrides or {})}
     rng = np.random.default_rng(seed)
@@ -80,7 +111,7 @@ def rows_of(dataset: str, c: int, seed: int, overrides: dict | None = None) -> d
                                                   progress=False)
     net = det.network_
     x = to_image_tensor(normals[held], net.config.backbone.image_size, "normals")
-    images, masks = defective_copies(x, seed)
+    images, masks = defective_copies(x, seed, family)
     out = {}
     for name, keys in READINGS.items():
         net.config = net.config.replace(**keys)
@@ -96,14 +127,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--classes", type=int, nargs="+", default=[0])
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    p.add_argument("--defects", choices=("paste", "stain"), default="paste",
+                   help="the validation defects: pasted material (stage 1's `local`) or stains")
     args = p.parse_args(argv)
     overrides = dict(parse_override(o) for o in args.set)
     torch.set_num_threads(1)
     for c in ([0] if args.dataset == "mtd" else args.classes):
         t0 = time.time()
-        row = rows_of(args.dataset, c, args.seed, overrides)
+        row = rows_of(args.dataset, c, args.seed, overrides, args.defects)
         print(json.dumps({"ds": args.dataset, "split": "validation", "seed": args.seed, "c": c,
-                          **row, **({"set_keys": overrides} if overrides else {}),
+                          **({"defects": args.defects} if args.defects != "paste" else {}), **row,
+                          **({"set_keys": overrides} if overrides else {}),
                           "t": round(time.time() - t0)}), flush=True)
     return 0
 
