@@ -138,12 +138,13 @@ def test_position_hinge_matches_a_loop_over_positions():
     normal = [max(float(d[p, b]) - 1 / m, 0.0) for p in range(5) for b in range(4) if y[p, b] == 1]
     anomalous = [max(m - float(d[p, b]), 0.0) for p in range(5) for b in range(4) if y[p, b] == 0]
     naive = sum(normal) / len(normal) + sum(anomalous) / len(anomalous)
-    assert abs(float(position_hinge(d, y)) - naive) < 1e-6
+    tol = 2 * 20 * 2 * torch.finfo(torch.float32).eps   # two float32 means of <= 20 terms, each <= 2
+    assert abs(float(position_hinge(d, y)) - naive) < tol
     # image labels (B,) hold at every position; all-normal batches have no anomalous term
     image_y = torch.tensor([1.0, 0.0, 1.0, 1.0])
     assert torch.allclose(position_hinge(d, image_y), position_hinge(d, image_y.expand(5, 4)))
     ones = torch.ones(5, 4)
-    assert abs(float(position_hinge(d, ones)) - float((d - 1 / m).clamp_min(0).mean())) < 1e-6
+    assert abs(float(position_hinge(d, ones)) - float((d - 1 / m).clamp_min(0).mean())) < tol
 
 
 def test_stage1_adds_the_weighted_position_hinge_to_com_ms():
@@ -165,4 +166,5 @@ def test_stage1_adds_the_weighted_position_hinge_to_com_ms():
     assert not hinges[0.0] and len(hinges[0.7]) == len(model.view_scales(0)) == 4  # maps + image level
     assert all(h > 0 for h in hinges[0.7])
     expected = losses[0.0] + 0.7 * sum(hinges[0.7]) / len(hinges[0.7])
+    # both sides are float32 sums over a few hundred sampled vectors: ~1e-5 relative
     assert abs(losses[0.7] - expected) < 1e-5 * max(1.0, abs(expected))
