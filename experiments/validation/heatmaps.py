@@ -21,6 +21,10 @@ do not predict a test score.
     python -m experiments.validation.heatmaps --dataset mtd --seed 0 --set "memory.stages=[1,2,3]" ...
 
 ``--set KEY=VALUE`` (repeatable) fits with those overrides (column ``set_keys``).
+``--defects stain`` gives the held-out normals stains (:func:`stained`) instead
+of pasted material, for a fit that trains on pasted defects
+(``pseudo_anomalies=local``), which the default defects would favour (column
+``defects``).
 
 ``mtd``: the ``mtd`` preset on the split of :func:`anomem.data.mtd.split_mtd`
 (seed 0), its 666 training tiles carved; ``cifar``: the ``cpu`` preset at the
@@ -66,9 +70,9 @@ def stained(v: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Te
 
     A stain is the image's own content under a :func:`anomem.augment.defect_masks`
     shape, blurred (a 5 x 5 binomial kernel) and scaled in brightness by a
-    factor uniform in [0.6, 0.8] or [1.25, 1.5] (clamped to [0, 1]): no pasted
-    material and no shift, so not a defect that ``pseudo_anomalies=local``
-    ever shows stage 1.
+    factor uniform in [0.6, 0.8] or [1.25, 1.5] (clamped to [0, 1]): the shapes
+    of ``pseudo_anomalies=local``, but no pasted material and no shift, so not
+    the defect it shows stage 1.
     """
     n, side = len(v), v.shape[-1]
     masks = defect_masks(n, side, g).unsqueeze(1)
