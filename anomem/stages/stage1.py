@@ -90,7 +90,7 @@ class ContrastedMemoryObjective(nn.Module):
             z1, z2, pos = self._pairs(scale, z, v1.shape[0], v1.shape[-1], align)
             yp = position_labels(y, pos, *z.shape[2:])
             mem, v, d = self._recall(scale, z1, yp)
-            if cfg.extensions.position_hinge > 0:
+            if cfg.extensions.position_hinge > 0 and cfg.memory.use_memory:   # no memory: no recollection
                 hinge.append(position_hinge(d, yp))
                 stats[f"hinge{scale.index + 1}"] = float(hinge[-1].detach())
             if self.model.projectors is not None:        # projector="mlp": Eq. 4 after the head
