@@ -90,7 +90,7 @@ class ContrastedMemoryObjective(nn.Module):
             z1, z2, pos = self._pairs(scale, z, v1.shape[0], v1.shape[-1], align)
             yp = position_labels(y, pos, *z.shape[2:])
             mem, v, d = self._recall(scale, z1, yp)
-            if cfg.extensions.position_hinge > 0 and cfg.memory.use_memory:   # no memory: no recollection
+            if d is not None:
                 hinge.append(position_hinge(d, yp))
                 stats[f"hinge{scale.index + 1}"] = float(hinge[-1].detach())
             if self.model.projectors is not None:        # projector="mlp": Eq. 4 after the head
@@ -124,19 +124,21 @@ class ContrastedMemoryObjective(nn.Module):
         return vecs[:, :b], vecs[:, b:], pos
 
     def _recall(self, scale: Scale, z1: torch.Tensor, y: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Eq. 3 from the N_mem patterns stage 1 trains, Eq. 6's variance term and each vector's
-        deviation norm from its recollection (Eq. 8), (P, B); without a memory (Table 4), the
-        vectors themselves, 0 and zeros.  ``y`` is (B,) or per position (P, B)."""
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Eq. 3 from the N_mem patterns stage 1 trains, Eq. 6's variance term and, for
+        ``extensions.position_hinge``, each vector's deviation norm from its recollection
+        (Eq. 8), (P, B) (else None); without a memory (Table 4), the vectors themselves, 0 and
+        None (no recollection to deviate from).  ``y`` is (B,) or per position (P, B)."""
         cfg = self.model.config
         if not cfg.memory.use_memory:
-            return z1, z1.sum() * 0.0, z1.sum(-1) * 0.0
+            return z1, z1.sum() * 0.0, None
         memory = self.model.memories[scale.memory]
         recalled = memory(z1, rows=memory.size)
         mem = mem_select(z1, recalled, y)
         if cfg.extensions.reseed_dead:
             track_wins(memory, (z1[y == 1] if y.ndim == 2 else z1[:, y == 1]).detach())
-        deviation = (memory.prepare(z1) - recalled).norm(dim=-1)
+        deviation = ((memory.prepare(z1) - recalled).norm(dim=-1)
+                     if cfg.extensions.position_hinge > 0 else None)
         return mem, variance_loss(mem, y, cfg.stage1.variance), deviation
 
 
