@@ -42,11 +42,11 @@ import torch
 import torch.nn.functional as F
 
 from anomem import AnoMem
-from anomem.data.mtd import MTDImages, read_mtd, split_mtd
+from anomem.data.mtd import MTD_TYPES, MTDImages, read_mtd, split_mtd
 from anomem.localisation import fuse_maps
 from anomem.serialization import atomic_write_text
 from benchmarks.localisation.run_mtd import evaluate, feature_maps, nearest_patch, pixel_knn, table
-from experiments.validation.heatmaps import READINGS
+from experiments.validation.heatmaps import READINGS, split_reading
 
 
 def kmeans_distance(train: torch.Tensor, test: torch.Tensor, k: int, seed: int) -> torch.Tensor:
@@ -105,10 +105,19 @@ def variants(det: AnoMem, train: MTDImages, test: MTDImages, sigma: float, bank:
 def heatmap_readings(det: AnoMem, test: MTDImages, sigma: float) -> dict[str, np.ndarray]:
     """``AnoMem.anomaly_map`` of ``test`` under each reading of :data:`READINGS`."""
     out = {}
-    for name, keys in READINGS.items():
+    for name, reading in READINGS.items():
+        keys, own = split_reading(reading, det.network_.config.backbone.image_size)
         det.network_.config = det.network_.config.replace(**keys)
-        out[f"anomem, {name}"] = det.anomaly_map(test.images, sigma=sigma)
+        out[f"anomem, {name}"] = det.anomaly_map(test.images, sigma=sigma if own is None else own)
     return out
+
+
+def defect_pixel_shares(test: MTDImages) -> dict[str, float]:
+    """Each defect type's share of the test split's defective pixels: the weight it has in
+    the pooled pixel AUROC (AUPRO weighs every region alike)."""
+    counts = {name: int(test.masks[test.types == t].sum()) for t, name in enumerate(MTD_TYPES)}
+    total = sum(counts.values())
+    return {name: round(c / total, 4) for name, c in counts.items()}
 
 
 def frame_masked(test: MTDImages, width: int) -> MTDImages:
@@ -154,10 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     atomic_write_text(out / "diagnosis.json", json.dumps(
         {"command": "python -m benchmarks.localisation.diagnose " + " ".join(argv or sys.argv[1:]),
-         "rows": rows, "normal_map_means": edge}, indent=1) + "\n")
+         "rows": rows, "normal_map_means": edge,
+         "defect_pixel_shares": defect_pixel_shares(split.test)}, indent=1) + "\n")
     md = ("Image AUROC / pixel AUROC / AUPRO, sigma = " f"{args.sigma} px.\n\n" + table(rows)
           + "\nMean heatmap of the test normals by region: "
-          + ", ".join(f"{k} {v:.4f}" for k, v in edge.items()) + "\n")
+          + ", ".join(f"{k} {v:.4f}" for k, v in edge.items()) + ".\n\nShare of the defective "
+          "pixels: " + ", ".join(f"{k} {v:.1%}" for k, v in defect_pixel_shares(split.test).items())
+          + "\n")
     atomic_write_text(out / "diagnosis.md", md)
     print(md)
     return 0

@@ -52,7 +52,19 @@ from anomem.reports.pixel_metrics import aupro, pixel_auroc
 READINGS = {"all": {"scoring.heatmap_scales": "all", "scoring.heatmap_margin": 0.0},
             "finest": {"scoring.heatmap_scales": "finest", "scoring.heatmap_margin": 0.0},
             "finest_m25": {"scoring.heatmap_scales": "finest", "scoring.heatmap_margin": 0.25},
-            "finest_m50": {"scoring.heatmap_scales": "finest", "scoring.heatmap_margin": 0.5}}
+            "finest_m50": {"scoring.heatmap_scales": "finest", "scoring.heatmap_margin": 0.5},
+            "finest_image": {"scoring.heatmap_scales": "finest+image", "scoring.heatmap_margin": 0.0},
+            "all_image": {"scoring.heatmap_scales": "all+image", "scoring.heatmap_margin": 0.0},
+            **{f"finest_s{k}": {"scoring.heatmap_scales": "finest", "scoring.heatmap_margin": 0.0,
+                                "sigma_per_side": 1 / k if k else 0.0} for k in (0, 64, 16, 8)}}
+
+
+def split_reading(reading: dict, side: int) -> tuple[dict, float | None]:
+    """A reading's configuration keys, and its smoothing in pixels at ``side`` (None: the
+    default, :func:`anomem.heatmaps.default_sigma`) from its ``sigma_per_side``."""
+    keys = {k: v for k, v in reading.items() if k != "sigma_per_side"}
+    frac = reading.get("sigma_per_side")
+    return keys, None if frac is None else frac * side
 
 
 def normals_of(dataset: str, c: int) -> tuple[np.ndarray, str, dict]:
@@ -117,9 +129,10 @@ def rows_of(dataset: str, c: int, seed: int, overrides: dict | None = None,
     x = to_image_tensor(normals[held], net.config.backbone.image_size, "normals")
     images, masks = defective_copies(x, seed, family)
     out = {}
-    for name, keys in READINGS.items():
+    for name, reading in READINGS.items():
+        keys, sigma = split_reading(reading, images.shape[-1])
         net.config = net.config.replace(**keys)
-        maps = model_side_maps(net, images)
+        maps = model_side_maps(net, images, sigma)
         out[f"{name}_pixel_auroc"] = round(100 * pixel_auroc(masks, maps), 2)
         out[f"{name}_aupro"] = round(100 * aupro(masks, maps), 2)
     return out
