@@ -70,26 +70,6 @@ def test_fusion_worked_by_hand(monkeypatch):
     assert heat[3, 0].item() == pytest.approx(0.0)
 
 
-@pytest.mark.parametrize("reading", ["finest+image", "all+image"])
-def test_the_image_level_scale_adds_its_alpha_share_of_its_score_everywhere(monkeypatch, reading):
-    # scales: stage-3 map (4x4), stage-4 map (2x2), stage-4 image level (1x1); alphas 0.2, 0.4,
-    # 0.4.  finest+image reads scales 0 and 2 (weights 1/3, 2/3), all+image all three (0.2, 0.4,
-    # 0.4): the image-level ||Delta|| = 3 adds 2/3 x 3 = 2 or 0.4 x 3 = 1.2 to every pixel.
-    cfg = {"global_memory": "own", "score_views": "single"}
-    d1, d2, d3 = torch.rand(1, 32, 4, 4), torch.rand(1, 64, 2, 2), torch.zeros(1, 64, 1, 1)
-    d3[0, 5] = 3.0
-    heats = {}
-    for r in ("finest", "all", reading):
-        model = AnoMemModel(get_config("digits", {**cfg, "heatmap_scales": r})).eval()
-        monkeypatch.setattr(model, "deviation_maps", lambda x: [d1, d2, d3])
-        heats[r] = anomaly_map(model, torch.zeros(1, 3, 16, 16), sigma=0.0)[0]
-    if reading == "finest+image":
-        want = heats["finest"] / 3 + 2.0
-    else:   # "all" weighs its two maps 1/3, 2/3: 0.6 of that is 0.2, 0.4
-        want = 0.6 * heats["all"] + 1.2
-    torch.testing.assert_close(heats[reading], want)
-
-
 def test_gaussian_smoothing():
     impulse = torch.zeros(1, 21, 21)
     impulse[0, 10, 10] = 1.0

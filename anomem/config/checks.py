@@ -37,7 +37,7 @@ RECIPE_NAMES = ("tuned", "paper")
 SCORE_VIEWS = {"single": ((),), "mirror": ((), (3,)), "flips": ((), (3,), (2,), (2, 3))}
 CALIBRATIONS = ("scales", "fused")
 IMAGE_ALPHAS = ("stage", "last")
-HEATMAP_SCALES = ("finest", "all", "finest+image", "all+image")
+HEATMAP_SCALES = ("finest", "all")
 SCORE_RETRIEVALS = ("nearest", "hopfield")
 
 Rule = Callable[[Any], "str | None"]

@@ -20,6 +20,11 @@ do not predict a test score.
     python -m experiments.validation.heatmaps --dataset cifar --seed 0 --classes 0 1 >> ...
     python -m experiments.validation.heatmaps --dataset mtd --seed 0 --set "memory.stages=[1,2,3]" ...
 
+The rows of ``heatmap_readings.jsonl`` were written at commit c7f781b, whose
+``finest_image`` and ``all_image`` readings added the image-level scales to the
+map (``scoring.heatmap_scales=finest+image`` and ``all+image``, one constant per
+image); they lost on both image sets and the package no longer has them.
+
 ``--set KEY=VALUE`` (repeatable) fits with those overrides (column ``set_keys``).
 ``--defects stain`` gives the held-out normals stains (:func:`stained`) instead
 of pasted material, for a fit that trains on pasted defects
@@ -48,13 +53,12 @@ from anomem.data.convert import to_image_tensor
 from anomem.heatmaps import model_side_maps
 from anomem.reports.pixel_metrics import aupro, pixel_auroc
 
-#: The heatmap readings compared on one fit: name -> the keys it sets.
+#: The heatmap readings compared on one fit: name -> the keys it sets, and ``sigma_per_side``,
+#: the smoothing as a fraction of the side (absent: the default, 1/32; ``finest_s0``: none).
 READINGS = {"all": {"scoring.heatmap_scales": "all", "scoring.heatmap_margin": 0.0},
             "finest": {"scoring.heatmap_scales": "finest", "scoring.heatmap_margin": 0.0},
             "finest_m25": {"scoring.heatmap_scales": "finest", "scoring.heatmap_margin": 0.25},
             "finest_m50": {"scoring.heatmap_scales": "finest", "scoring.heatmap_margin": 0.5},
-            "finest_image": {"scoring.heatmap_scales": "finest+image", "scoring.heatmap_margin": 0.0},
-            "all_image": {"scoring.heatmap_scales": "all+image", "scoring.heatmap_margin": 0.0},
             **{f"finest_s{k}": {"scoring.heatmap_scales": "finest", "scoring.heatmap_margin": 0.0,
                                 "sigma_per_side": 1 / k if k else 0.0} for k in (0, 64, 16, 8)}}
 
