@@ -198,7 +198,8 @@ def rotated_pseudo_anomalies(v1: torch.Tensor, v2: torch.Tensor, y: torch.Tensor
     return with_turned(v1), with_turned(v2), torch.cat([y, y.new_zeros(k)]), align
 
 
-def defect_masks(count: int, side: int, generator: torch.Generator) -> torch.Tensor:
+def defect_masks(count: int, side: int, generator: torch.Generator,
+                 scale: float = 1.0) -> torch.Tensor:
     """``count`` random local defect shapes on a ``side`` x ``side`` grid, (count, side, side) bool.
 
     Each shape is a capsule: the pixels (centres at integer coordinates) within
@@ -207,6 +208,8 @@ def defect_masks(count: int, side: int, generator: torch.Generator) -> torch.Ten
     Length 0 gives a disc (a blob or hole), a long segment with a small r a
     stroke (a crack or scratch), both common forms of real local defects; the
     paper has no synthetic defects, and nothing here is fitted to one image set.
+    ``scale`` multiplies both bounds (``side`` / 2 and ``side`` / 8): 2 draws
+    defects that cover a large part of the image (the same draws, so 1 is the default's).
 
     Example:
         >>> m = defect_masks(3, 32, torch.Generator().manual_seed(0))
@@ -214,9 +217,10 @@ def defect_masks(count: int, side: int, generator: torch.Generator) -> torch.Ten
         (torch.Size([3, 32, 32]), True)
     """
     centre = torch.rand(count, 1, 2, generator=generator) * (side - 1)
-    half = torch.rand(count, 1, 1, generator=generator) * side / 4
+    extent = scale * side
+    half = torch.rand(count, 1, 1, generator=generator) * extent / 4
     angle = torch.rand(count, 1, generator=generator) * math.pi
-    radius = 1 + torch.rand(count, 1, generator=generator) * max(0.0, side / 8 - 1)
+    radius = 1 + torch.rand(count, 1, generator=generator) * max(0.0, extent / 8 - 1)
     direction = torch.stack([angle.cos(), angle.sin()], dim=-1)                # (count, 1, 2)
     a, b = centre - half * direction, centre + half * direction
     ii, jj = torch.meshgrid(torch.arange(side, dtype=torch.float32),
@@ -232,7 +236,8 @@ def defect_masks(count: int, side: int, generator: torch.Generator) -> torch.Ten
 
 @torch.no_grad()
 def local_pseudo_anomalies(v1: torch.Tensor, v2: torch.Tensor, y: torch.Tensor, fraction: float,
-                           generator: torch.Generator, align: torch.Tensor | None = None
+                           generator: torch.Generator, align: torch.Tensor | None = None,
+                           mask_scale: float = 1.0
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Stage 1's ``extensions.pseudo_anomalies="local"``: the batch plus copies with a pasted local defect.
 
@@ -247,6 +252,7 @@ def local_pseudo_anomalies(v1: torch.Tensor, v2: torch.Tensor, y: torch.Tensor, 
     pasted pixels (and everywhere on an image labelled anomalous);
     :func:`anomem.losses.position_labels` turns them into each scale's
     position labels.  With ``align`` the copies keep their image's transform.
+    ``mask_scale``: :func:`defect_masks`' ``scale``.
 
     Example:
         >>> v = torch.rand(4, 3, 16, 16)
@@ -256,7 +262,7 @@ def local_pseudo_anomalies(v1: torch.Tensor, v2: torch.Tensor, y: torch.Tensor, 
     """
     b, side = len(v1), v1.shape[-1]
     k = max(1, round(fraction * b))
-    masks = defect_masks(k, side, generator).to(v1.device)
+    masks = defect_masks(k, side, generator, mask_scale).to(v1.device)
     shift = torch.randint(side, (k, 2), generator=generator).tolist()
     gain = (0.5 + torch.rand(k, 1, 1, 1, generator=generator)).to(v1)
     source = [(i + 1) % b for i in range(k)]

@@ -81,6 +81,18 @@ def test_defect_masks_are_seeded_capsules_inside_the_image():
     assert area.float().std() > 0                 # sizes vary
 
 
+def test_a_larger_scale_stretches_the_same_draws():
+    small = defect_masks(50, 32, torch.Generator().manual_seed(3))
+    large = defect_masks(50, 32, torch.Generator().manual_seed(3), scale=2.0)
+    area = large.flatten(1).sum(1)
+    # half-length <= 16 and radius <= 8: at most a 32 x 16 rectangle plus a disc (+ a rim)
+    assert (area <= 32 * 16 + torch.pi * 64 + 64).all()
+    # the same centres, directions and uniform draws with both bounds doubled: every small
+    # capsule lies inside its large one (a longer segment through the same centre, a wider radius)
+    assert not (small & ~large).any()
+    assert area.float().mean() > 2 * small.flatten(1).sum(1).float().mean()
+
+
 def test_local_pseudo_anomalies_paste_inside_the_mask_only_and_label_its_pixels():
     torch.manual_seed(0)
     v1, v2 = torch.rand(6, 3, 16, 16), torch.rand(6, 3, 16, 16)

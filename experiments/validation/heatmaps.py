@@ -25,6 +25,9 @@ The rows of ``heatmap_readings.jsonl`` were written at commit c7f781b, whose
 map (``scoring.heatmap_scales=finest+image`` and ``all+image``, one constant per
 image); they lost on both image sets and the package no longer has them.
 
+``--defect-scale 2`` doubles the defects' size bounds (column ``defect_scale``):
+defects that cover a large part of the image, where the default's are local.
+
 ``--set KEY=VALUE`` (repeatable) fits with those overrides (column ``set_keys``).
 ``--defects stain`` gives the held-out normals stains (:func:`stained`) instead
 of pasted material, for a fit that trains on pasted defects
@@ -81,7 +84,7 @@ def normals_of(dataset: str, c: int) -> tuple[np.ndarray, str, dict]:
     return split.x_train[split.y_train == c][:1000], "cpu", {"stage1_epochs": 3}
 
 
-def stained(v: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def stained(v: torch.Tensor, g: torch.Generator, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """``v`` (n, 3, S, S) in [0, 1] then a stained copy of each, and pixel labels (2n, S, S), 1 = normal.
 
     A stain is the image's own content under a :func:`anomem.augment.defect_masks`
@@ -91,7 +94,7 @@ def stained(v: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Te
     the defect it shows stage 1.
     """
     n, side = len(v), v.shape[-1]
-    masks = defect_masks(n, side, g).unsqueeze(1)
+    masks = defect_masks(n, side, g, scale).unsqueeze(1)
     darker = torch.rand(n, 1, 1, 1, generator=g) < 0.5
     gain = torch.where(darker, 0.6 + 0.2 * torch.rand(n, 1, 1, 1, generator=g),
                        1.25 + 0.25 * torch.rand(n, 1, 1, 1, generator=g))
@@ -104,24 +107,26 @@ def stained(v: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Te
     return torch.cat([v, copies]), labels
 
 
-def defective_copies(x: torch.Tensor, seed: int, family: str = "paste") -> tuple[torch.Tensor, np.ndarray]:
+def defective_copies(x: torch.Tensor, seed: int, family: str = "paste",
+                     scale: float = 1.0) -> tuple[torch.Tensor, np.ndarray]:
     """uint8 images (2n, 3, S, S): ``x`` then a defective copy of each; masks (2n, S, S), 1 = defect.
 
     ``family``: ``paste``, the defects of :func:`anomem.augment.local_pseudo_anomalies`
-    (what ``pseudo_anomalies=local`` trains on); ``stain``, :func:`stained`.
+    (what ``pseudo_anomalies=local`` trains on); ``stain``, :func:`stained`.  ``scale``:
+    the masks' (:func:`anomem.augment.defect_masks`).
     """
     v = x.float() / 255
     g = torch.Generator().manual_seed(seed)
     if family == "stain":
-        both, y = stained(v, g)
+        both, y = stained(v, g, scale)
     else:
-        both, _, y, _ = local_pseudo_anomalies(v, v, torch.ones(len(v)), 1.0, g)
+        both, _, y, _ = local_pseudo_anomalies(v, v, torch.ones(len(v)), 1.0, g, mask_scale=scale)
     images = (both * 255).round().clamp(0, 255).to(torch.uint8)
     return images, (y == 0).numpy()
 
 
 def rows_of(dataset: str, c: int, seed: int, overrides: dict | None = None,
-            family: str = "paste") -> dict:
+            family: str = "paste", scale: float = 1.0) -> dict:
     normals, preset, budget = normals_of(dataset, c)
     budget = {**budget, **(overrides or {})}
     rng = np.random.default_rng(seed)
@@ -131,7 +136,7 @@ def rows_of(dataset: str, c: int, seed: int, overrides: dict | None = None,
                                                   progress=False)
     net = det.network_
     x = to_image_tensor(normals[held], net.config.backbone.image_size, "normals")
-    images, masks = defective_copies(x, seed, family)
+    images, masks = defective_copies(x, seed, family, scale)
     out = {}
     for name, reading in READINGS.items():
         keys, sigma = split_reading(reading, images.shape[-1])
@@ -150,14 +155,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     p.add_argument("--defects", choices=("paste", "stain"), default="paste",
                    help="the validation defects: pasted material (stage 1's `local`) or stains")
+    p.add_argument("--defect-scale", type=float, default=1.0,
+                   help="the defects' size bounds times this (2: defects over a large part of the image)")
     args = p.parse_args(argv)
     overrides = dict(parse_override(o) for o in args.set)
     torch.set_num_threads(1)
     for c in ([0] if args.dataset == "mtd" else args.classes):
         t0 = time.time()
-        row = rows_of(args.dataset, c, args.seed, overrides, args.defects)
+        row = rows_of(args.dataset, c, args.seed, overrides, args.defects, args.defect_scale)
         print(json.dumps({"ds": args.dataset, "split": "validation", "seed": args.seed, "c": c,
-                          **({"defects": args.defects} if args.defects != "paste" else {}), **row,
+                          **({"defects": args.defects} if args.defects != "paste" else {}),
+                          **({"defect_scale": args.defect_scale} if args.defect_scale != 1 else {}), **row,
                           **({"set_keys": overrides} if overrides else {}),
                           "t": round(time.time() - t0)}), flush=True)
     return 0
