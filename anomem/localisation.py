@@ -64,6 +64,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anomem.errors import InvalidInputError
+from anomem.scales import Scale
 from anomem.torch_model import AnoMemModel
 
 
@@ -75,7 +76,7 @@ def position_scores(model: AnoMemModel, images: torch.Tensor) -> list[torch.Tens
     return [maps[s.index] for s in heatmap_scales(model)]
 
 
-def heatmap_scales(model: AnoMemModel) -> list:
+def heatmap_scales(model: AnoMemModel) -> list[Scale]:
     """The scales step 3 fuses, by ``scoring.heatmap_scales``: ``finest`` (the default), the
     earliest memory stage's map alone, the finest grid; ``all``, every map scale (Eq. 13 gives
     the coarse, semantic scales the most weight, which serves the image score, while a heatmap
