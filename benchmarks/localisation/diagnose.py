@@ -160,15 +160,16 @@ def main(argv: list[str] | None = None) -> int:
     edge = {"top rows": float(normal[:, :8].mean()), "bottom rows": float(normal[:, -8:].mean()),
             "left columns": float(normal[:, :, :8].mean()), "right columns": float(normal[:, :, -8:].mean()),
             "centre": float(normal[:, 32:-32, 32:-32].mean())}
+    shares = defect_pixel_shares(split.test)
     out = Path(args.out)
     atomic_write_text(out / "diagnosis.json", json.dumps(
         {"command": "python -m benchmarks.localisation.diagnose " + " ".join(argv or sys.argv[1:]),
          "rows": rows, "normal_map_means": edge,
-         "defect_pixel_shares": defect_pixel_shares(split.test)}, indent=1) + "\n")
+         "defect_pixel_shares": shares}, indent=1) + "\n")
     md = ("Image AUROC / pixel AUROC / AUPRO, sigma = " f"{args.sigma} px.\n\n" + table(rows)
           + "\nMean heatmap of the test normals by region: "
           + ", ".join(f"{k} {v:.4f}" for k, v in edge.items()) + ".\n\nShare of the defective "
-          "pixels: " + ", ".join(f"{k} {v:.1%}" for k, v in defect_pixel_shares(split.test).items())
+          "pixels: " + ", ".join(f"{k} {v:.1%}" for k, v in shares.items())
           + "\n")
     atomic_write_text(out / "diagnosis.md", md)
     print(md)
