@@ -11,7 +11,9 @@ scored on a fixed test set, beside a 1-NN on the fit's encoder and on pixels:
 * ``cifar200``: CIFAR-10 (``ANOMEM_DATA``), the first 200 training images of
   the class; test: the first 200 test images of every class;
 * ``mtd100``: Magnetic Tile Defects at 128 px, 100 defect-free training tiles
-  (split of seed 0); test: that split's test tiles (class is ignored).
+  (split of seed 0); test: that split's test tiles (class is ignored);
+* ``mtd``: the same with every defect-free training tile of the split (not a small
+  set: the reference for ``mtd100``).
 
     python -m experiments.small_sets.spread --set-name cifar200 --classes 0 3 --seeds 0 1 2 3 4
     python -m experiments.small_sets.spread --set-name cifar200 --fit validation_fraction=0 ...
@@ -41,6 +43,9 @@ from anomem.baselines.pixel_knn import PixelKNN
 from anomem.config import parse_override
 from anomem.presets import auto_preset, input_side
 
+#: the sets :func:`small_task` knows
+SET_NAMES = ("digits28", "cifar200", "mtd100", "mtd")
+
 
 def small_task(name: str, c: int) -> Any:
     """The fixed training images of class ``c`` and the fixed test set of one small set."""
@@ -59,7 +64,7 @@ def small_task(name: str, c: int) -> Any:
                                labels_test=(s.y_test[test] != c).astype(int))
     from anomem.data.mtd import read_mtd, split_mtd
     sp = split_mtd(read_mtd(side=128), seed=0)
-    return SimpleNamespace(x_train=sp.train.images[:100], x_test=sp.test.images,
+    return SimpleNamespace(x_train=sp.train.images[:100 if name == "mtd100" else None], x_test=sp.test.images,
                            labels_test=sp.test.labels)
 
 
@@ -74,7 +79,7 @@ def ensemble_scores(dets: list[AnoMem], x_test: Any) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--set-name", choices=("digits28", "cifar200", "mtd100"), required=True)
+    p.add_argument("--set-name", choices=SET_NAMES, required=True)
     p.add_argument("--classes", type=int, nargs="+", default=[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--name", default="default", help="the row's name")

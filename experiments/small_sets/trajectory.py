@@ -24,7 +24,7 @@ from anomem import AnoMem
 from anomem.config import parse_override
 from anomem.data.convert import to_image_tensor
 from anomem.stages.common import RunOptions
-from experiments.small_sets.spread import small_task
+from experiments.small_sets.spread import SET_NAMES, small_task
 
 
 def pooled(model, x: torch.Tensor) -> torch.Tensor:
@@ -40,7 +40,7 @@ def pooled(model, x: torch.Tensor) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--set-name", choices=("digits28", "cifar200", "mtd100"), required=True)
+    p.add_argument("--set-name", choices=SET_NAMES, required=True)
     p.add_argument("--class", dest="cls", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
