@@ -14,7 +14,7 @@ One JSON row per epoch.  A criterion that ranks the epochs as ``test`` does
 could end stage 1 at its best epoch instead of its last.  ``--summary FILE``
 reads such rows and prints, per set and class, the test AUROC of the last
 epoch, of the first, and of the epoch each criterion ranks first (mean ± std
-over seeds), with the criterion's Spearman correlation with ``test`` over the
+over seeds, sample std), with the criterion's Spearman correlation with ``test`` over the
 epochs of a run (mean over seeds).
 
     python -m experiments.small_sets.selection --set-name cifar200 --class 0 --seed 4 \
@@ -72,7 +72,7 @@ def summary(rows: list[dict]) -> str:
     for (name, c), cell in cells.items():
         out.append(f"| {name}, {c} | {len(cell['last'])} | " + " | ".join(
             f"{np.mean(cell[k]):.{2 if k.startswith('rho') else 1}f} ± "
-            f"{np.std(cell[k]):.{2 if k.startswith('rho') else 1}f}" for k in cols) + " |")
+            f"{np.std(cell[k], ddof=1):.{2 if k.startswith('rho') else 1}f}" for k in cols) + " |")
     return "\n".join(out)
 
 
