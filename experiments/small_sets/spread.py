@@ -22,6 +22,11 @@ scored on a fixed test set, beside a 1-NN on the fit's encoder and on pixels:
 ``--ensemble K``: the row's detector is K fits (seeds S, S + 100, ..., S + 100 (K-1)),
 each fit's scores standardised by their mean and std over its own training
 images, then averaged; the 1-NN column reads the first fit's encoder.
+``--shared-holdout``: the K fits train on the same images, those that a fit of
+seed S keeps (``holdout_indices``), with ``validation_fraction=0``, so only
+initialisation, augmentation and batch order differ between them (what one
+detector holding K networks could do and still set its threshold on normals
+that no member saw).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from anomem import AnoMem
 from anomem.baselines.knn import KNNDetector
 from anomem.baselines.pixel_knn import PixelKNN
 from anomem.config import parse_override
+from anomem.detector import holdout_indices
 from anomem.presets import auto_preset, input_side
 
 #: the sets :func:`small_task` knows
@@ -87,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fit", action="append", default=[], metavar="KEY=VALUE",
                    help="AnoMem.fit argument, e.g. validation_fraction=0")
     p.add_argument("--ensemble", type=int, default=1, help="fits averaged per seed (see above)")
+    p.add_argument("--shared-holdout", action="store_true",
+                   help="every fit of the ensemble trains on the same images (see above)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     overrides = dict(parse_override(o) for o in args.set)
@@ -95,7 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         t = small_task(args.set_name, c)
         for seed in args.seeds:
             t0 = time.time()
-            dets = [AnoMem(seed=seed + 100 * j, **overrides).fit(t.x_train, progress=False, **fit_kw)
+            x_fit, kw = t.x_train, fit_kw
+            if args.shared_holdout:
+                keep = np.ones(len(x_fit), dtype=bool)
+                keep[holdout_indices(torch.ones(len(x_fit)), 0.2, seed).numpy()] = False
+                x_fit, kw = x_fit[keep], {**fit_kw, "validation_fraction": 0.0}
+            dets = [AnoMem(seed=seed + 100 * j, **overrides).fit(x_fit, progress=False, **kw)
                     for j in range(args.ensemble)]
             det = dets[0]
             row = {"anomem": ensemble_scores(dets, t.x_test)}
