@@ -43,15 +43,14 @@ from experiments.small_sets.spread import SET_NAMES, small_task
 from experiments.small_sets.trajectory import pooled
 from experiments.validation.heatmaps import defective_copies
 
+CRITERIA = ("paste", "stain", "rot")
+
 
 def nn_auroc(bank: torch.Tensor, normal: torch.Tensor, anomalous: torch.Tensor) -> float:
     """AUROC of cosine 1-NN distances to ``bank``: ``anomalous`` rows against ``normal`` rows."""
     d = [1 - (q @ bank.t()).max(1).values for q in (normal, anomalous)]
     y = [0] * len(normal) + [1] * len(anomalous)
     return round(100 * roc_auc_score(y, torch.cat(d).numpy()), 2)
-
-
-CRITERIA = ("paste", "stain", "rot")
 
 
 def summary(rows: list[dict]) -> str:
@@ -67,7 +66,7 @@ def summary(rows: list[dict]) -> str:
         for k in CRITERIA:
             cell[k].append(max(run, key=lambda r: r[k])["test"])
             cell["rho " + k].append(spearmanr([r[k] for r in run], [r["test"] for r in run]).statistic)
-    cols = ["last", "first"] + [k for k in CRITERIA] + ["rho " + k for k in CRITERIA]
+    cols = ["last", "first", *CRITERIA] + ["rho " + k for k in CRITERIA]
     out = ["| set, class | seeds | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
     for (name, c), cell in cells.items():
         out.append(f"| {name}, {c} | {len(cell['last'])} | " + " | ".join(
@@ -100,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     def probe(model, row) -> None:
         size = model.config.backbone.image_size
         x = to_image_tensor(t.x_train, size, "x")
-        feats = lambda v: pooled(model, v.float() / 255)  # noqa: E731
+
+        def feats(v: torch.Tensor) -> torch.Tensor:
+            return pooled(model, v.float() / 255)
+
         bank, h = feats(x[train]), x[held]
         clean = feats(h)
         test, bad = feats(to_image_tensor(t.x_test, size, "x")), torch.as_tensor(t.labels_test == 1)
