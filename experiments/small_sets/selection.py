@@ -5,9 +5,9 @@ of the fit's own training images form a 1-NN bank and three AUROCs are read:
 
 * ``test``: the fixed test set of the small set (what a user would get; never
   used to choose);
-* ``paste`` / ``stain``: the fit's held-out normals (``holdout_indices`` with the
-  fit's seed, the images :meth:`anomem.AnoMem.fit` keeps out of training)
-  against a defective copy of each (:func:`experiments.validation.heatmaps.defective_copies`);
+* ``paste`` / ``stain``: the fit's held-out normals (:func:`spread.fit_split`, the
+  images :meth:`anomem.AnoMem.fit` keeps out of training) against a defective copy
+  of each (:func:`experiments.validation.heatmaps.defective_copies`);
 * ``rot``: the held-out normals against their copies rotated by 90, 180 and 270 degrees.
 
 One JSON row per epoch.  A criterion that ranks the epochs as ``test`` does
@@ -37,9 +37,8 @@ from sklearn.metrics import roc_auc_score
 from anomem import AnoMem
 from anomem.config import parse_override
 from anomem.data.convert import to_image_tensor
-from anomem.detector import holdout_indices
 from anomem.stages.common import RunOptions
-from experiments.small_sets.spread import SET_NAMES, small_task
+from experiments.small_sets.spread import SET_NAMES, fit_split, small_task
 from experiments.small_sets.trajectory import pooled
 from experiments.validation.heatmaps import defective_copies
 
@@ -91,21 +90,21 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     t = small_task(args.set_name, args.cls)
     det = AnoMem(seed=args.seed, **dict(parse_override(o) for o in args.set))
-    n = len(t.x_train)
-    held = holdout_indices(torch.ones(n), 0.2, args.seed)
-    train = torch.ones(n, dtype=torch.bool)
-    train[held] = False
+    train, held = fit_split(len(t.x_train), args.seed)
+    bad = torch.as_tensor(t.labels_test == 1)
+    resized: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}   # the images at the model's size, once
 
     def probe(model, row) -> None:
         size = model.config.backbone.image_size
-        x = to_image_tensor(t.x_train, size, "x")
+        if size not in resized:
+            resized[size] = (to_image_tensor(t.x_train, size, "x"), to_image_tensor(t.x_test, size, "x"))
+        x, x_test = resized[size]
 
         def feats(v: torch.Tensor) -> torch.Tensor:
             return pooled(model, v.float() / 255)
 
         bank, h = feats(x[train]), x[held]
-        clean = feats(h)
-        test, bad = feats(to_image_tensor(t.x_test, size, "x")), torch.as_tensor(t.labels_test == 1)
+        clean, test = feats(h), feats(x_test)
         row_out = {"set": args.set_name, "c": args.cls, "seed": args.seed, "epoch": row.get("epoch"),
                    "loss": round(row["loss"], 4), "test": nn_auroc(bank, test[~bad], test[bad])}
         for family in ("paste", "stain"):

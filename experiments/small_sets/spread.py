@@ -51,6 +51,17 @@ from anomem.presets import auto_preset, input_side
 
 #: the sets :func:`small_task` knows
 SET_NAMES = ("digits28", "cifar200", "mtd100", "mtd")
+#: the share of normals :meth:`anomem.AnoMem.fit` holds out by default
+HOLDOUT = 0.2
+
+
+def fit_split(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """How a default fit of ``seed`` splits ``n`` normal images: a bool mask of those it trains
+    on, and the indices of those it holds out, in the order it draws them."""
+    held = holdout_indices(torch.ones(n), HOLDOUT, seed)
+    train = torch.ones(n, dtype=torch.bool)
+    train[held] = False
+    return train, held
 
 
 def small_task(name: str, c: int) -> Any:
@@ -105,9 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.time()
             x_fit, kw = t.x_train, fit_kw
             if args.shared_holdout:
-                keep = np.ones(len(x_fit), dtype=bool)
-                keep[holdout_indices(torch.ones(len(x_fit)), 0.2, seed).numpy()] = False
-                x_fit, kw = x_fit[keep], {**fit_kw, "validation_fraction": 0.0}
+                train, _ = fit_split(len(x_fit), seed)
+                x_fit, kw = x_fit[train.numpy()], {**fit_kw, "validation_fraction": 0.0}
             dets = [AnoMem(seed=seed + 100 * j, **overrides).fit(x_fit, progress=False, **kw)
                     for j in range(args.ensemble)]
             det = dets[0]
