@@ -9,7 +9,7 @@ at a threshold the caller passes.
 Example:
     >>> import numpy as np
     >>> from anomem.baselines import PixelKNN
-    >>> det = PixelKNN(size=8).fit(np.zeros((4, 8, 8), np.uint8))
+    >>> det = PixelKNN(size=8).fit(np.zeros((5, 8, 8), np.uint8))
     >>> det.predict(np.full((2, 8, 8), 255, np.uint8), threshold=1.0).tolist()
     [1, 1]
 """
@@ -49,3 +49,37 @@ class Detector:
         if not is_real(t) or np.isnan(t):
             raise InvalidInputError(f"threshold must be a number (a score), got {t!r}")
         return (self.decision_function(images) > t).astype(np.int64)
+
+
+class MapDetector(Detector):
+    """A detector with heatmaps: ``anomaly_map(images, batch_size=...)`` and a pixel threshold
+    ``pixel_threshold_``, hence :meth:`predict_mask`."""
+
+    #: heatmap value above which :meth:`predict_mask` calls a pixel anomalous (None: not set)
+    pixel_threshold_: float | None = None
+
+    def anomaly_map(self, images: Any, sigma: float | None = None,
+                    batch_size: int = 64) -> np.ndarray | list[np.ndarray]:
+        raise NotImplementedError
+
+    def _require_model(self) -> Any:
+        raise NotImplementedError
+
+    def predict_mask(self, images: Any, threshold: float | None = None,
+                     batch_size: int = 64) -> np.ndarray | list[np.ndarray]:
+        """Boolean anomalous-pixel masks: :meth:`anomaly_map` (default smoothing) above
+        ``threshold`` (default :attr:`pixel_threshold_`), each at its image's own size.
+
+        Raises:
+            RequiresFitting: no threshold given and the detector has no pixel threshold.
+            InvalidInputError: ``threshold`` is not a number.
+        """
+        t = self.pixel_threshold_ if threshold is None else threshold
+        if t is None:
+            self._require_model()
+            raise RequiresFitting("this detector has no pixel threshold (its model file predates "
+                                  "it): fit it again or pass threshold=...")
+        if not is_real(t) or np.isnan(t):
+            raise InvalidInputError(f"threshold must be a number (a heatmap value), got {t!r}")
+        maps = self.anomaly_map(images, batch_size=batch_size)
+        return maps > t if isinstance(maps, np.ndarray) else [m > t for m in maps]

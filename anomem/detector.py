@@ -16,16 +16,14 @@ Example:
 
 from __future__ import annotations
 
-import math
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from anomem.base import Detector, is_real
+from anomem.base import MapDetector
 from anomem.config import AnoMemConfig, get_config
 from anomem.data.convert import to_image_tensor, to_normal_flags
 from anomem.errors import InvalidInputError, RequiresFitting
@@ -34,30 +32,29 @@ from anomem.fit_setup import (
     check_fit_options,
     check_validation_fraction,
     data_digest,
+    fit_split,
     holdout_count,
     holdout_indices,
+    rejoin,
     resolve_device,
     run_fingerprint,
+    run_options,
+    threshold_reference,
 )
 from anomem.heatmaps import at_input_size, model_side_maps, pixel_threshold
-from anomem.model_file import MODEL_FORMAT, MODEL_VERSION, model_blob, read_model_file
+from anomem.model_file import MODEL_FORMAT, MODEL_VERSION, ModelFile, model_blob, read_model_file
 from anomem.presets import AUTO, auto_preset, input_side
 from anomem.progress import auto_progress
 from anomem.serialization import atomic_torch_save
 from anomem.stages.common import RunOptions, map_batches
 from anomem.stages.stage1 import train_stage1
 from anomem.stages.stage2 import calibrate_scales, fit_heads, fit_kmeans_prototypes
-from anomem.threshold import (
-    ThresholdWarning,
-    frr_upper_bound,
-    held_out_warning,
-    order_statistic_threshold,
-    too_few,
-)
+from anomem.threshold import fit_threshold
 from anomem.torch_model import AnoMemModel
 
-__all__ = ["MODEL_FORMAT", "MODEL_VERSION", "RUNTIME_KEYS", "AnoMem", "data_digest", "holdout_count",
-           "holdout_indices", "resolve_config", "resolve_device", "run_fingerprint"]
+__all__ = ["MODEL_FORMAT", "MODEL_VERSION", "RUNTIME_KEYS", "AnoMem", "ConfigArgs", "data_digest",
+           "holdout_count", "holdout_indices", "resolve_config", "resolve_device", "run_fingerprint",
+           "score_network"]
 
 
 def resolve_config(config: AnoMemConfig | str | Path, overrides: dict[str, Any],
@@ -78,14 +75,55 @@ def resolve_config(config: AnoMemConfig | str | Path, overrides: dict[str, Any],
     return get_config(config, overrides)
 
 
-def _score_network(model: AnoMemModel, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+def score_network(model: AnoMemModel, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
     """Fused anomaly scores of uint8 images (N, 3, S, S), float64 (N,)."""
     opts = RunOptions(device=next(model.parameters()).device)
     out = map_batches(model, x, opts, lambda m, b: m(b).cpu(), batch_size)
     return torch.cat(out).numpy().astype(np.float64)
 
 
-class AnoMem(Detector):
+class ConfigArgs:
+    """Constructor arguments kept as given, scikit-learn style: ``config``, the names of
+    :attr:`_own_params`, and configuration keys (``**overrides``) checked at once."""
+
+    #: constructor arguments besides ``config`` and the configuration keys
+    _own_params: tuple[str, ...] = ()
+
+    def __init__(self, config: AnoMemConfig | str | Path = AUTO, **overrides: Any) -> None:
+        self._check_args(config, {}, overrides)   # a bad key or value is refused here already
+        self.config, self._overrides = config, overrides
+
+    def _check_args(self, config: Any, own: dict[str, Any], overrides: dict[str, Any]) -> None:
+        """Refuse arguments that make no valid configuration (:class:`~anomem.errors.ConfigError`)."""
+        resolve_config(config, overrides)
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor's arguments: ``{"config": ..., **overrides}`` (the objects themselves)."""
+        return {"config": self.config, **{k: getattr(self, k) for k in self._own_params},
+                **self._overrides}
+
+    def set_params(self, **params: Any) -> Any:
+        """Change constructor arguments (``config`` or configuration keys); returns self.
+
+        Raises:
+            ConfigError: the new arguments do not make a valid configuration (nothing changes).
+        """
+        config = params.pop("config", self.config)
+        own = {k: params.pop(k, getattr(self, k)) for k in self._own_params}
+        overrides = {**self._overrides, **params}
+        self._check_args(config, own, overrides)
+        self.config, self._overrides = config, overrides
+        for k, v in own.items():
+            setattr(self, k, v)
+        return self
+
+    def __repr__(self) -> str:
+        args = ([repr(self.config)] + [f"{k}={getattr(self, k)!r}" for k in self._own_params]
+                + [f"{k}={v!r}" for k, v in self._overrides.items()])
+        return f"{type(self).__name__}({', '.join(args)})"
+
+
+class AnoMem(ConfigArgs, MapDetector):
     """Multi-scale contrasted-memory anomaly detector (one-class or semi-supervised).
 
     A scikit-learn style estimator: the constructor only stores its arguments
@@ -139,31 +177,6 @@ class AnoMem(Detector):
     threshold_normals_: int = 0
     pixel_threshold_: float | None = None
 
-    def __init__(self, config: AnoMemConfig | str | Path = AUTO, **overrides: Any) -> None:
-        self.config = config
-        self._overrides = overrides
-        resolve_config(config, overrides)   # a bad key or value is refused here already
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """The constructor's arguments: ``{"config": ..., **overrides}`` (the objects themselves)."""
-        return {"config": self.config, **self._overrides}
-
-    def set_params(self, **params: Any) -> AnoMem:
-        """Change constructor arguments (``config`` or configuration keys); returns self.
-
-        Raises:
-            ConfigError: the new arguments do not make a valid configuration (nothing changes).
-        """
-        config = params.pop("config", self.config)
-        overrides = {**self._overrides, **params}
-        resolve_config(config, overrides)
-        self.config, self._overrides = config, overrides
-        return self
-
-    def __repr__(self) -> str:
-        args = [repr(self.config)] + [f"{k}={v!r}" for k, v in self._overrides.items()]
-        return f"{type(self).__name__}({', '.join(args)})"
-
     # ------------------------------------------------------------------ fitting
     def fit(self, images: Any, labels: Any = None, *, validation_fraction: float = 0.2,
             checkpoint_dir: str | Path | None = None, progress: bool | None = None,
@@ -188,32 +201,34 @@ class AnoMem(Detector):
         y = to_normal_flags(labels, len(x), "labels")
         check_validation_fraction(validation_fraction)
         check_fit_options(checkpoint_dir, log, options)
-        torch.manual_seed(cfg.runtime.seed)
-        held = holdout_indices(y, validation_fraction, cfg.runtime.seed)
-        train = torch.ones(len(y), dtype=torch.bool)
-        train[held] = False
-        x_train, y_train, x_held = x[train], y[train], x[held]
+        train, held = fit_split(y, validation_fraction, cfg.runtime.seed)
+        opts = run_options(cfg, checkpoint_dir, auto_progress(progress), log, options)
+        x_train, x_held = x[train], x[held]
         del x   # a resized copy of the images is not kept through training
-        if int(y_train.sum()) < 2:
-            raise InvalidInputError(f"fit needs at least 2 normal training images, got "
-                                    f"{int(y_train.sum())}; add normal images or lower "
-                                    f"validation_fraction")
-        opts = options or RunOptions(device=resolve_device(cfg.runtime.device),
-                                     progress=auto_progress(progress), log=log)
-        if checkpoint_dir is not None:
-            opts.checkpoint_dir = Path(checkpoint_dir)
+        self.fit_network(cfg, x_train, y[train], opts)
+        x = rejoin(x_train, x_held, train, held)
+        del x_train, x_held
+        # scored once, in the order given; the thresholds read the held-out normals' scores
+        # (or, with none held out, the training normals')
+        self.decision_scores_ = score_network(self.network_, x)
+        ref = threshold_reference(y, train, held)
+        target = cfg.scoring.target_frr
+        self.threshold_, self.threshold_frr_bound_ = fit_threshold(
+            self.decision_scores_[ref.numpy()], len(held), validation_fraction, target)
+        self.threshold_normals_ = len(held)
+        self.pixel_threshold_ = pixel_threshold(self.network_, x[ref], target)
+        return self
+
+    def fit_network(self, cfg: AnoMemConfig, x_train: torch.Tensor, y_train: torch.Tensor,
+                    opts: RunOptions) -> AnoMem:
+        """Train the network of ``cfg`` on uint8 images (N, 3, S, S) (``y_train``: 1 = normal)
+        and set :attr:`config_`, :attr:`network_` and :attr:`history_`, without thresholds
+        (:meth:`fit` without its hold-out; :class:`anomem.ensemble.AnoMemEnsemble` fits its
+        members so)."""
+        torch.manual_seed(cfg.runtime.seed)
         self.config_ = cfg
         self.network_ = AnoMemModel(cfg, semi_supervised=bool((y_train == 0).any())).to(opts.device)
         self._train(x_train, y_train, opts)
-        x_all = torch.empty((len(y), *x_train.shape[1:]), dtype=x_train.dtype)
-        x_all[train], x_all[held] = x_train, x_held
-        del x_train, x_held
-        # scored once, in the order given; the threshold reads the held-out normals' scores
-        # (or, with none held out, the training normals')
-        self.decision_scores_ = _score_network(self.network_, x_all)
-        ref = held if len(held) else torch.nonzero(train & (y == 1)).squeeze(1)
-        self._set_threshold(self.decision_scores_[ref.numpy()], len(held), validation_fraction)
-        self.pixel_threshold_ = pixel_threshold(self.network_, x_all[ref], cfg.scoring.target_frr)
         return self
 
     def _train(self, x_train: torch.Tensor, y_train: torch.Tensor, opts: RunOptions) -> None:
@@ -231,23 +246,6 @@ class AnoMem(Detector):
             self.history_["stage2"] = fit_heads(model, x_train, y_train, fingerprint, opts, normals)
         elif cfg.scoring.calibrate:
             calibrate_scales(model, normals, opts)
-
-    def _set_threshold(self, scores: np.ndarray, n_held: int, fraction: float) -> None:
-        """threshold_ from ``n_held`` held-out normal scores (or training ones when 0)."""
-        target = self.config_.scoring.target_frr
-        self.threshold_ = order_statistic_threshold(scores, target)
-        self.threshold_normals_ = n_held
-        self.threshold_frr_bound_ = frr_upper_bound(n_held, target) if n_held else None
-        if n_held and too_few(n_held, target):
-            warnings.warn(held_out_warning(n_held, target), ThresholdWarning, stacklevel=3)
-        elif not n_held and fraction > 0:
-            need = 1 / fraction            # inf for a subnormal fraction
-            need_text = f"{math.ceil(need)}" if math.isfinite(need) else "more"
-            warnings.warn(f"validation_fraction={fraction:g} holds out no normal image (it needs at "
-                          f"least {need_text} normal images): the threshold comes "
-                          f"from the training normals, whose scores are optimistic, so it flags "
-                          f"more than target_frr of new normal images; add normal images",
-                          ThresholdWarning, stacklevel=3)
 
     def _holdout(self, y: torch.Tensor, fraction: float) -> torch.Tensor:
         """The normals the last fit held out (:func:`holdout_indices` with its seed)."""
@@ -270,7 +268,7 @@ class AnoMem(Detector):
         return next(self._require_model().parameters()).device
 
     def _scores(self, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
-        return _score_network(self._require_model(), x, batch_size)
+        return score_network(self._require_model(), x, batch_size)
 
     def decision_function(self, images: Any, batch_size: int = 256) -> np.ndarray:
         """Anomaly score of each image (higher = more anomalous), shape (N,)."""
@@ -316,25 +314,6 @@ class AnoMem(Detector):
         x = to_image_tensor(images, model.config.backbone.image_size, "images")
         return at_input_size(model_side_maps(model, x, sigma, batch_size), images)
 
-    def predict_mask(self, images: Any, threshold: float | None = None,
-                     batch_size: int = 64) -> np.ndarray | list[np.ndarray]:
-        """Boolean anomalous-pixel masks: :meth:`anomaly_map` (default smoothing) above
-        ``threshold`` (default :attr:`pixel_threshold_`), each at its image's own size.
-
-        Raises:
-            RequiresFitting: no threshold given and the detector has no pixel threshold.
-            InvalidInputError: ``threshold`` is not a number.
-        """
-        t = self.pixel_threshold_ if threshold is None else threshold
-        if t is None:
-            self._require_model()
-            raise RequiresFitting("this detector has no pixel threshold (its model file predates "
-                                  "it): fit it again or pass threshold=...")
-        if not is_real(t) or np.isnan(t):
-            raise InvalidInputError(f"threshold must be a number (a heatmap value), got {t!r}")
-        maps = self.anomaly_map(images, batch_size=batch_size)
-        return maps > t if isinstance(maps, np.ndarray) else [m > t for m in maps]
-
     @property
     def network(self) -> AnoMemModel:
         """The fitted network, :attr:`network_` (read-only); RequiresFitting before fit."""
@@ -368,7 +347,12 @@ class AnoMem(Detector):
         """
         if not isinstance(path, (str, os.PathLike)):
             raise InvalidInputError(f"path must be a file path, got {type(path).__name__}")
-        found = read_model_file(path)
+        return cls.from_model_file(read_model_file(path), device)
+
+    @classmethod
+    def from_model_file(cls, found: ModelFile, device: str | None = None) -> AnoMem:
+        """The detector of a checked model file (:func:`anomem.model_file.read_model_file`),
+        on ``device`` as :meth:`load` chooses it."""
         cfg = found.config
         if device is not None:
             cfg = cfg.replace(device=device)

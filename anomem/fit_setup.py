@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -66,6 +67,49 @@ def holdout_indices(y: torch.Tensor, fraction: float, seed: int) -> torch.Tensor
     k = holdout_count(len(normal_idx), fraction)
     g = torch.Generator().manual_seed(seed + 1)
     return normal_idx[torch.randperm(len(normal_idx), generator=g)[:k]]
+
+
+def fit_split(y: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images a fit trains on (a bool mask) and the normals it holds out (indices,
+    :func:`holdout_indices`).
+
+    Raises:
+        InvalidInputError: fewer than 2 normal images are left to train on.
+    """
+    held = holdout_indices(y, fraction, seed)
+    train = torch.ones(len(y), dtype=torch.bool)
+    train[held] = False
+    if int(y[train].sum()) < 2:
+        raise InvalidInputError(f"fit needs at least 2 normal training images, got "
+                                f"{int(y[train].sum())}; add normal images or lower "
+                                f"validation_fraction")
+    return train, held
+
+
+def rejoin(x_train: torch.Tensor, x_held: torch.Tensor, train: torch.Tensor,
+           held: torch.Tensor) -> torch.Tensor:
+    """The images of a fit in the order given, from its training and held-out parts
+    (:func:`fit_split`), so that neither a copy of all images nor of the parts is kept
+    while it trains."""
+    x = torch.empty((len(train), *x_train.shape[1:]), dtype=x_train.dtype)
+    x[train], x[held] = x_train, x_held
+    return x
+
+
+def threshold_reference(y: torch.Tensor, train: torch.Tensor, held: torch.Tensor) -> torch.Tensor:
+    """The images whose scores set a fit's thresholds: the held-out normals, or the training
+    normals when none is held out."""
+    return held if len(held) else torch.nonzero(train & (y == 1)).squeeze(1)
+
+
+def run_options(cfg: AnoMemConfig, checkpoint_dir: Any, progress: bool, log: Any,
+                options: RunOptions | None) -> RunOptions:
+    """How a fit runs: ``options`` as given, else the configuration's device; with
+    ``checkpoint_dir``, both stages checkpoint there."""
+    opts = options or RunOptions(device=resolve_device(cfg.runtime.device), progress=progress, log=log)
+    if checkpoint_dir is not None:
+        opts.checkpoint_dir = Path(checkpoint_dir)
+    return opts
 
 
 def data_digest(images: torch.Tensor, y: torch.Tensor) -> str:

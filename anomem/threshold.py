@@ -26,6 +26,7 @@ neither bound holds for a threshold set on them.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -93,3 +94,25 @@ def describe(n: int, target: float) -> str:
     return (f"the {nth}highest of {n} held-out normal scores: expected false-alarm "
             f"rate <= {100 * k / (n + 1):.3g}% (target {100 * target:g}%), at most "
             f"{100 * frr_upper_bound(n, target):.3g}% with {CONFIDENCE:.0%} confidence")
+
+
+def fit_threshold(scores: np.ndarray, n_held: int, fraction: float,
+                  target: float) -> tuple[float, float | None]:
+    """The image threshold a fit sets, and its false-alarm bound (None without held-out normals).
+
+    ``scores``: the ``n_held`` held-out normals' scores, or the training normals' when
+    ``n_held`` is 0.  A :class:`ThresholdWarning` says when the held-out normals are too
+    few for ``target`` (:func:`too_few`), or when ``fraction`` > 0 held none out.
+    """
+    threshold = order_statistic_threshold(scores, target)
+    if n_held and too_few(n_held, target):
+        warnings.warn(held_out_warning(n_held, target), ThresholdWarning, stacklevel=3)
+    elif not n_held and fraction > 0:
+        need = 1 / fraction            # inf for a subnormal fraction
+        need_text = f"{math.ceil(need)}" if math.isfinite(need) else "more"
+        warnings.warn(f"validation_fraction={fraction:g} holds out no normal image (it needs at "
+                      f"least {need_text} normal images): the threshold comes "
+                      f"from the training normals, whose scores are optimistic, so it flags "
+                      f"more than target_frr of new normal images; add normal images",
+                      ThresholdWarning, stacklevel=3)
+    return threshold, frr_upper_bound(n_held, target) if n_held else None

@@ -31,8 +31,8 @@ from PIL import Image
 from scipy import ndimage
 from sklearn.metrics import roc_curve
 
+from anomem.base import MapDetector
 from anomem.data.folders import read_image
-from anomem.detector import AnoMem
 from anomem.heatmaps import resize_maps
 from anomem.reports.pixel_metrics import pro_at
 from anomem.serialization import atomic_write_bytes, atomic_write_text
@@ -74,7 +74,7 @@ def png_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_heatmaps(folder: str | Path, det: AnoMem, names: Sequence[str], files: Sequence[Path],
+def write_heatmaps(folder: str | Path, det: MapDetector, names: Sequence[str], files: Sequence[Path],
                    images: torch.Tensor, batch_size: int = 64) -> list[Path]:
     """One ``<name>.png`` overlay per image file in ``folder``, at the file's own size.
 
@@ -214,7 +214,7 @@ def _metric_rows(metrics: dict[str, float], threshold: float, reference: str | N
         ("anomalies missed", f"{int(metrics['fn'])} of {int(metrics['fn'] + metrics['tp'])}")]
 
 
-def _pixel_rows(det: AnoMem, images: torch.Tensor, masks: np.ndarray | None) -> list[tuple[str, str]]:
+def _pixel_rows(det: MapDetector, images: torch.Tensor, masks: np.ndarray | None) -> list[tuple[str, str]]:
     """With ground-truth masks, the row of the per-region overlap at ``det.pixel_threshold_``."""
     if masks is None:
         return []
@@ -227,7 +227,7 @@ def _pixel_rows(det: AnoMem, images: torch.Tensor, masks: np.ndarray | None) -> 
              f"inside the contour, averaged)", f"{pro:.4f}")]
 
 
-def write_report(folder: str | Path, det: AnoMem, *, labels: np.ndarray, scores: np.ndarray,
+def write_report(folder: str | Path, det: MapDetector, *, labels: np.ndarray, scores: np.ndarray,
                  threshold: float, names: Sequence[str], images: torch.Tensor,
                  metrics: dict[str, float], per_type: list[tuple[str, int, float, float]],
                  summary: str, fmt: str = "html", top: int = 8, reference: str | None = None,
