@@ -14,6 +14,11 @@ and k-means prototypes (Table 4) as the patterns of the memories they fill
 Within a version, fields come and go without a new number: a configuration key
 added since a file was written reads as the file was made (:data:`ADDED_KEYS`),
 and a file from before the pixel threshold loads without one (None).
+
+An ensemble file (:meth:`anomem.ensemble.AnoMemEnsemble.save`, format
+``anomem-ensemble``, version 1) holds one such dictionary per member (each
+checked as a model file's), the members' score standardisers and the
+ensemble's thresholds; :func:`read_any_model_file` reads either kind.
 """
 
 from __future__ import annotations
@@ -35,6 +40,10 @@ from anomem.torch_model import AnoMemModel
 
 MODEL_FORMAT = "anomem-model"
 MODEL_VERSION = 2
+ENSEMBLE_FORMAT = "anomem-ensemble"
+ENSEMBLE_VERSION = 1
+#: The per-member standardisers an ensemble file holds (:mod:`anomem.ensemble`).
+ENSEMBLE_STATS = ("score_loc", "score_scale", "map_loc", "map_scale")
 #: What a command or call expecting a model file wants instead of what it was given.
 EXPECTED = "a model file written by 'anomem fit' or AnoMem.save"
 
@@ -67,8 +76,22 @@ class ModelFile:
     pixel_threshold: float | None = None
 
 
-def model_blob(network: AnoMemModel, threshold: float | None, frr_bound: float | None,
-               normals: int, pixel_threshold: float | None = None) -> dict[str, Any]:
+@dataclass
+class EnsembleFile:
+    """The content of an ensemble file: its members, their score standardisers
+    (:data:`ENSEMBLE_STATS`, one value per member) and the ensemble's thresholds."""
+
+    members: list[ModelFile]
+    stats: dict[str, np.ndarray]
+    seed: int
+    threshold: float | None
+    threshold_frr_bound: float | None
+    threshold_normals: int
+    pixel_threshold: float | None = None
+
+
+def model_blob(network: AnoMemModel, threshold: float | None = None, frr_bound: float | None = None,
+               normals: int = 0, pixel_threshold: float | None = None) -> dict[str, Any]:
     """The dictionary :meth:`anomem.AnoMem.save` writes for a fitted ``network``."""
     state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
     return {"format": MODEL_FORMAT, "version": MODEL_VERSION, "anomem_version": __version__,
@@ -142,24 +165,17 @@ def _network(blob: dict[str, Any], cfg: AnoMemConfig) -> AnoMemModel:
     return model
 
 
-def read_model_file(path: str | Path) -> ModelFile:
-    """Read and check a file written by :meth:`anomem.AnoMem.save` (tensors and plain values only).
-
-    Raises:
-        ModelFileError: missing, not a model file, corrupt, unsafe, inconsistent or
-            other-version file; the message names the file and the fix.
-    """
-    blob = safe_torch_load(path, "model file", expected=EXPECTED)
-    if blob.get("format") != MODEL_FORMAT:
-        raise ModelFileError(f"{str(path)!r} is a torch file but not an anomem model file (no "
-                             f"format {MODEL_FORMAT!r}: e.g. a training checkpoint or a bare "
-                             f"state_dict); pass {EXPECTED}")
+def _check_version(blob: dict[str, Any], path: str | Path, what: str) -> None:
     if blob.get("version") not in range(1, MODEL_VERSION + 1):
         raise ModelFileError(
-            f"model file {str(path)!r} has format version {blob.get('version')} (written by "
+            f"{what} {str(path)!r} has format version {blob.get('version')} (written by "
             f"anomem {blob.get('anomem_version')}); this anomem {__version__} reads version "
             f"1 to {MODEL_VERSION}: install the matching anomem or re-fit the model")
-    require_checksum(blob, "model file", path)
+
+
+def _model(blob: dict[str, Any], path: str | Path, what: str = "model file") -> ModelFile:
+    """The checked content of one model's dictionary (a model file's, or an ensemble member's)."""
+    _check_version(blob, path, what)
     try:
         blob = upgrade(blob)
         cfg = from_dict({**ADDED_KEYS, **dotted(blob["config"])})
@@ -167,6 +183,70 @@ def read_model_file(path: str | Path) -> ModelFile:
         network = _network(blob, cfg)
     except (KeyError, IndexError, AttributeError, RuntimeError, TypeError, ValueError) as e:
         reason = " ".join(str(e).split())[:300]
-        raise ModelFileError(f"model file {str(path)!r} is inconsistent ({reason}); re-fit "
+        raise ModelFileError(f"{what} {str(path)!r} is inconsistent ({reason}); re-fit "
                              f"and save the model again") from None
     return ModelFile(cfg, network, *thresholds)
+
+
+def read_any_model_file(path: str | Path) -> ModelFile | EnsembleFile:
+    """Read and check a file of :meth:`anomem.AnoMem.save` or
+    :meth:`anomem.ensemble.AnoMemEnsemble.save` (tensors and plain values only).
+
+    Raises:
+        ModelFileError: missing, not a model file, corrupt, unsafe, inconsistent or
+            other-version file; the message names the file and the fix.
+    """
+    blob = safe_torch_load(path, "model file", expected=EXPECTED)
+    if blob.get("format") not in (MODEL_FORMAT, ENSEMBLE_FORMAT):
+        raise ModelFileError(f"{str(path)!r} is a torch file but not an anomem model file (no "
+                             f"format {MODEL_FORMAT!r}: e.g. a training checkpoint or a bare "
+                             f"state_dict); pass {EXPECTED}")
+    if blob["format"] == MODEL_FORMAT:
+        _check_version(blob, path, "model file")
+        require_checksum(blob, "model file", path)
+        return _model(blob, path)
+    if blob.get("version") != ENSEMBLE_VERSION:
+        raise ModelFileError(f"ensemble file {str(path)!r} has format version {blob.get('version')}; "
+                             f"this anomem {__version__} reads version {ENSEMBLE_VERSION}: install "
+                             f"the matching anomem or re-fit the ensemble")
+    require_checksum(blob, "ensemble file", path)
+    members = blob.get("members")
+    if not isinstance(members, list) or not members or not all(isinstance(m, dict) for m in members):
+        raise ModelFileError(f"ensemble file {str(path)!r} holds no member models; re-fit and "
+                             f"save the ensemble again")
+    found = [_model(m, path, "ensemble file") for m in members]
+    try:
+        stats = {k: _vector(blob[k], len(found), k) for k in ENSEMBLE_STATS}
+        seed = blob["seed"]
+        if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2 ** 32):
+            raise TypeError(f"seed {seed!r} is not a seed")
+        thresholds = _threshold_fields(blob)
+    except (KeyError, TypeError, ValueError) as e:
+        reason = " ".join(str(e).split())[:300]
+        raise ModelFileError(f"ensemble file {str(path)!r} is inconsistent ({reason}); re-fit "
+                             f"and save the ensemble again") from None
+    return EnsembleFile(found, stats, seed, *thresholds)
+
+
+def _vector(v: Any, n: int, name: str) -> np.ndarray:
+    """A finite float64 vector of length ``n`` from a list of numbers."""
+    if not (isinstance(v, list) and len(v) == n and all(is_real(e) for e in v)):
+        raise TypeError(f"{name} is not a list of {n} numbers")
+    out = np.asarray(v, dtype=np.float64)
+    if not np.isfinite(out).all():
+        raise ValueError(f"{name} is not finite")
+    return out
+
+
+def read_model_file(path: str | Path) -> ModelFile:
+    """Read and check a file written by :meth:`anomem.AnoMem.save` (tensors and plain values only).
+
+    Raises:
+        ModelFileError: missing, not a model file, corrupt, unsafe, inconsistent or
+            other-version file, or an ensemble's file; the message names the file and the fix.
+    """
+    found = read_any_model_file(path)
+    if isinstance(found, EnsembleFile):
+        raise ModelFileError(f"{str(path)!r} holds an ensemble of {len(found.members)} models; load "
+                             f"it with AnoMemEnsemble.load or anomem.load_detector")
+    return found

@@ -48,6 +48,7 @@ from anomem.cli.score import model_threshold
 from anomem.data.folders import format_skipped
 from anomem.data.sources import Entry, by_label, check_disjoint, expand_source, load_entries
 from anomem.detector import AnoMem
+from anomem.ensemble import AnoMemEnsemble, load_detector
 from anomem.errors import InvalidInputError
 from anomem.progress import auto_progress
 from anomem.reports.metrics import auroc, detection_metrics
@@ -139,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     sources = [("LIST", args.list), ("--normal", args.normal), ("--anomalies", args.anomalies)]
     check_model_argument(args.model, USAGE, [src for _, src in sources])
     check_image_sources(sources, f"the model file goes first, {USAGE}")
-    det = AnoMem.load(args.model)
+    det = load_detector(args.model)
     threshold = model_threshold(det, args.threshold, args.model)
     normal_e, anom_e = labelled_sources(args)
     size, progress = det.config_.backbone.image_size, not args.quiet and auto_progress()
@@ -184,9 +185,9 @@ def _per_type(labels: np.ndarray, scores: np.ndarray, threshold: float, types: l
     return rows
 
 
-def _write(args: argparse.Namespace, det: AnoMem, images: torch.Tensor, labels: np.ndarray,
-           scores: np.ndarray, threshold: float, metrics: dict, per_type: list, notes: list[str],
-           entries: list[Entry]) -> Path:
+def _write(args: argparse.Namespace, det: AnoMem | AnoMemEnsemble, images: torch.Tensor,
+           labels: np.ndarray, scores: np.ndarray, threshold: float, metrics: dict, per_type: list,
+           notes: list[str], entries: list[Entry]) -> Path:
     """metrics.json, scores.csv and the report; returns the report's path."""
     out = Path(args.report)
     types = ["normal" if y == 0 else e.group for e, y in zip(entries, labels, strict=True)]

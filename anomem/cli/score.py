@@ -35,6 +35,7 @@ from anomem.cli.paths import check_image_sources, check_model_argument
 from anomem.data.folders import format_skipped
 from anomem.data.sources import expand_sources, load_entries, mirror_names
 from anomem.detector import AnoMem
+from anomem.ensemble import AnoMemEnsemble, load_detector
 from anomem.errors import InvalidInputError
 from anomem.progress import auto_progress
 from anomem.reports.report import csv_text, write_heatmaps
@@ -61,7 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="no progress bar (by default it is shown only on a terminal)")
 
 
-def model_threshold(det: AnoMem, explicit: float | None, path: str) -> float:
+def model_threshold(det: AnoMem | AnoMemEnsemble, explicit: float | None, path: str) -> float:
     """'explicit' when given, else the threshold stored in the model file."""
     if explicit is not None:
         return float(explicit)
@@ -76,7 +77,7 @@ USAGE = "as in: anomem score MODEL PATH [PATH ...]"
 def run(args: argparse.Namespace) -> int:
     check_model_argument(args.model, USAGE, args.paths)
     check_image_sources([("PATH", p) for p in args.paths], f"the model file goes first, once, {USAGE}")
-    det = AnoMem.load(args.model)
+    det = load_detector(args.model)
     loaded, entries = load_entries(expand_sources(args.paths), det.config_.backbone.image_size,
                                    args.bad_images, not args.quiet and auto_progress(), "images")
     if loaded.skipped:
