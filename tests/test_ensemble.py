@@ -150,3 +150,11 @@ def test_cli_fits_and_scores_an_ensemble(tmp_path, capsys, digits):
     np.testing.assert_allclose([float(r["score"]) for r in rows], expected, rtol=1e-5)
     assert main(["fit", str(tmp_path / "good"), "--members", "0", "-q"]) == 2
     assert "--members must be a positive integer" in capsys.readouterr().err
+
+
+def test_demo_runs_ensembles(capsys):
+    assert main(["demo", "--classes", "1", "--gammas", "0", "--members", "2", "--set", "stage1_epochs=1"]) == 0
+    table = capsys.readouterr().out
+    assert "gamma=0" in table and "knn_encoder" in table
+    assert main(["demo", "--members", "0"]) == 2
+    assert "--members must be a positive integer" in capsys.readouterr().err

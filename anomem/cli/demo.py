@@ -9,7 +9,9 @@ one-class model's pooled features) and a nearest neighbour on raw pixels
 ``--seeds``, cells are means over seeds and the last row gives mean ± std
 over seeds of the class means.  ``--side N`` first resizes the 8x8 digits to
 N x N (bilinear) and fits the preset ``auto`` picks for N-pixel images (``cpu``
-for 25-64 px), as a user with digits of that size gets it.
+for 25-64 px), as a user with digits of that size gets it.  ``--members K``
+fits :class:`anomem.ensemble.AnoMemEnsemble` of K networks instead of one
+(the encoder column reads its first member).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from anomem.baselines.pixel_knn import PixelKNN
 from anomem.config import parse_override
 from anomem.data.digits import load_digits_split
 from anomem.detector import AnoMem
+from anomem.ensemble import AnoMemEnsemble
 from anomem.errors import ConfigError
 from anomem.presets import auto_preset
 from anomem.protocols.one_vs_all import auroc, make_one_vs_all
@@ -48,6 +51,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--side", type=int, default=8,
                    help="resize the 8x8 digits to this side and fit the preset 'auto' picks for it "
                         "(default 8: the 'digits' preset)")
+    p.add_argument("--members", type=int, default=1, metavar="K",
+                   help="fit an ensemble of K networks per cell (default: 1, one network)")
     p.add_argument("--out", type=Path, default=None,
                    help="also write every cell (class, seed, column, AUROC) to this JSON file")
 
@@ -61,19 +66,22 @@ def resized(images: np.ndarray, side: int) -> np.ndarray:
 
 
 def run_cell(normal_class: int, seed: int, gammas: list[float], overrides: dict,
-             side: int = 8) -> dict[str, float]:
-    """Every column of one (class, seed) row: AnoMem per gamma, kNN on its encoder, pixel kNN."""
+             side: int = 8, members: int = 1) -> dict[str, float]:
+    """Every column of one (class, seed) row: AnoMem per gamma (an ensemble of ``members`` when
+    more than 1), kNN on its encoder (the first member's), pixel kNN."""
     split = load_digits_split(seed=seed)
     split.x_train, split.x_test = resized(split.x_train, side), resized(split.x_test, side)
     preset = auto_preset(side)
     row: dict[str, float] = {}
     for g in gammas:
         task = make_one_vs_all(split, normal_class, g, seed)
-        det = AnoMem(preset, seed=seed, **overrides).fit(task.x_train, task.labels_train,
-                                                         validation_fraction=0.0)
+        det = (AnoMem(preset, seed=seed, **overrides) if members == 1
+               else AnoMemEnsemble(preset, members=members, seed=seed, **overrides))
+        det.fit(task.x_train, task.labels_train, validation_fraction=0.0)
         row[f"gamma={g:g}"] = auroc(task.labels_test, det.decision_function(task.x_test))
         if g == 0:
-            knn = KNNDetector(preset, k=1, encoder=det).fit(task.x_train, task.labels_train)
+            encoder = det if members == 1 else det.members_[0]
+            knn = KNNDetector(preset, k=1, encoder=encoder).fit(task.x_train, task.labels_train)
             row["knn_encoder"] = auroc(task.labels_test, knn.decision_function(task.x_test))
     task = make_one_vs_all(split, normal_class, 0.0, seed)
     pix = PixelKNN(size=side, k=1).fit(task.x_train)
@@ -94,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
     if "seed" in overrides:
         raise ConfigError("demo: the seed is not a --set key here; use --seeds N [N ...]")
     t0 = time.perf_counter()
+    if args.members < 1:
+        raise ConfigError(f"demo: --members must be a positive integer, got {args.members}")
     if not 8 <= args.side <= 512:
         raise ConfigError(f"demo: --side must be between 8 and 512 pixels, got {args.side}")
     split = load_digits_split(seed=args.seeds[0])
@@ -103,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     cells: list[dict] = []
     columns: list[str] = []
     for c in args.classes:
-        rows = [run_cell(c, s, args.gammas, overrides, args.side) for s in args.seeds]
+        rows = [run_cell(c, s, args.gammas, overrides, args.side, args.members) for s in args.seeds]
         columns = [f"gamma={g:g}" for g in args.gammas] + ["knn_encoder", "knn_pixels"]
         columns = [k for k in columns if k in rows[0]]
         if c == args.classes[0]:
@@ -119,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         atomic_write_text(args.out, json.dumps({"overrides": overrides, "seeds": args.seeds,
                                                 "side": args.side, "preset": auto_preset(args.side),
+                                                "members": args.members,
                                                 "threads": torch.get_num_threads(),
                                                 "cells": cells}, indent=1))
     return 0

@@ -4,6 +4,7 @@
     python benchmarks/quality/regression.py --only digits_oc digits_ss
     python benchmarks/quality/regression.py --write-baseline   # after a change is accepted
     python benchmarks/quality/regression.py --set extensions.reseed_dead=false   # a candidate default
+    python benchmarks/quality/regression.py --members 5        # an ensemble of five fits instead
 
 Run it before changing any default.  Each check refits 3 seeds and takes the
 mean over seeds of the per-seed mean AUROC over its classes:
@@ -44,17 +45,18 @@ SEEDS = (0, 1, 2)
 CHECKS = ("digits_oc", "digits_ss", "cifar_oc")
 
 
-def digits_means(gamma: float, overrides: dict[str, Any]) -> list[float]:
+def digits_means(gamma: float, overrides: dict[str, Any], members: int = 1) -> list[float]:
     """Per seed, the mean AUROC (%) over the ten digit classes."""
     from anomem.cli.demo import run_cell
     key = f"gamma={gamma:g}"
-    return [100 * float(np.mean([run_cell(c, s, [gamma], overrides)[key] for c in range(10)]))
-            for s in SEEDS]
+    return [100 * float(np.mean([run_cell(c, s, [gamma], overrides, members=members)[key]
+                                 for c in range(10)])) for s in SEEDS]
 
 
-def cifar_means(overrides: dict[str, Any], classes: tuple[int, ...] = (0, 1)) -> list[float]:
+def cifar_means(overrides: dict[str, Any], members: int = 1,
+                classes: tuple[int, ...] = (0, 1)) -> list[float]:
     """Per seed, the mean one-class AUROC (%) over ``classes`` at the grid budget."""
-    from anomem import AnoMem
+    from anomem import AnoMem, AnoMemEnsemble
     from anomem.protocols.one_vs_all import auroc, make_one_vs_all
     from anomem.protocols.runner import load_dataset, subsample
     _, split = load_dataset("cifar10_jpeg")
@@ -64,14 +66,15 @@ def cifar_means(overrides: dict[str, Any], classes: tuple[int, ...] = (0, 1)) ->
         scores = []
         for c in classes:
             task = make_one_vs_all(split, c, 0.0, s)
-            det = AnoMem("cpu", seed=s, stage1_epochs=3, **overrides).fit(
-                task.x_train, validation_fraction=0.0, progress=False)
+            kw = {"seed": s, "stage1_epochs": 3, **overrides}
+            det = AnoMem("cpu", **kw) if members == 1 else AnoMemEnsemble("cpu", members=members, **kw)
+            det.fit(task.x_train, validation_fraction=0.0, progress=False)
             scores.append(auroc(task.labels_test, det.decision_function(task.x_test)))
         out.append(100 * float(np.mean(scores)))
     return out
 
 
-RUN = {"digits_oc": lambda o: digits_means(0.0, o), "digits_ss": lambda o: digits_means(0.05, o),
+RUN = {"digits_oc": lambda o, k: digits_means(0.0, o, k), "digits_ss": lambda o, k: digits_means(0.05, o, k),
        "cifar_oc": cifar_means}
 
 
@@ -92,9 +95,12 @@ def main(argv: list[str] | None = None) -> int:
                         "of default is accepted)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="refit with a candidate default (compared with the same baseline)")
+    p.add_argument("--members", type=int, default=1, metavar="K",
+                   help="refit AnoMemEnsemble of K members instead of AnoMem (compared with the "
+                        "same baseline)")
     args = p.parse_args(argv)
     overrides = dict(parse_override(o) for o in args.set)
-    if overrides and args.write_baseline:
+    if (overrides or args.members != 1) and args.write_baseline:
         p.error("--write-baseline stores the defaults' means: change the default, then run it "
                 "without --set")
     torch.set_num_threads(1)
@@ -102,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for name in args.only:
         t0 = time.time()
-        per_seed = RUN[name](overrides)
+        per_seed = RUN[name](overrides, args.members)
         if name in baseline:
             ok, line = verdict(name, per_seed, baseline[name])
             print(line + f" ({time.time() - t0:.0f} s)", flush=True)
