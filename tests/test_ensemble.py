@@ -158,3 +158,25 @@ def test_demo_runs_ensembles(capsys):
     assert "gamma=0" in table and "knn_encoder" in table
     assert main(["demo", "--members", "0"]) == 2
     assert "--members must be a positive integer" in capsys.readouterr().err
+
+
+class Stop(Exception):
+    """Stands for an interruption."""
+
+
+def test_an_interrupted_ensemble_resumes_member_by_member(digits, tmp_path):
+    x, test = digits.x_train[digits.y_train == 6][:60], digits.x_test[:30]
+    full = AnoMemEnsemble("digits", members=2, **FAST).fit(x)
+
+    def stop_at_member_1(row: dict) -> None:
+        if row["member"] == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        AnoMemEnsemble("digits", members=2, **FAST).fit(x, checkpoint_dir=tmp_path, log=stop_at_member_1)
+    assert (tmp_path / "member0" / "stage1.ckpt").is_file()
+    rows: list[dict] = []
+    resumed = AnoMemEnsemble("digits", members=2, **FAST).fit(x, checkpoint_dir=tmp_path, log=rows.append)
+    assert rows and {row["member"] for row in rows} == {1}     # member 0 is not trained again
+    np.testing.assert_array_equal(resumed.decision_function(test), full.decision_function(test))
+    assert resumed.threshold_ == full.threshold_
