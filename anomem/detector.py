@@ -25,23 +25,19 @@ import torch
 
 from anomem.base import MapDetector
 from anomem.config import AnoMemConfig, get_config
-from anomem.data.convert import to_image_tensor, to_normal_flags
+from anomem.data.convert import to_image_tensor
 from anomem.errors import InvalidInputError, RequiresFitting
 from anomem.fit_setup import (
     RUNTIME_KEYS,
-    check_fit_options,
-    check_validation_fraction,
     data_digest,
-    fit_split,
+    fit_thresholds,
     holdout_count,
     holdout_indices,
-    rejoin,
+    prepare_fit,
     resolve_device,
     run_fingerprint,
-    run_options,
-    threshold_reference,
 )
-from anomem.heatmaps import at_input_size, model_side_maps, pixel_threshold
+from anomem.heatmaps import at_input_size, model_side_maps
 from anomem.model_file import MODEL_FORMAT, MODEL_VERSION, ModelFile, model_blob, read_model_file
 from anomem.presets import AUTO, auto_preset, input_side
 from anomem.progress import auto_progress
@@ -49,7 +45,6 @@ from anomem.serialization import atomic_torch_save
 from anomem.stages.common import RunOptions, map_batches
 from anomem.stages.stage1 import train_stage1
 from anomem.stages.stage2 import calibrate_scales, fit_heads, fit_kmeans_prototypes
-from anomem.threshold import fit_threshold
 from anomem.torch_model import AnoMemModel
 
 __all__ = ["MODEL_FORMAT", "MODEL_VERSION", "RUNTIME_KEYS", "AnoMem", "ConfigArgs", "data_digest",
@@ -197,26 +192,17 @@ class AnoMem(ConfigArgs, MapDetector):
         :attr:`decision_scores_` and :attr:`history_`.
         """
         cfg = resolve_config(self.config, self._overrides, images)
-        x = to_image_tensor(images, cfg.backbone.image_size, "images")
-        y = to_normal_flags(labels, len(x), "labels")
-        check_validation_fraction(validation_fraction)
-        check_fit_options(checkpoint_dir, log, options)
-        train, held = fit_split(y, validation_fraction, cfg.runtime.seed)
-        opts = run_options(cfg, checkpoint_dir, auto_progress(progress), log, options)
-        x_train, x_held = x[train], x[held]
-        del x   # a resized copy of the images is not kept through training
-        self.fit_network(cfg, x_train, y[train], opts)
-        x = rejoin(x_train, x_held, train, held)
-        del x_train, x_held
+        data = prepare_fit(cfg, images, labels, validation_fraction, checkpoint_dir,
+                           auto_progress(progress), log, options)
+        self.fit_network(cfg, data.x_train, data.y[data.train], data.options)
+        x = data.images()
         # scored once, in the order given; the thresholds read the held-out normals' scores
         # (or, with none held out, the training normals')
         self.decision_scores_ = score_network(self.network_, x)
-        ref = threshold_reference(y, train, held)
-        target = cfg.scoring.target_frr
-        self.threshold_, self.threshold_frr_bound_ = fit_threshold(
-            self.decision_scores_[ref.numpy()], len(held), validation_fraction, target)
-        self.threshold_normals_ = len(held)
-        self.pixel_threshold_ = pixel_threshold(self.network_, x[ref], target)
+        (self.threshold_, self.threshold_frr_bound_, self.threshold_normals_,
+         self.pixel_threshold_) = fit_thresholds(self.decision_scores_,
+                                                 lambda xr: model_side_maps(self.network_, xr),
+                                                 x, data, validation_fraction)
         return self
 
     def fit_network(self, cfg: AnoMemConfig, x_train: torch.Tensor, y_train: torch.Tensor,

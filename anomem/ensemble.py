@@ -45,17 +45,10 @@ import torch
 from anomem import __version__
 from anomem.base import MapDetector
 from anomem.config import AnoMemConfig
-from anomem.data.convert import to_image_tensor, to_normal_flags
+from anomem.data.convert import to_image_tensor
 from anomem.detector import AnoMem, ConfigArgs, resolve_config, score_network
 from anomem.errors import ConfigError, InvalidInputError, ModelFileError, RequiresFitting
-from anomem.fit_setup import (
-    check_fit_options,
-    check_validation_fraction,
-    fit_split,
-    rejoin,
-    run_options,
-    threshold_reference,
-)
+from anomem.fit_setup import fit_thresholds, prepare_fit
 from anomem.heatmaps import at_input_size, model_side_maps
 from anomem.model_file import (
     ENSEMBLE_FORMAT,
@@ -68,7 +61,6 @@ from anomem.presets import AUTO
 from anomem.progress import auto_progress
 from anomem.serialization import atomic_torch_save
 from anomem.stages.common import RunOptions
-from anomem.threshold import fit_threshold, order_statistic_threshold
 
 __all__ = ["MAP_NORMALS", "AnoMemEnsemble", "load_detector", "member_seeds"]
 
@@ -144,31 +136,20 @@ class AnoMemEnsemble(ConfigArgs, MapDetector):
         """
         cfg = resolve_config(self.config, self._overrides, images)
         _check_members(self.members)
-        x = to_image_tensor(images, cfg.backbone.image_size, "images")
-        y = to_normal_flags(labels, len(x), "labels")
-        check_validation_fraction(validation_fraction)
-        check_fit_options(checkpoint_dir, log, None)
-        train, held = fit_split(y, validation_fraction, cfg.runtime.seed)
-        opts = run_options(cfg, checkpoint_dir, auto_progress(progress), log, None)
-        x_train, x_held, y_train = x[train], x[held], y[train]
-        del x
+        data = prepare_fit(cfg, images, labels, validation_fraction, checkpoint_dir,
+                           auto_progress(progress), log, None)
+        y_train = data.y[data.train]
         self.config_, self.members_ = cfg, []
         for k, seed in enumerate(member_seeds(cfg.runtime.seed, self.members)):
             member_cfg = cfg.replace(**{"runtime.seed": seed})
             self.members_.append(AnoMem(member_cfg).fit_network(
-                member_cfg, x_train, y_train, _member_options(opts, k)))
-        normals = x_train[y_train == 1]
-        self._fit_standardisers(normals)
-        del normals
-        x = rejoin(x_train, x_held, train, held)
-        del x_train, x_held
+                member_cfg, data.x_train, y_train, _member_options(data.options, k)))
+        self._fit_standardisers(data.x_train[y_train == 1])
+        x = data.images()
         self.decision_scores_ = self._scores(x)
-        ref = threshold_reference(y, train, held)
-        target = cfg.scoring.target_frr
-        self.threshold_, self.threshold_frr_bound_ = fit_threshold(
-            self.decision_scores_[ref.numpy()], len(held), validation_fraction, target)
-        self.threshold_normals_ = len(held)
-        self.pixel_threshold_ = order_statistic_threshold(self._model_side_maps(x[ref]), target)
+        (self.threshold_, self.threshold_frr_bound_, self.threshold_normals_,
+         self.pixel_threshold_) = fit_thresholds(self.decision_scores_, self._model_side_maps, x,
+                                                 data, validation_fraction)
         return self
 
     def _fit_standardisers(self, normals: torch.Tensor) -> None:

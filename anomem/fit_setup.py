@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +16,10 @@ import torch
 
 from anomem.base import is_real
 from anomem.config import AnoMemConfig, to_dotted
+from anomem.data.convert import to_image_tensor, to_normal_flags
 from anomem.errors import InvalidInputError
 from anomem.stages.common import RunOptions
+from anomem.threshold import fit_threshold, order_statistic_threshold
 
 
 def resolve_device(name: str) -> torch.device:
@@ -110,6 +114,54 @@ def run_options(cfg: AnoMemConfig, checkpoint_dir: Any, progress: bool, log: Any
     if checkpoint_dir is not None:
         opts.checkpoint_dir = Path(checkpoint_dir)
     return opts
+
+
+@dataclass
+class FitData:
+    """The images of one fit at the model's side, split as :func:`fit_split` splits them."""
+
+    config: AnoMemConfig
+    y: torch.Tensor          # 1 = normal, 0 = labelled anomaly, every image in the order given
+    train: torch.Tensor      # bool mask of the images it trains on
+    held: torch.Tensor       # indices of the normals held out for the thresholds
+    x_train: torch.Tensor
+    x_held: torch.Tensor
+    options: RunOptions
+
+    def images(self) -> torch.Tensor:
+        """Every image in the order given (:func:`rejoin`); the parts are released."""
+        x = rejoin(self.x_train, self.x_held, self.train, self.held)
+        self.x_train = self.x_held = x[:0]
+        return x
+
+
+def prepare_fit(cfg: AnoMemConfig, images: Any, labels: Any, fraction: Any, checkpoint_dir: Any,
+                progress: bool, log: Any, options: RunOptions | None) -> FitData:
+    """A fit's arguments checked and its images converted and split (a resized copy of all the
+    images is not kept beside the parts).
+
+    Raises:
+        InvalidInputError: bad images, labels, fraction or options; too few normal images.
+    """
+    x = to_image_tensor(images, cfg.backbone.image_size, "images")
+    y = to_normal_flags(labels, len(x), "labels")
+    check_validation_fraction(fraction)
+    check_fit_options(checkpoint_dir, log, options)
+    train, held = fit_split(y, fraction, cfg.runtime.seed)
+    opts = run_options(cfg, checkpoint_dir, progress, log, options)
+    return FitData(cfg, y, train, held, x[train], x[held], opts)
+
+
+def fit_thresholds(scores: np.ndarray, maps: Callable[[torch.Tensor], np.ndarray], x: torch.Tensor,
+                   data: FitData, fraction: float) -> tuple[float, float | None, int, float]:
+    """The image threshold, its bound, the held-out count and the pixel threshold of a fit, from
+    the ``scores`` of every image ``x`` and the ``maps`` function (model-side heatmaps at the
+    default smoothing): :func:`anomem.threshold.fit_threshold` and the same order statistic
+    over the maps' pixels, both on :func:`threshold_reference`'s images."""
+    ref = threshold_reference(data.y, data.train, data.held)
+    target = data.config.scoring.target_frr
+    threshold, bound = fit_threshold(scores[ref.numpy()], len(data.held), fraction, target, stacklevel=4)
+    return threshold, bound, len(data.held), order_statistic_threshold(maps(x[ref]), target)
 
 
 def data_digest(images: torch.Tensor, y: torch.Tensor) -> str:

@@ -96,17 +96,18 @@ def describe(n: int, target: float) -> str:
             f"{100 * frr_upper_bound(n, target):.3g}% with {CONFIDENCE:.0%} confidence")
 
 
-def fit_threshold(scores: np.ndarray, n_held: int, fraction: float,
-                  target: float) -> tuple[float, float | None]:
+def fit_threshold(scores: np.ndarray, n_held: int, fraction: float, target: float,
+                  stacklevel: int = 3) -> tuple[float, float | None]:
     """The image threshold a fit sets, and its false-alarm bound (None without held-out normals).
 
     ``scores``: the ``n_held`` held-out normals' scores, or the training normals' when
     ``n_held`` is 0.  A :class:`ThresholdWarning` says when the held-out normals are too
-    few for ``target`` (:func:`too_few`), or when ``fraction`` > 0 held none out.
+    few for ``target`` (:func:`too_few`), or when ``fraction`` > 0 held none out; its
+    ``stacklevel`` (3: the caller of the function that calls this one) points at the fit.
     """
     threshold = order_statistic_threshold(scores, target)
     if n_held and too_few(n_held, target):
-        warnings.warn(held_out_warning(n_held, target), ThresholdWarning, stacklevel=3)
+        warnings.warn(held_out_warning(n_held, target), ThresholdWarning, stacklevel=stacklevel)
     elif not n_held and fraction > 0:
         need = 1 / fraction            # inf for a subnormal fraction
         need_text = f"{math.ceil(need)}" if math.isfinite(need) else "more"
@@ -114,5 +115,5 @@ def fit_threshold(scores: np.ndarray, n_held: int, fraction: float,
                       f"least {need_text} normal images): the threshold comes "
                       f"from the training normals, whose scores are optimistic, so it flags "
                       f"more than target_frr of new normal images; add normal images",
-                      ThresholdWarning, stacklevel=3)
+                      ThresholdWarning, stacklevel=stacklevel)
     return threshold, frr_upper_bound(n_held, target) if n_held else None

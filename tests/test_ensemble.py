@@ -153,7 +153,8 @@ def test_cli_fits_and_scores_an_ensemble(tmp_path, capsys, digits):
 
 
 def test_demo_runs_ensembles(capsys):
-    assert main(["demo", "--classes", "1", "--gammas", "0", "--members", "2", "--set", "stage1_epochs=1"]) == 0
+    assert main(["demo", "--classes", "1", "--gammas", "0", "--members", "2",
+                 "--set", "stage1_epochs=1"]) == 0
     table = capsys.readouterr().out
     assert "gamma=0" in table and "knn_encoder" in table
     assert main(["demo", "--members", "0"]) == 2
