@@ -158,7 +158,7 @@ class AnoMem(ConfigArgs, MapDetector):
             training normals did, and no bound holds).
         pixel_threshold_: heatmap value above which :meth:`predict_mask` calls a pixel
             anomalous: the same order statistic as threshold_, over every pixel of the
-            maps of the same normal images (:func:`anomem.heatmaps.pixel_threshold`).
+            maps of the same normal images (:func:`anomem.fit_setup.fit_thresholds`).
             None after loading a model file written before it existed.
         decision_scores_: float64 (N,) scores of every image given to :meth:`fit`, in
             their order, by the fitted network (as :meth:`decision_function` gives them):

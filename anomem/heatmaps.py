@@ -9,7 +9,7 @@ map is
 2. resized back to each input's own height x width (:func:`at_input_size`),
    bilinear and antialiased, as :func:`anomem.data.convert.to_image_tensor`
    resizes the images the other way, so a 200 x 150 image gets a 200 x 150 map;
-3. compared with a **pixel threshold** (:func:`pixel_threshold`): the order
+3. compared with a **pixel threshold** (:func:`anomem.fit_setup.fit_thresholds`): the order
    statistic of :mod:`anomem.threshold` over every pixel of the held-out normal
    images' maps at S x S, with the default smoothing.  A map above it is the
    predicted anomalous region.  Pixels of one image are not independent, so
@@ -41,7 +41,6 @@ import torch.nn.functional as F
 from anomem.data import convert
 from anomem.localisation import anomaly_map
 from anomem.stages.common import RunOptions, map_batches
-from anomem.threshold import order_statistic_threshold
 from anomem.torch_model import AnoMemModel
 
 #: Default gaussian smoothing of a heatmap, as a fraction of the model's input side.
@@ -88,11 +87,3 @@ def at_input_size(maps: np.ndarray, images: Any) -> np.ndarray | list[np.ndarray
     if convert.one_at_a_time(images):
         return [resize_maps(m[None], s)[0] for m, s in zip(maps, sizes, strict=True)]
     return resize_maps(maps, sizes[0])
-
-
-def pixel_threshold(model: AnoMemModel, normals: torch.Tensor, target: float,
-                    batch_size: int = 64) -> float:
-    """The pixel threshold set on uint8 normal images (N, 3, S, S): the order statistic of
-    :func:`anomem.threshold.order_statistic_threshold` (rank ``floor((n + 1) * target)``
-    from the top) over all n = N S^2 pixels of their maps at the default smoothing."""
-    return order_statistic_threshold(model_side_maps(model, normals, None, batch_size), target)
