@@ -55,6 +55,9 @@ class MapDetector(Detector):
     """A detector with heatmaps: ``anomaly_map(images, batch_size=...)`` and a pixel threshold
     ``pixel_threshold_``, hence :meth:`predict_mask`."""
 
+    #: until fit or load: no threshold, hence no bound and no held-out normals
+    threshold_frr_bound_: float | None = None
+    threshold_normals_: int = 0
     #: heatmap value above which :meth:`predict_mask` calls a pixel anomalous (None: not set)
     pixel_threshold_: float | None = None
 

@@ -167,11 +167,6 @@ class AnoMem(ConfigArgs, MapDetector):
         history_: per-epoch training statistics of both stages.
     """
 
-    #: until fit or load: no threshold, hence no bound and no held-out normals (see Attributes)
-    threshold_frr_bound_: float | None = None
-    threshold_normals_: int = 0
-    pixel_threshold_: float | None = None
-
     # ------------------------------------------------------------------ fitting
     def fit(self, images: Any, labels: Any = None, *, validation_fraction: float = 0.2,
             checkpoint_dir: str | Path | None = None, progress: bool | None = None,

@@ -63,7 +63,7 @@ from anomem.progress import auto_progress
 from anomem.serialization import atomic_torch_save
 from anomem.stages.common import RunOptions
 
-__all__ = ["MAP_NORMALS", "AnoMemEnsemble", "load_detector", "member_seeds"]
+__all__ = ["MAP_NORMALS", "AnoMemEnsemble", "check_members", "load_detector", "member_seeds"]
 
 #: At most this many training normals (evenly spaced) set each member's map standardiser.
 MAP_NORMALS = 256
@@ -89,9 +89,11 @@ def standardiser(values: np.ndarray) -> tuple[float, float]:
     return float(v.mean()), sd if sd > 0 else 1.0
 
 
-def _check_members(members: Any) -> None:
+def check_members(members: Any, name: str = "members") -> None:
+    """Refuse a number of members that is not a positive integer (:class:`ConfigError` naming
+    ``name``, the argument or option that gave it)."""
     if isinstance(members, bool) or not isinstance(members, (int, np.integer)) or members < 1:
-        raise ConfigError(f"members must be a positive integer (the number of fits), got {members!r}")
+        raise ConfigError(f"{name} must be a positive integer (the number of networks), got {members!r}")
 
 
 class AnoMemEnsemble(ConfigArgs, MapDetector):
@@ -113,8 +115,6 @@ class AnoMemEnsemble(ConfigArgs, MapDetector):
     """
 
     _own_params = ("members",)
-    threshold_frr_bound_: float | None = None
-    threshold_normals_: int = 0
 
     def __init__(self, config: AnoMemConfig | str | Path = AUTO, members: int = 5,
                  **overrides: Any) -> None:
@@ -122,7 +122,7 @@ class AnoMemEnsemble(ConfigArgs, MapDetector):
         self.config, self.members, self._overrides = config, members, overrides
 
     def _check_args(self, config: Any, own: dict[str, Any], overrides: dict[str, Any]) -> None:
-        _check_members(own.get("members", getattr(self, "members", 1)))
+        check_members(own["members"])
         resolve_config(config, overrides)
 
     # ------------------------------------------------------------------ fitting
@@ -136,7 +136,7 @@ class AnoMemEnsemble(ConfigArgs, MapDetector):
         resumes where it stopped.  ``log`` receives each member's rows with ``member``: k.
         """
         cfg = resolve_config(self.config, self._overrides, images)
-        _check_members(self.members)
+        check_members(self.members)
         data = prepare_fit(cfg, images, labels, validation_fraction, checkpoint_dir,
                            auto_progress(progress), log, None)
         y_train = data.y[data.train]

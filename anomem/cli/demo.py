@@ -30,7 +30,7 @@ from anomem.baselines.pixel_knn import PixelKNN
 from anomem.config import parse_override
 from anomem.data.digits import load_digits_split
 from anomem.detector import AnoMem
-from anomem.ensemble import AnoMemEnsemble
+from anomem.ensemble import AnoMemEnsemble, check_members
 from anomem.errors import ConfigError
 from anomem.presets import auto_preset
 from anomem.protocols.one_vs_all import auroc, make_one_vs_all
@@ -102,8 +102,7 @@ def run(args: argparse.Namespace) -> int:
     if "seed" in overrides:
         raise ConfigError("demo: the seed is not a --set key here; use --seeds N [N ...]")
     t0 = time.perf_counter()
-    if args.members < 1:
-        raise ConfigError(f"demo: --members must be a positive integer, got {args.members}")
+    check_members(args.members, "--members")
     if not 8 <= args.side <= 512:
         raise ConfigError(f"demo: --side must be between 8 and 512 pixels, got {args.side}")
     split = load_digits_split(seed=args.seeds[0])

@@ -59,8 +59,7 @@ from anomem.config import AnoMemConfig, get_config, parse_override
 from anomem.data.folders import format_skipped
 from anomem.data.sources import Entry, by_label, check_disjoint, expand_source, load_entries
 from anomem.detector import AnoMem, holdout_count
-from anomem.ensemble import AnoMemEnsemble
-from anomem.errors import ConfigError
+from anomem.ensemble import AnoMemEnsemble, check_members
 from anomem.presets import AUTO, PRESET_GUIDE, auto_preset, files_side
 from anomem.progress import auto_progress
 from anomem.reports.report import csv_text
@@ -164,9 +163,7 @@ def run(args: argparse.Namespace) -> int:
     check_image_sources([("NORMAL", args.normal), ("--anomalies", args.anomalies)],
                         "fit trains a new model from images: anomem fit NORMAL [--anomalies SRC] "
                         "-o MODEL (score or evaluate take a fitted MODEL)")
-    if args.members < 1:
-        raise ConfigError(f"--members must be a positive integer (the number of networks), got "
-                          f"{args.members}")
+    check_members(args.members, "--members")
     progress = not args.quiet and auto_progress()
     normal_e, anom_e = labelled_entries(args.normal, args.anomalies)
     cfg, preset = resolve_config(args.config, args.overrides, normal_e + anom_e)

@@ -42,8 +42,8 @@ from anomem import AnoMem
 from anomem.baselines.knn import KNNDetector
 from anomem.baselines.pixel_knn import PixelKNN
 from anomem.config import parse_override
-from anomem.detector import holdout_indices
 from anomem.ensemble import AnoMemEnsemble
+from anomem.fit_setup import fit_split as split_for_fit
 from anomem.presets import auto_preset, input_side
 
 #: the sets :func:`small_task` knows
@@ -55,10 +55,7 @@ HOLDOUT = 0.2
 def fit_split(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """How a default fit of ``seed`` splits ``n`` normal images: a bool mask of those it trains
     on, and the indices of those it holds out, in the order it draws them."""
-    held = holdout_indices(torch.ones(n), HOLDOUT, seed)
-    train = torch.ones(n, dtype=torch.bool)
-    train[held] = False
-    return train, held
+    return split_for_fit(torch.ones(n), HOLDOUT, seed)
 
 
 def small_task(name: str, c: int) -> Any:
