@@ -27,13 +27,18 @@ classes' held-out training images the validation anomalies.  Rows (AUROC %):
 * with ``--head-variant NAME KEY=VALUE...`` (repeatable): the semi-supervised rows,
   plus the heads trained again from the same start with those keys and scored with
   them, row ``ss_NAME`` (reference ``ss_retrained``).  ``--only-set`` with variants
-  keeps ``default``, the variants and, for head variants, the semi-supervised rows.
+  keeps ``default``, the variants and, for head variants, the semi-supervised rows;
+* with ``--members K``: :class:`anomem.AnoMemEnsemble` of K members, one-class (row
+  ``members``) and semi-supervised (row ``ss_members``, beside ``ss_default``), fitted
+  as the single fits are; with ``--only-set`` the rows ``default``, ``members``,
+  ``ss_default`` and ``ss_members`` alone.
 
     python -m experiments.validation.choose --dataset digits --seed 0 >> experiments/validation/rows.jsonl
     python -m experiments.validation.choose --dataset cifar --seed 0 --classes 0 1 >> ...
     python -m experiments.validation.choose --dataset digits --only-set --set weight_average=0.5
     python -m experiments.validation.choose --dataset digits --only-set \
         --variant beta2 memory.beta=2.0 --head-variant raw stage2.head_inputs=raw
+    python -m experiments.validation.choose --dataset digits --only-set --members 5
 
 ``digits``: scikit-learn's digits, the ``digits`` preset; ``cifar``: CIFAR-10
 (``ANOMEM_DATA``), the ``cpu`` preset at the grid budget (3 stage-1 epochs,
@@ -54,7 +59,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from anomem import AnoMem
+from anomem import AnoMem, AnoMemEnsemble
 from anomem.baselines.knn import KNNDetector
 from anomem.baselines.pixel_knn import PixelKNN
 from anomem.config import get_config, parse_override
@@ -128,12 +133,22 @@ def refit_rows(task: Any, preset: str, budget: dict[str, Any], seed: int) -> dic
     return rows
 
 
+def ensemble_row(task: Any, preset: str, budget: dict[str, Any], seed: int, members: int,
+                 labelled: bool) -> np.ndarray:
+    """The scores of an ensemble of ``members`` fits (semi-supervised when ``labelled``)."""
+    det = AnoMemEnsemble(preset, members=members, seed=seed, **budget)
+    det.fit(task.x_train, task.labels_train if labelled else None, **FIT)
+    return det.decision_function(task.x_test)
+
+
 def semi_rows(task: Any, preset: str, budget: dict[str, Any], seed: int,
-              head_variants: dict[str, dict[str, Any]] | None = None) -> dict[str, np.ndarray]:
-    det = AnoMem(preset, seed=seed, **budget).fit(task.x_train, task.labels_train,
-                                                  validation_fraction=0.0, progress=False)
+              head_variants: dict[str, dict[str, Any]] | None = None,
+              only_default: bool = False) -> dict[str, np.ndarray]:
+    det = AnoMem(preset, seed=seed, **budget).fit(task.x_train, task.labels_train, **FIT)
     fitted = det.network
     rows = {"ss_default": det.decision_function(task.x_test)}
+    if only_default:
+        return rows
     fitted.oc_weight.fill_(1.0)
     rows["ss_oc_evidence_null"] = det.decision_function(task.x_test)
     x = to_image_tensor(task.x_train, fitted.config.backbone.image_size, "x_train")
@@ -164,15 +179,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="a one-class refit with these overrides (row NAME)")
     p.add_argument("--head-variant", action="append", nargs="+", default=[], metavar="NAME KEY=VALUE",
                    help="the semi-supervised fit's heads retrained with these keys (row ss_NAME)")
+    p.add_argument("--members", type=int, default=0, metavar="K",
+                   help="rows 'members' and 'ss_members': AnoMemEnsemble of K members")
     p.add_argument("--only-set", action="store_true",
-                   help="only the rows 'default', 'set' and the variants'")
+                   help="only the rows 'default', 'set', the variants' and the ensemble's")
     args = p.parse_args(argv)
     overrides = dict(parse_override(o) for o in args.set)
     variants, head_variants = (
         {v[0]: dict(parse_override(o) for o in v[1:]) for v in given}
         for given in (args.variant, args.head_variant))
-    if args.only_set and not (overrides or variants or head_variants):
-        p.error("--only-set needs --set, --variant or --head-variant")
+    if args.only_set and not (overrides or variants or head_variants or args.members):
+        p.error("--only-set needs --set, --variant, --head-variant or --members")
     torch.set_num_threads(1)
     split, preset, budget = validation_source(args.dataset, args.seed)
     for change in (overrides, *variants.values(), *head_variants.values()):
@@ -182,8 +199,12 @@ def main(argv: list[str] | None = None) -> int:
         task = make_one_vs_all(split, c, 0.0, args.seed)
         rows = one_class_rows(task, preset, budget, args.seed, overrides, args.only_set, variants)
         semi = make_one_vs_all(split, c, args.gamma, args.seed)
-        if head_variants or not args.only_set:
-            rows.update(semi_rows(semi, preset, budget, args.seed, head_variants))
+        if head_variants or args.members or not args.only_set:
+            rows.update(semi_rows(semi, preset, budget, args.seed, head_variants,
+                                  only_default=args.only_set and not head_variants))
+        if args.members:
+            rows["members"] = ensemble_row(task, preset, budget, args.seed, args.members, False)
+            rows["ss_members"] = ensemble_row(semi, preset, budget, args.seed, args.members, True)
         print(json.dumps({"ds": args.dataset, "split": "validation", "seed": args.seed, "c": c,
                           **{k: round(100 * roc_auc_score(semi.labels_test, v), 2)
                              for k, v in rows.items()}, **({"set_keys": overrides} if overrides else {}),
