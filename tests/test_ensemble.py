@@ -9,11 +9,19 @@ import pytest
 import torch
 from sklearn.base import clone
 
-from anomem import AnoMem, AnoMemEnsemble, ConfigError, ModelFileError, RequiresFitting, load_detector
+from anomem import (
+    AnoMem,
+    AnoMemEnsemble,
+    ConfigError,
+    ModelFileError,
+    RequiresFitting,
+    ensemble,
+    load_detector,
+)
 from anomem.cli.main import main
 from anomem.config import get_config
 from anomem.data.convert import to_image_tensor
-from anomem.ensemble import member_seeds
+from anomem.ensemble import make_detector, member_seeds, resolve_members
 from anomem.fit_setup import holdout_indices
 from anomem.serialization import atomic_torch_save, safe_torch_load
 from anomem.threshold import order_statistic_threshold
@@ -159,6 +167,22 @@ def test_demo_runs_ensembles(capsys):
     assert "gamma=0" in table and "knn_encoder" in table
     assert main(["demo", "--members", "0"]) == 2
     assert "--members must be a positive integer" in capsys.readouterr().err
+
+
+def test_auto_members_counts_the_images_given_to_fit(digits, monkeypatch, capsys):
+    n = ensemble.SMALL_SET
+    assert (resolve_members("auto", n), resolve_members("auto", n + 1)) == (ensemble.AUTO_MEMBERS, 1)
+    assert resolve_members(3, 10**6) == 3
+    assert type(make_detector("digits", "auto", n + 1, **FAST)) is AnoMem
+    assert isinstance(make_detector("digits", "auto", n, **FAST), AnoMemEnsemble)
+    monkeypatch.setattr(ensemble, "SMALL_SET", 30)
+    monkeypatch.setattr(ensemble, "AUTO_MEMBERS", 2)
+    x = digits.x_train[digits.y_train == 4]
+    few = AnoMemEnsemble("digits", members="auto", **FAST).fit(x[:30], progress=False)
+    many = AnoMemEnsemble("digits", members="auto", **FAST).fit(x[:31], progress=False)
+    assert (len(few.members_), len(many.members_), few.members) == (2, 1, "auto")
+    assert main(["demo", "--members", "two"]) == 2
+    assert "--members" in capsys.readouterr().err
 
 
 class Stop(Exception):

@@ -11,7 +11,8 @@ over seeds of the class means.  ``--side N`` first resizes the 8x8 digits to
 N x N (bilinear) and fits the preset ``auto`` picks for N-pixel images (``cpu``
 for 25-64 px), as a user with digits of that size gets it.  ``--members K``
 fits :class:`anomem.ensemble.AnoMemEnsemble` of K networks instead of one
-(the encoder column reads its first member).
+(the encoder column reads its first member); ``--members auto`` fits five on a
+training set of at most 500 images, one above.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from anomem.baselines.pixel_knn import PixelKNN
 from anomem.config import parse_override
 from anomem.data.digits import load_digits_split
 from anomem.detector import AnoMem
-from anomem.ensemble import AnoMemEnsemble, check_members
+from anomem.ensemble import make_detector, parse_members
 from anomem.errors import ConfigError
 from anomem.presets import auto_preset
 from anomem.protocols.one_vs_all import auroc, make_one_vs_all
@@ -51,8 +52,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--side", type=int, default=8,
                    help="resize the 8x8 digits to this side and fit the preset 'auto' picks for it "
                         "(default 8: the 'digits' preset)")
-    p.add_argument("--members", type=int, default=1, metavar="K",
-                   help="fit an ensemble of K networks per cell (default: 1, one network)")
+    p.add_argument("--members", default="1", metavar="K|auto",
+                   help="fit an ensemble of K networks per cell, or 'auto': 5 on at most 500 "
+                        "training images, else 1 (default: 1, one network)")
     p.add_argument("--out", type=Path, default=None,
                    help="also write every cell (class, seed, column, AUROC) to this JSON file")
 
@@ -66,21 +68,21 @@ def resized(images: np.ndarray, side: int) -> np.ndarray:
 
 
 def run_cell(normal_class: int, seed: int, gammas: list[float], overrides: dict,
-             side: int = 8, members: int = 1) -> dict[str, float]:
-    """Every column of one (class, seed) row: AnoMem per gamma (an ensemble of ``members`` when
-    more than 1), kNN on its encoder (the first member's), pixel kNN."""
+             side: int = 8, members: int | str = 1) -> dict[str, float]:
+    """Every column of one (class, seed) row: AnoMem per gamma (an ensemble when ``members``
+    asks for several networks: :func:`anomem.ensemble.make_detector`), kNN on its encoder (the
+    first member's), pixel kNN."""
     split = load_digits_split(seed=seed)
     split.x_train, split.x_test = resized(split.x_train, side), resized(split.x_test, side)
     preset = auto_preset(side)
     row: dict[str, float] = {}
     for g in gammas:
         task = make_one_vs_all(split, normal_class, g, seed)
-        det = (AnoMem(preset, seed=seed, **overrides) if members == 1
-               else AnoMemEnsemble(preset, members=members, seed=seed, **overrides))
+        det = make_detector(preset, members, len(task.x_train), seed=seed, **overrides)
         det.fit(task.x_train, task.labels_train, validation_fraction=0.0)
         row[f"gamma={g:g}"] = auroc(task.labels_test, det.decision_function(task.x_test))
         if g == 0:
-            encoder = det if members == 1 else det.members_[0]
+            encoder = det if isinstance(det, AnoMem) else det.members_[0]
             knn = KNNDetector(preset, k=1, encoder=encoder).fit(task.x_train, task.labels_train)
             row["knn_encoder"] = auroc(task.labels_test, knn.decision_function(task.x_test))
     task = make_one_vs_all(split, normal_class, 0.0, seed)
@@ -102,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     if "seed" in overrides:
         raise ConfigError("demo: the seed is not a --set key here; use --seeds N [N ...]")
     t0 = time.perf_counter()
-    check_members(args.members, "--members")
+    members = parse_members(args.members)
     if not 8 <= args.side <= 512:
         raise ConfigError(f"demo: --side must be between 8 and 512 pixels, got {args.side}")
     split = load_digits_split(seed=args.seeds[0])
@@ -112,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     cells: list[dict] = []
     columns: list[str] = []
     for c in args.classes:
-        rows = [run_cell(c, s, args.gammas, overrides, args.side, args.members) for s in args.seeds]
+        rows = [run_cell(c, s, args.gammas, overrides, args.side, members) for s in args.seeds]
         columns = [f"gamma={g:g}" for g in args.gammas] + ["knn_encoder", "knn_pixels"]
         columns = [k for k in columns if k in rows[0]]
         if c == args.classes[0]:
@@ -128,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         atomic_write_text(args.out, json.dumps({"overrides": overrides, "seeds": args.seeds,
                                                 "side": args.side, "preset": auto_preset(args.side),
-                                                "members": args.members,
+                                                "members": members,
                                                 "threads": torch.get_num_threads(),
                                                 "cells": cells}, indent=1))
     return 0

@@ -59,7 +59,7 @@ from anomem.config import AnoMemConfig, get_config, parse_override
 from anomem.data.folders import format_skipped
 from anomem.data.sources import Entry, by_label, check_disjoint, expand_source, load_entries
 from anomem.detector import AnoMem, holdout_count
-from anomem.ensemble import AnoMemEnsemble, check_members
+from anomem.ensemble import AnoMemEnsemble, make_detector, parse_members
 from anomem.presets import AUTO, PRESET_GUIDE, auto_preset, files_side
 from anomem.progress import auto_progress
 from anomem.reports.report import csv_text
@@ -119,8 +119,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "AnoMem.fit; 0 uses the training normals, without a bound)")
     p.add_argument("--threshold", type=float, metavar="T",
                    help="explicit decision threshold (score > T is an anomaly) instead of target_frr")
-    p.add_argument("--members", type=int, default=1, metavar="K",
-                   help="fit an ensemble of K networks (default: 1, one network)")
+    p.add_argument("--members", default="1", metavar="K|auto",
+                   help="fit an ensemble of K networks, or 'auto': 5 on at most 500 images, else "
+                        "1 (default: 1, one network)")
     p.add_argument("--log", metavar="CSV", help="training log (default: MODEL with .log.csv appended)")
     p.add_argument("--checkpoint-dir", metavar="DIR", help="save checkpoints here and resume from them")
     p.add_argument("--bad-images", choices=("fail", "skip"), default="fail",
@@ -163,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     check_image_sources([("NORMAL", args.normal), ("--anomalies", args.anomalies)],
                         "fit trains a new model from images: anomem fit NORMAL [--anomalies SRC] "
                         "-o MODEL (score or evaluate take a fitted MODEL)")
-    check_members(args.members, "--members")
+    members = parse_members(args.members)
     progress = not args.quiet and auto_progress()
     normal_e, anom_e = labelled_entries(args.normal, args.anomalies)
     cfg, preset = resolve_config(args.config, args.overrides, normal_e + anom_e)
@@ -189,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        det = (AnoMem(cfg) if args.members == 1 else AnoMemEnsemble(cfg, members=args.members))
+        det = make_detector(cfg, members, len(images))
         det = det.fit(images, labels.numpy().astype(int),
                       validation_fraction=args.validation_fraction,
                       checkpoint_dir=args.checkpoint_dir, progress=progress, log=log)
@@ -201,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
         det.threshold_, det.threshold_frr_bound_, det.threshold_normals_ = float(args.threshold), None, 0
     det.save(out)
     mode = ("semi-supervised" if det.semi_supervised else "one-class") + (
-        f" ensemble of {args.members}" if args.members > 1 else "")
+        f" ensemble of {len(det.members_)}" if isinstance(det, AnoMemEnsemble) else "")
     print(f"anomem fit: {mode} model written to {out} in {time.perf_counter() - t0:.0f} s; "
           f"threshold {det.threshold_:.6g} ({threshold_origin(det, args.threshold)}); "
           f"pixel threshold {det.pixel_threshold_:.6g}; log {log.path}", file=sys.stderr)

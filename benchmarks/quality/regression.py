@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from anomem.config import parse_override
+from anomem.ensemble import parse_members
 from anomem.serialization import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
@@ -45,7 +46,7 @@ SEEDS = (0, 1, 2)
 CHECKS = ("digits_oc", "digits_ss", "cifar_oc")
 
 
-def digits_means(gamma: float, overrides: dict[str, Any], members: int = 1) -> list[float]:
+def digits_means(gamma: float, overrides: dict[str, Any], members: int | str = 1) -> list[float]:
     """Per seed, the mean AUROC (%) over the ten digit classes."""
     from anomem.cli.demo import run_cell
     key = f"gamma={gamma:g}"
@@ -53,10 +54,10 @@ def digits_means(gamma: float, overrides: dict[str, Any], members: int = 1) -> l
                                  for c in range(10)])) for s in SEEDS]
 
 
-def cifar_means(overrides: dict[str, Any], members: int = 1,
+def cifar_means(overrides: dict[str, Any], members: int | str = 1,
                 classes: tuple[int, ...] = (0, 1)) -> list[float]:
     """Per seed, the mean one-class AUROC (%) over ``classes`` at the grid budget."""
-    from anomem import AnoMem, AnoMemEnsemble
+    from anomem.ensemble import make_detector
     from anomem.protocols.one_vs_all import auroc, make_one_vs_all
     from anomem.protocols.runner import load_dataset, subsample
     _, split = load_dataset("cifar10_jpeg")
@@ -67,7 +68,7 @@ def cifar_means(overrides: dict[str, Any], members: int = 1,
         for c in classes:
             task = make_one_vs_all(split, c, 0.0, s)
             kw = {"seed": s, "stage1_epochs": 3, **overrides}
-            det = AnoMem("cpu", **kw) if members == 1 else AnoMemEnsemble("cpu", members=members, **kw)
+            det = make_detector("cpu", members, len(task.x_train), **kw)
             det.fit(task.x_train, validation_fraction=0.0, progress=False)
             scores.append(auroc(task.labels_test, det.decision_function(task.x_test)))
         out.append(100 * float(np.mean(scores)))
@@ -95,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
                         "of default is accepted)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="refit with a candidate default (compared with the same baseline)")
-    p.add_argument("--members", type=int, default=1, metavar="K",
-                   help="refit AnoMemEnsemble of K members instead of AnoMem (compared with the "
-                        "same baseline)")
+    p.add_argument("--members", type=parse_members, default=1, metavar="K|auto",
+                   help="refit as anomem fit --members K|auto fits (compared with the same "
+                        "baseline)")
     args = p.parse_args(argv)
     overrides = dict(parse_override(o) for o in args.set)
     if (overrides or args.members != 1) and args.write_baseline:
