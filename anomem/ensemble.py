@@ -120,10 +120,11 @@ def parse_members(text: str, name: str = "--members") -> int | str:
     return members
 
 
-def resolve_members(members: int | str, n_images: int, name: str = "members") -> int:
+def resolve_members(members: int | str, n_images: int, recipe: str = "tuned") -> int:
     """How many networks ``members`` asks for on ``n_images`` training images: the number
     itself, or for ``"auto"`` :data:`AUTO_MEMBERS` on a small set (at most :data:`SMALL_SET`
-    images, where a fit takes few steps and its seed moves AUROC by points) and 1 above.
+    images, where a fit takes few steps and its seed moves AUROC by points) and 1 above, or
+    under the ``paper`` recipe (the paper fits one network).
 
     The cut is one of cost, not of quality: five fits on 500 images cost about what one fit
     on 2,500 costs; on larger sets an ensemble is the user's choice (``members=5``).
@@ -131,10 +132,12 @@ def resolve_members(members: int | str, n_images: int, name: str = "members") ->
     Example:
         >>> resolve_members("auto", 120), resolve_members("auto", 5000), resolve_members(3, 10)
         (5, 1, 3)
+        >>> resolve_members("auto", 120, recipe="paper")
+        1
     """
-    check_members(members, name)
+    check_members(members)
     if members == "auto":
-        return AUTO_MEMBERS if n_images <= SMALL_SET else 1
+        return AUTO_MEMBERS if n_images <= SMALL_SET and recipe != "paper" else 1
     return int(members)
 
 
@@ -148,7 +151,7 @@ def make_detector(config: AnoMemConfig | str | Path, members: int | str, n_image
         >>> [type(make_detector("digits", k, 120)).__name__ for k in ("auto", 1)]
         ['AnoMemEnsemble', 'AnoMem']
     """
-    k = resolve_members(members, n_images)
+    k = resolve_members(members, n_images, resolve_config(config, overrides).recipe)
     return AnoMem(config, **overrides) if k == 1 else AnoMemEnsemble(config, members=k, **overrides)
 
 
@@ -198,7 +201,7 @@ class AnoMemEnsemble(ConfigArgs, MapDetector):
                            auto_progress(progress), log, None)
         y_train = data.y[data.train]
         self.config_, self.members_ = cfg, []
-        count = resolve_members(self.members, len(data.y))
+        count = resolve_members(self.members, len(data.y), cfg.recipe)
         for k, seed in enumerate(member_seeds(cfg.runtime.seed, count)):
             member_cfg = cfg.replace(**{"runtime.seed": seed})
             self.members_.append(AnoMem(member_cfg).fit_network(

@@ -175,6 +175,7 @@ def test_auto_members_counts_the_images_given_to_fit(digits, monkeypatch, capsys
     assert resolve_members(3, 10**6) == 3
     assert type(make_detector("digits", "auto", n + 1, **FAST)) is AnoMem
     assert isinstance(make_detector("digits", "auto", n, **FAST), AnoMemEnsemble)
+    assert type(make_detector("digits", "auto", n, recipe="paper")) is AnoMem   # the paper fits one
     monkeypatch.setattr(ensemble, "SMALL_SET", 30)
     monkeypatch.setattr(ensemble, "AUTO_MEMBERS", 2)
     x = digits.x_train[digits.y_train == 4]
