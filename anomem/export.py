@@ -15,6 +15,10 @@ out of that comparison: rounding may pick either pattern there in any runtime,
 and the semi-supervised heads score the two differently (measured: 0.07 on a
 score scale of 2.3, for an image whose two best patterns were 6e-8 apart).
 
+An :class:`anomem.AnoMemEnsemble` exports as one graph (:class:`EnsembleScores`):
+every member's network and the mean of their standardised scores, as
+:meth:`anomem.AnoMemEnsemble.decision_function` computes it.
+
 The model's metadata (side S, threshold, input layout, anomem version) travels
 inside the file: TorchScript extra file ``anomem.json``, ONNX ``metadata_props``.
 
@@ -36,6 +40,7 @@ import torch
 
 from anomem import __version__
 from anomem.detector import AnoMem
+from anomem.ensemble import AnoMemEnsemble
 from anomem.errors import AnoMemError, InvalidInputError, ModelFileError, RequiresFitting
 from anomem.serialization import atomic_write_bytes
 from anomem.stages.common import RunOptions, map_batches
@@ -53,11 +58,48 @@ TOLERANCE = 1e-4
 TIE_MARGIN = 1e-5
 
 
+Detector = AnoMem | AnoMemEnsemble
+
+
 class ExportError(AnoMemError, RuntimeError):
     """An export failed or its scores differ from the Python model's."""
 
 
-def metadata(det: AnoMem) -> dict[str, str]:
+class EnsembleScores(torch.nn.Module):
+    """An ensemble's scoring graph: the mean over members of (score - loc) / scale, each
+    member's Eq. 13 score standardised as :class:`anomem.AnoMemEnsemble` standardises it."""
+
+    def __init__(self, networks: list[torch.nn.Module], loc: np.ndarray, scale: np.ndarray) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(networks)
+        self.register_buffer("loc", torch.as_tensor(np.asarray(loc), dtype=torch.float32))
+        self.register_buffer("scale", torch.as_tensor(np.asarray(scale), dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = torch.stack([m(x) for m in self.members])
+        return ((scores - self.loc[:, None]) / self.scale[:, None]).mean(0)
+
+
+def _members(det: Detector) -> list[AnoMem]:
+    """The fitted single-network detectors inside ``det`` (``det`` itself for an AnoMem)."""
+    members = getattr(det, "members_", None) if isinstance(det, AnoMemEnsemble) else (
+        [det] if getattr(det, "network_", None) is not None else None)
+    if members is None:
+        raise RequiresFitting(f"the {type(det).__name__} is not fitted; fit it or load it from its "
+                              f"model file first")
+    return members
+
+
+def scoring_module(det: Detector) -> torch.nn.Module:
+    """The CPU module whose forward is ``det``'s score of float32 images in [0, 1] at its side."""
+    members = _members(det)
+    if isinstance(det, AnoMem):
+        return det.network_.to("cpu").eval()
+    return EnsembleScores([m.network_.to("cpu") for m in members], det.score_loc_,
+                          det.score_scale_).eval()
+
+
+def metadata(det: Detector) -> dict[str, str]:
     """What a deployment needs besides the graph: input layout, side, threshold, versions."""
     side = det.config_.backbone.image_size
     return {"anomem_version": __version__, "image_size": str(side),
@@ -82,13 +124,12 @@ def _onnx_bytes(model: torch.nn.Module, example: torch.Tensor, meta: dict[str, s
     return proto.SerializeToString()
 
 
-def export_model(det: AnoMem, path: str | Path, fmt: Format) -> Path:
-    """Trace ``det``'s scoring network on the CPU and write it to ``path`` (atomically)."""
+def export_model(det: Detector, path: str | Path, fmt: Format) -> Path:
+    """Trace ``det``'s scoring network (an ensemble's: :class:`EnsembleScores`) on the CPU and
+    write it to ``path`` (atomically)."""
     if fmt not in FORMATS:
         raise InvalidInputError(f"export format {fmt!r} is unknown; choose one of {', '.join(FORMATS)}")
-    if getattr(det, "network_", None) is None:
-        raise RequiresFitting("the detector is not fitted; fit it or AnoMem.load it before exporting")
-    model = det.network_.to("cpu").eval()
+    model = scoring_module(det)
     side = det.config_.backbone.image_size
     example = torch.rand(2, 3, side, side, generator=torch.Generator().manual_seed(0))
     meta = metadata(det)
@@ -132,29 +173,36 @@ def exported_scores(path: str | Path, fmt: Format, images: np.ndarray) -> np.nda
         return module(torch.from_numpy(x)).numpy().astype(np.float64)
 
 
-def score_scale(det: AnoMem, images: torch.Tensor, scores: np.ndarray | None = None) -> float:
+def score_scale(det: Detector, images: torch.Tensor, scores: np.ndarray | None = None) -> float:
     """The magnitude that float32 rounding of ``det``'s scores on ``images`` is relative to.
 
     The largest |image score| or |per-scale score| (Eq. 13 sums the alpha-weighted
     scale scores, so a small image score can come from large terms), at least 1.
     ``scores``: the image scores when already computed (``det.decision_function(images)``).
+    An ensemble's: the largest of its members' scales, each divided by the member's
+    standardiser (the rounding of a member's score is divided by it too), at least 1.
     """
+    if isinstance(det, AnoMemEnsemble):
+        return max(1.0, *(score_scale(m, images) / sd for m, sd in
+                          zip(_members(det), det.score_scale_, strict=True)))
     image = det.decision_function(images) if scores is None else scores
     terms = np.concatenate([np.ravel(image), det.scale_scores(images).ravel()])
     return max(1.0, float(np.abs(terms).max()))
 
 
-def well_posed(det: AnoMem, images: torch.Tensor) -> np.ndarray:
-    """(N,) bool: which uint8 ``images`` are ``TIE_MARGIN`` or more from a retrieval tie everywhere."""
-    model = getattr(det, "network_", None)
-    if model is None:
-        raise RequiresFitting("the detector is not fitted; fit it or AnoMem.load it first")
-    opts = RunOptions(device=next(model.parameters()).device)
-    margins = map_batches(model, images, opts, lambda m, x: m.retrieval_margin(x))
-    return (torch.cat(margins) >= TIE_MARGIN).cpu().numpy()
+def well_posed(det: Detector, images: torch.Tensor) -> np.ndarray:
+    """(N,) bool: which uint8 ``images`` are ``TIE_MARGIN`` or more from a retrieval tie
+    everywhere (in every member of an ensemble)."""
+    keep = np.ones(len(images), dtype=bool)
+    for member in _members(det):
+        model = member.network_
+        opts = RunOptions(device=next(model.parameters()).device)
+        margins = map_batches(model, images, opts, lambda m, x: m.retrieval_margin(x))
+        keep &= (torch.cat(margins) >= TIE_MARGIN).cpu().numpy()
+    return keep
 
 
-def verify_export(det: AnoMem, path: str | Path, fmt: Format, images: torch.Tensor,
+def verify_export(det: Detector, path: str | Path, fmt: Format, images: torch.Tensor,
                   rtol: float = TOLERANCE) -> float:
     """Largest |exported - Python| score on the :func:`well_posed` images of uint8 (N, 3, S, S)
     ``images``; raises beyond ``rtol`` times :func:`score_scale`, or when no image is well posed."""

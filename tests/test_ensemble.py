@@ -156,6 +156,8 @@ def test_cli_fits_and_scores_an_ensemble(tmp_path, capsys, digits):
         [np.asarray(Image.open(tmp_path / "new" / f"{i:03d}.png")) for i in range(5)],
         get_config("digits").backbone.image_size))
     np.testing.assert_allclose([float(r["score"]) for r in rows], expected, rtol=1e-5)
+    assert main(["export", str(model), "--format", "torchscript", "--check", str(tmp_path / "new")]) == 0
+    assert "torchscript model written" in capsys.readouterr().err
     assert main(["fit", str(tmp_path / "good"), "--members", "0", "-q"]) == 2
     assert "--members must be a positive integer" in capsys.readouterr().err
 

@@ -10,7 +10,7 @@ import onnx
 import pytest
 import torch
 
-from anomem import AnoMem, InvalidInputError, RequiresFitting
+from anomem import AnoMem, AnoMemEnsemble, InvalidInputError, RequiresFitting
 from anomem.data.convert import to_image_tensor
 from anomem.export import (
     TOLERANCE,
@@ -49,8 +49,14 @@ def semi_supervised_flips(digits):
         digits.x_train[idx], labels)
 
 
+@pytest.fixture(scope="module")
+def ensemble(digits):
+    """Two members: one graph holds both networks and the standardisation."""
+    return AnoMemEnsemble("digits", members=2, stage1_epochs=1).fit(digits.x_train[digits.y_train == 0][:60])
+
+
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
-@pytest.mark.parametrize("kind", ["one_class", "semi_supervised", "semi_supervised_flips"])
+@pytest.mark.parametrize("kind", ["one_class", "semi_supervised", "semi_supervised_flips", "ensemble"])
 def test_exported_scores_equal_python_scores(request, tmp_path, test_images, fmt, kind):
     det = request.getfixturevalue(kind)
     path = export_model(det, tmp_path / f"m.{fmt}", fmt)
@@ -116,8 +122,9 @@ def test_kmeans_prototypes_export(digits, tmp_path, test_images):
 
 
 def test_export_errors(tmp_path, one_class):
-    with pytest.raises(RequiresFitting):
-        export_model(AnoMem("digits"), tmp_path / "x.onnx", "onnx")
+    for unfitted in (AnoMem("digits"), AnoMemEnsemble("digits", members=2)):
+        with pytest.raises(RequiresFitting, match="not fitted"):
+            export_model(unfitted, tmp_path / "x.onnx", "onnx")
     with pytest.raises(InvalidInputError, match="unknown"):
         export_model(one_class, tmp_path / "x.tf", "tensorflow")
 

@@ -27,7 +27,7 @@ import torch
 
 from anomem.cli.paths import check_model_argument
 from anomem.data.folders import collect_images, load_images
-from anomem.detector import AnoMem
+from anomem.ensemble import load_detector
 from anomem.export import FORMATS, SUFFIX, ExportError, export_model, verify_export
 
 N_RANDOM_CHECKS = 16
@@ -46,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_model_argument(args.model, "as in: anomem export MODEL --format onnx", args.check or ())
-    det = AnoMem.load(args.model, device="cpu")
+    det = load_detector(args.model, device="cpu")
     side = det.config_.backbone.image_size
     out = Path(args.output) if args.output else Path(args.model).with_suffix(SUFFIX[args.format])
     if args.check:
