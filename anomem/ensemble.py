@@ -23,6 +23,8 @@ outvotes the fits that go astray:
 It costs ``members`` fits.  Measured in ``docs/results.md`` ("small training sets:
 AnoMemEnsemble"): five members narrow the seed spread on CIFAR-10 airplanes, digits
 and tiles, not on CIFAR-10 cats, whose fits scatter at chance level.
+``members="auto"`` (:func:`resolve_members`), the command line's default, fits five
+for a one-class fit on a small set and one network otherwise.
 
 Example:
     >>> from sklearn.datasets import load_digits
@@ -120,11 +122,14 @@ def parse_members(text: str, name: str = "--members") -> int | str:
     return members
 
 
-def resolve_members(members: int | str, n_images: int, recipe: str = "tuned") -> int:
+def resolve_members(members: int | str, n_images: int, recipe: str = "tuned",
+                    semi_supervised: bool = False) -> int:
     """How many networks ``members`` asks for on ``n_images`` training images: the number
-    itself, or for ``"auto"`` :data:`AUTO_MEMBERS` on a small set (at most :data:`SMALL_SET`
-    images, where a fit takes few steps and its seed moves AUROC by points) and 1 above, or
-    under the ``paper`` recipe (the paper fits one network).
+    itself, or for ``"auto"`` :data:`AUTO_MEMBERS` for a one-class fit on a small set (at most
+    :data:`SMALL_SET` images, where a fit takes few steps and its seed moves AUROC by points),
+    else 1: on a larger set, under the ``paper`` recipe (the paper fits one network) and for a
+    semi-supervised fit (labelled anomalies), where the ensemble has not been validated on two
+    image sets yet.
 
     The cut is one of cost, not of quality: five fits on 500 images cost about what one fit
     on 2,500 costs; on larger sets an ensemble is the user's choice (``members=5``).
@@ -132,26 +137,28 @@ def resolve_members(members: int | str, n_images: int, recipe: str = "tuned") ->
     Example:
         >>> resolve_members("auto", 120), resolve_members("auto", 5000), resolve_members(3, 10)
         (5, 1, 3)
-        >>> resolve_members("auto", 120, recipe="paper")
-        1
+        >>> resolve_members("auto", 120, recipe="paper"), resolve_members("auto", 120, semi_supervised=True)
+        (1, 1)
     """
     check_members(members)
     if members == "auto":
-        return AUTO_MEMBERS if n_images <= SMALL_SET and recipe != "paper" else 1
+        small = n_images <= SMALL_SET and recipe != "paper" and not semi_supervised
+        return AUTO_MEMBERS if small else 1
     return int(members)
 
 
 def make_detector(config: AnoMemConfig | str | Path, members: int | str, n_images: int,
-                  **overrides: Any) -> AnoMem | AnoMemEnsemble:
-    """The detector that ``members`` asks for on ``n_images`` training images
-    (:func:`resolve_members`): :class:`anomem.AnoMem` for one network, else an
-    :class:`AnoMemEnsemble` of that many (what ``anomem fit`` and ``anomem demo`` fit).
+                  semi_supervised: bool = False, **overrides: Any) -> AnoMem | AnoMemEnsemble:
+    """The detector that ``members`` asks for on ``n_images`` training images, labelled
+    anomalies among them when ``semi_supervised`` (:func:`resolve_members`):
+    :class:`anomem.AnoMem` for one network, else an :class:`AnoMemEnsemble` of that many (what
+    ``anomem fit`` and ``anomem demo`` fit).
 
     Example:
         >>> [type(make_detector("digits", k, 120)).__name__ for k in ("auto", 1)]
         ['AnoMemEnsemble', 'AnoMem']
     """
-    k = resolve_members(members, n_images, resolve_config(config, overrides).recipe)
+    k = resolve_members(members, n_images, resolve_config(config, overrides).recipe, semi_supervised)
     return AnoMem(config, **overrides) if k == 1 else AnoMemEnsemble(config, members=k, **overrides)
 
 
@@ -201,7 +208,7 @@ class AnoMemEnsemble(ConfigArgs, MapDetector):
                            auto_progress(progress), log, None)
         y_train = data.y[data.train]
         self.config_, self.members_ = cfg, []
-        count = resolve_members(self.members, len(data.y), cfg.recipe)
+        count = resolve_members(self.members, len(data.y), cfg.recipe, bool((data.y == 0).any()))
         for k, seed in enumerate(member_seeds(cfg.runtime.seed, count)):
             member_cfg = cfg.replace(**{"runtime.seed": seed})
             self.members_.append(AnoMem(member_cfg).fit_network(

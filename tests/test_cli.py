@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from anomem import AnoMem
+from anomem import AnoMem, load_detector
 from anomem.cli.main import COMMANDS, main
 from anomem.data.folders import find_images, load_images
 from anomem.export import TOLERANCE, score_scale, well_posed
@@ -88,7 +88,7 @@ def test_fit_score_evaluate_export_through_the_real_cli(workspace):
     assert [fit[0], score[0], evaluate[0], export[0]] == list(MY_COMMANDS)
     r = cli(ws, *fit)
     assert r.returncode == 0, r.stderr
-    assert "semi-supervised model written to parts.anomem" in r.stderr
+    assert "semi-supervised model (one network) written to parts.anomem" in r.stderr
     first = r.stderr.splitlines()[0]
     assert first.startswith("anomem fit: 70 normal images: 56 train, 14 held out for the threshold")
     assert "digit1: 4, digit7: 4" in first and "preset auto -> digits (images 8 px)" in first
@@ -98,7 +98,7 @@ def test_fit_score_evaluate_export_through_the_real_cli(workspace):
     log = list(csv.DictReader((ws / "parts.anomem.log.csv").open()))
     assert {row["stage"] for row in log} == {"1", "2"}
     assert all(np.isfinite(float(row["loss"])) for row in log)
-    det = AnoMem.load(ws / "parts.anomem")
+    det = load_detector(ws / "parts.anomem")
     assert det.semi_supervised and isinstance(det.threshold_, float)
 
     # score: one CSV row per image, the Python model's scores, decisions at the stored threshold
@@ -253,7 +253,7 @@ def test_fit_with_yaml_config_overrides_explicit_threshold_and_checkpoints(tmp_p
     model = tmp_path / "m.anomem"
     assert main(["fit", str(tmp_path / "good"), "--config", str(cfg), "--set", "stage1_epochs=1",
                  "--threshold", "1.5", "--checkpoint-dir", str(tmp_path / "ckpt"), "-o", str(model),
-                 "-q"]) == 0
+                 "--members", "1", "-q"]) == 0
     assert "threshold 1.5 (set explicitly with --threshold)" in capsys.readouterr().err
     det = AnoMem.load(model)
     assert det.threshold_ == 1.5

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anomem import AnoMem
+from anomem import load_detector
 from anomem.baselines.pixel_knn import leave_one_out_scores
 from anomem.cli.evaluate import verdict
 from anomem.cli.main import main
@@ -84,7 +84,7 @@ def test_fit_evaluate_and_score_take_list_files(ws, capsys, monkeypatch):
     assert main(["fit", str(lists / "train.csv"), *FIT, "-o", str(out)]) == 0
     err = capsys.readouterr().err
     assert "30 normal images: 24 train, 6 held out" in err and "crazing: 2" in err
-    assert AnoMem.load(out).semi_supervised
+    assert load_detector(out).semi_supervised
     assert main(["score", str(out), str(lists / "new.txt"), "-o", str(ws / "s.csv"), "-q"]) == 0
     got = [r["path"] for r in csv.DictReader((ws / "s.csv").open())]
     assert got == [str(lists / "../test/good/0000.png"), str(lists / "../test/good/0001.png")]
@@ -125,7 +125,7 @@ def test_evaluate_shows_the_reference_beside_the_model(ws, capsys, model):
     metrics = json.loads((report / "metrics.json").read_text())
     files = sorted((ws / "test/good").glob("*.png")) + sorted((ws / "test/defects").rglob("*.*"))
     labels = np.r_[np.zeros(20), np.ones(8)].astype(int)
-    images = load_images(files, AnoMem.load(model).config.backbone.image_size).images
+    images = load_images(files, load_detector(model).config_.backbone.image_size).images
     expected = auroc(labels, leave_one_out_scores(images, labels, size=16))
     assert metrics["reference_auroc"] == pytest.approx(expected, abs=1e-12)
     assert f"(reference {expected:.4f}: PixelKNN" in out

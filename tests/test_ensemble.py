@@ -147,7 +147,7 @@ def test_cli_fits_and_scores_an_ensemble(tmp_path, capsys, digits):
     model = tmp_path / "e.anomem"
     assert main(["fit", str(tmp_path / "good"), "--members", "2", "--set", "stage1_epochs=1",
                  "-o", str(model), "-q"]) == 0
-    assert "one-class ensemble of 2 model written" in capsys.readouterr().err
+    assert "one-class model (an ensemble of 2 networks) written" in capsys.readouterr().err
     ens = AnoMemEnsemble.load(model)
     out = tmp_path / "s.csv"
     assert main(["score", str(model), str(tmp_path / "new"), "-o", str(out), "-q"]) == 0
@@ -178,12 +178,17 @@ def test_auto_members_counts_the_images_given_to_fit(digits, monkeypatch, capsys
     assert type(make_detector("digits", "auto", n + 1, **FAST)) is AnoMem
     assert isinstance(make_detector("digits", "auto", n, **FAST), AnoMemEnsemble)
     assert type(make_detector("digits", "auto", n, recipe="paper")) is AnoMem   # the paper fits one
+    assert type(make_detector("digits", "auto", n, semi_supervised=True)) is AnoMem
     monkeypatch.setattr(ensemble, "SMALL_SET", 30)
     monkeypatch.setattr(ensemble, "AUTO_MEMBERS", 2)
     x = digits.x_train[digits.y_train == 4]
     few = AnoMemEnsemble("digits", members="auto", **FAST).fit(x[:30], progress=False)
     many = AnoMemEnsemble("digits", members="auto", **FAST).fit(x[:31], progress=False)
     assert (len(few.members_), len(many.members_), few.members) == (2, 1, "auto")
+    labels = np.r_[np.zeros(26, int), np.ones(4, int)]
+    x_semi = np.concatenate([x[:26], digits.x_train[digits.y_train == 7][:4]])
+    semi = AnoMemEnsemble("digits", members="auto", **FAST).fit(x_semi, labels, progress=False)
+    assert len(semi.members_) == 1 and semi.semi_supervised
     assert main(["demo", "--members", "two"]) == 2
     assert "--members" in capsys.readouterr().err
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from scipy import stats
 
-from anomem import AnoMem
+from anomem import AnoMem, load_detector
 from anomem.cli.main import main
 from anomem.detector import holdout_count
 from anomem.serialization import atomic_torch_save, safe_torch_load
@@ -104,7 +104,7 @@ def test_cli_states_the_split_first_and_the_bound_last(tmp_path, capsys, normals
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("anomem fit: 100 normal images: 80 train, 20 held out for the threshold")
     k = math.floor(21 * 0.05)
-    assert f"threshold {AnoMem.load(model).threshold_:.6g} (the highest of 20 held-out" in err[-1]
+    assert f"threshold {load_detector(model).threshold_:.6g} (the highest of 20 held-out" in err[-1]
     assert f"expected false-alarm rate <= {100 * k / 21:.3g}%" in err[-1]
     assert f"at most {100 * frr_upper_bound(20, 0.05):.3g}% with 95% confidence" in err[-1]
     assert not any("warning" in line for line in err)

@@ -11,8 +11,8 @@ over seeds of the class means.  ``--side N`` first resizes the 8x8 digits to
 N x N (bilinear) and fits the preset ``auto`` picks for N-pixel images (``cpu``
 for 25-64 px), as a user with digits of that size gets it.  ``--members K``
 fits :class:`anomem.ensemble.AnoMemEnsemble` of K networks instead of one
-(the encoder column reads its first member); ``--members auto`` fits five on a
-training set of at most 500 images, one above.
+(the encoder column reads its first member); ``--members auto`` (the default)
+fits five for a one-class fit on at most 500 training images, else one.
 """
 
 from __future__ import annotations
@@ -52,9 +52,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--side", type=int, default=8,
                    help="resize the 8x8 digits to this side and fit the preset 'auto' picks for it "
                         "(default 8: the 'digits' preset)")
-    p.add_argument("--members", default="1", metavar="K|auto",
-                   help="fit an ensemble of K networks per cell, or 'auto': 5 on at most 500 "
-                        "training images, else 1 (default: 1, one network)")
+    p.add_argument("--members", default="auto", metavar="K|auto",
+                   help="networks to fit per cell: K, or 'auto' (the default): an ensemble of 5 for "
+                        "one-class fits on at most 500 training images, else 1")
     p.add_argument("--out", type=Path, default=None,
                    help="also write every cell (class, seed, column, AUROC) to this JSON file")
 
@@ -78,7 +78,7 @@ def run_cell(normal_class: int, seed: int, gammas: list[float], overrides: dict,
     row: dict[str, float] = {}
     for g in gammas:
         task = make_one_vs_all(split, normal_class, g, seed)
-        det = make_detector(preset, members, len(task.x_train), seed=seed, **overrides)
+        det = make_detector(preset, members, len(task.x_train), g > 0, seed=seed, **overrides)
         det.fit(task.x_train, task.labels_train, validation_fraction=0.0)
         row[f"gamma={g:g}"] = auroc(task.labels_test, det.decision_function(task.x_test))
         if g == 0:

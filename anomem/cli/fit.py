@@ -27,9 +27,12 @@ gives a 95% upper bound on that rate.  Fewer than 1/target_frr - 1 held-out norm
 (19 for 5%) cannot hold the target: a warning says so.  '--threshold' sets
 the threshold explicitly instead.  Both are stored in the model file.
 
-'--members K' fits K networks on the same training images, each with its own
-seed, and writes one ensemble file (anomem.ensemble.AnoMemEnsemble): K times
-the time, scores that a refit reproduces more closely on small training sets.
+Networks: on a small training set of normal images only (at most 500) 'fit'
+trains an ensemble of five networks on the same images, each with its own
+seed, and writes one ensemble file (anomem.ensemble.AnoMemEnsemble): five
+times the time of one fit, scores that a refit reproduces more closely.  On
+larger sets, and with labelled anomalies, it trains one network.  '--members
+K' asks for K networks whatever the set ('--members 1': one network).
 
 Progress bars (loss, images/s, ETA) are shown on a terminal and hidden when
 the output is redirected ('-q' hides them always); one CSV row per
@@ -39,7 +42,7 @@ checkpoints there; rerunning the same command resumes where it stopped.
 examples:
   anomem fit good_parts/ -o parts.anomem
   anomem fit good_parts/ --anomalies defects/ --config cpu --set stage1.epochs=30
-  anomem fit good_parts/ --members 5 -o parts.anomem
+  anomem fit good_parts/ --members 1 -o parts.anomem
   anomem fit images.csv --config my.yaml --set scoring.target_frr=0.01 --checkpoint-dir ckpt/
 """
 
@@ -119,9 +122,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "AnoMem.fit; 0 uses the training normals, without a bound)")
     p.add_argument("--threshold", type=float, metavar="T",
                    help="explicit decision threshold (score > T is an anomaly) instead of target_frr")
-    p.add_argument("--members", default="1", metavar="K|auto",
-                   help="fit an ensemble of K networks, or 'auto': 5 on at most 500 images, else "
-                        "1 (default: 1, one network)")
+    p.add_argument("--members", default="auto", metavar="K|auto",
+                   help="networks to fit: K, or 'auto' (the default): an ensemble of 5 on at most "
+                        "500 normal images without labelled anomalies, else 1")
     p.add_argument("--log", metavar="CSV", help="training log (default: MODEL with .log.csv appended)")
     p.add_argument("--checkpoint-dir", metavar="DIR", help="save checkpoints here and resume from them")
     p.add_argument("--bad-images", choices=("fail", "skip"), default="fail",
@@ -190,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        det = make_detector(cfg, members, len(images))
+        det = make_detector(cfg, members, len(images), semi_supervised=bool(anom_e))
         det = det.fit(images, labels.numpy().astype(int),
                       validation_fraction=args.validation_fraction,
                       checkpoint_dir=args.checkpoint_dir, progress=progress, log=log)
@@ -201,9 +204,10 @@ def run(args: argparse.Namespace) -> int:
     if args.threshold is not None:
         det.threshold_, det.threshold_frr_bound_, det.threshold_normals_ = float(args.threshold), None, 0
     det.save(out)
-    mode = ("semi-supervised" if det.semi_supervised else "one-class") + (
-        f" ensemble of {len(det.members_)}" if isinstance(det, AnoMemEnsemble) else "")
-    print(f"anomem fit: {mode} model written to {out} in {time.perf_counter() - t0:.0f} s; "
+    mode = "semi-supervised" if det.semi_supervised else "one-class"
+    networks = (f"an ensemble of {len(det.members_)} networks" if isinstance(det, AnoMemEnsemble)
+                else "one network")
+    print(f"anomem fit: {mode} model ({networks}) written to {out} in {time.perf_counter() - t0:.0f} s; "
           f"threshold {det.threshold_:.6g} ({threshold_origin(det, args.threshold)}); "
           f"pixel threshold {det.pixel_threshold_:.6g}; log {log.path}", file=sys.stderr)
     return 0

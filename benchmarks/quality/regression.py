@@ -4,7 +4,7 @@
     python benchmarks/quality/regression.py --only digits_oc digits_ss
     python benchmarks/quality/regression.py --write-baseline   # after a change is accepted
     python benchmarks/quality/regression.py --set extensions.reseed_dead=false   # a candidate default
-    python benchmarks/quality/regression.py --members 5        # an ensemble of five fits instead
+    python benchmarks/quality/regression.py --members 1        # one network per fit instead of auto
 
 Run it before changing any default.  Each check refits 3 seeds and takes the
 mean over seeds of the per-seed mean AUROC over its classes:
@@ -46,7 +46,7 @@ SEEDS = (0, 1, 2)
 CHECKS = ("digits_oc", "digits_ss", "cifar_oc")
 
 
-def digits_means(gamma: float, overrides: dict[str, Any], members: int | str = 1) -> list[float]:
+def digits_means(gamma: float, overrides: dict[str, Any], members: int | str = "auto") -> list[float]:
     """Per seed, the mean AUROC (%) over the ten digit classes."""
     from anomem.cli.demo import run_cell
     key = f"gamma={gamma:g}"
@@ -54,7 +54,7 @@ def digits_means(gamma: float, overrides: dict[str, Any], members: int | str = 1
                                  for c in range(10)])) for s in SEEDS]
 
 
-def cifar_means(overrides: dict[str, Any], members: int | str = 1,
+def cifar_means(overrides: dict[str, Any], members: int | str = "auto",
                 classes: tuple[int, ...] = (0, 1)) -> list[float]:
     """Per seed, the mean one-class AUROC (%) over ``classes`` at the grid budget."""
     from anomem.ensemble import make_detector
@@ -68,7 +68,7 @@ def cifar_means(overrides: dict[str, Any], members: int | str = 1,
         for c in classes:
             task = make_one_vs_all(split, c, 0.0, s)
             kw = {"seed": s, "stage1_epochs": 3, **overrides}
-            det = make_detector("cpu", members, len(task.x_train), **kw)
+            det = make_detector("cpu", members, len(task.x_train), False, **kw)
             det.fit(task.x_train, validation_fraction=0.0, progress=False)
             scores.append(auroc(task.labels_test, det.decision_function(task.x_test)))
         out.append(100 * float(np.mean(scores)))
@@ -96,12 +96,12 @@ def main(argv: list[str] | None = None) -> int:
                         "of default is accepted)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="refit with a candidate default (compared with the same baseline)")
-    p.add_argument("--members", type=parse_members, default=1, metavar="K|auto",
-                   help="refit as anomem fit --members K|auto fits (compared with the same "
-                        "baseline)")
+    p.add_argument("--members", type=parse_members, default="auto", metavar="K|auto",
+                   help="networks per fit, as anomem fit --members (default: auto; another value is "
+                        "compared with the same baseline)")
     args = p.parse_args(argv)
     overrides = dict(parse_override(o) for o in args.set)
-    if (overrides or args.members != 1) and args.write_baseline:
+    if (overrides or args.members != "auto") and args.write_baseline:
         p.error("--write-baseline stores the defaults' means: change the default, then run it "
                 "without --set")
     torch.set_num_threads(1)
