@@ -82,8 +82,10 @@ class EnsembleScores(torch.nn.Module):
 
 def _members(det: Detector) -> list[AnoMem]:
     """The fitted single-network detectors inside ``det`` (``det`` itself for an AnoMem)."""
-    members = getattr(det, "members_", None) if isinstance(det, AnoMemEnsemble) else (
-        [det] if getattr(det, "network_", None) is not None else None)
+    if isinstance(det, AnoMemEnsemble):
+        members = getattr(det, "members_", None)
+    else:
+        members = None if getattr(det, "network_", None) is None else [det]
     if members is None:
         raise RequiresFitting(f"the {type(det).__name__} is not fitted; fit it or load it from its "
                               f"model file first")

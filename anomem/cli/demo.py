@@ -78,7 +78,8 @@ def run_cell(normal_class: int, seed: int, gammas: list[float], overrides: dict,
     row: dict[str, float] = {}
     for g in gammas:
         task = make_one_vs_all(split, normal_class, g, seed)
-        det = make_detector(preset, members, len(task.x_train), g > 0, seed=seed, **overrides)
+        det = make_detector(preset, members, len(task.x_train), semi_supervised=g > 0, seed=seed,
+                            **overrides)
         det.fit(task.x_train, task.labels_train, validation_fraction=0.0)
         row[f"gamma={g:g}"] = auroc(task.labels_test, det.decision_function(task.x_test))
         if g == 0:

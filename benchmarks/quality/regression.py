@@ -68,7 +68,7 @@ def cifar_means(overrides: dict[str, Any], members: int | str = "auto",
         for c in classes:
             task = make_one_vs_all(split, c, 0.0, s)
             kw = {"seed": s, "stage1_epochs": 3, **overrides}
-            det = make_detector("cpu", members, len(task.x_train), False, **kw)
+            det = make_detector("cpu", members, len(task.x_train), **kw)
             det.fit(task.x_train, validation_fraction=0.0, progress=False)
             scores.append(auroc(task.labels_test, det.decision_function(task.x_test)))
         out.append(100 * float(np.mean(scores)))
