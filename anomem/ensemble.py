@@ -213,18 +213,21 @@ class AnoMemEnsemble(ConfigArgs, MapDetector):
             member_cfg = cfg.replace(**{"runtime.seed": seed})
             self.members_.append(AnoMem(member_cfg).fit_network(
                 member_cfg, data.x_train, y_train, _member_options(data.options, k)))
-        self._fit_standardisers(data.x_train[y_train == 1])
         x = data.images()
-        self.decision_scores_ = self._scores(x)
+        raw = np.stack([score_network(m.network_, x) for m in self.members_])
+        normals = (data.train & (data.y == 1)).numpy()
+        self._fit_standardisers(raw[:, normals], x[normals])
+        self.decision_scores_ = self._standardised(raw)
         (self.threshold_, self.threshold_frr_bound_, self.threshold_normals_,
          self.pixel_threshold_) = fit_thresholds(self.decision_scores_, self._model_side_maps, x,
                                                  data, validation_fraction)
         return self
 
-    def _fit_standardisers(self, normals: torch.Tensor) -> None:
-        """Each member's score and map standardisers on the training normals."""
+    def _fit_standardisers(self, raw: np.ndarray, normals: torch.Tensor) -> None:
+        """Each member's score and map standardisers on the training normals, from the members'
+        ``raw`` scores of them, shape (members, N), and the images themselves."""
         some = normals[np.unique(np.linspace(0, len(normals) - 1, MAP_NORMALS).round().astype(int))]
-        score = [standardiser(score_network(m.network_, normals)) for m in self.members_]
+        score = [standardiser(r) for r in raw]
         maps = [standardiser(model_side_maps(m.network_, some)) for m in self.members_]
         self.score_loc_, self.score_scale_ = (np.array(v) for v in zip(*score, strict=True))
         self.map_loc_, self.map_scale_ = (np.array(v) for v in zip(*maps, strict=True))
@@ -237,10 +240,13 @@ class AnoMemEnsemble(ConfigArgs, MapDetector):
                                   "AnoMemEnsemble.load(path) first")
         return members
 
+    def _standardised(self, raw: np.ndarray) -> np.ndarray:
+        """The ensemble's scores from the members' raw scores, shape (members, N)."""
+        return np.mean((raw - self.score_loc_[:, None]) / self.score_scale_[:, None], axis=0)
+
     def _scores(self, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
         members = self._require_model()
-        return np.mean([(score_network(m.network_, x, batch_size) - loc) / sd for m, loc, sd
-                        in zip(members, self.score_loc_, self.score_scale_, strict=True)], axis=0)
+        return self._standardised(np.stack([score_network(m.network_, x, batch_size) for m in members]))
 
     def _model_side_maps(self, x: torch.Tensor, sigma: float | None = None,
                          batch_size: int = 64) -> np.ndarray:
