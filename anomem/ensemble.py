@@ -66,7 +66,8 @@ from anomem.serialization import atomic_torch_save
 from anomem.stages.common import RunOptions
 
 __all__ = ["AUTO_MEMBERS", "MAP_NORMALS", "SMALL_SET", "AnoMemEnsemble", "check_members",
-           "load_detector", "make_detector", "member_seeds", "parse_members", "resolve_members"]
+           "check_subsample", "load_detector", "make_detector", "member_images", "member_seeds",
+           "parse_members", "resolve_members"]
 
 #: At most this many training normals (evenly spaced) set each member's map standardiser.
 MAP_NORMALS = 256
@@ -94,6 +95,31 @@ def standardiser(values: np.ndarray) -> tuple[float, float]:
     v = np.asarray(values, dtype=np.float64).ravel()
     sd = float(v.std())
     return float(v.mean()), sd if sd > 0 else 1.0
+
+
+def check_subsample(subsample: Any) -> None:
+    """Refuse a share of the training normals outside (0, 1] (:class:`ConfigError`)."""
+    if isinstance(subsample, bool) or not isinstance(subsample, (int, float)) or not 0 < subsample <= 1:
+        raise ConfigError(f"subsample must be a share of the training normals in (0, 1], got {subsample!r}")
+
+
+def member_images(y: torch.Tensor, subsample: float, seed: int) -> torch.Tensor:
+    """The indices of the training images one member trains on, in order: every labelled
+    anomaly (``y == 0``) and ``round(subsample * normals)`` of the normals (at least 2), drawn
+    without replacement by ``seed``; every image when ``subsample`` is 1.
+
+    Example:
+        >>> y = torch.tensor([1, 1, 0, 1, 1])
+        >>> member_images(y, 1.0, 0).tolist(), len(member_images(y, 0.5, 0))
+        ([0, 1, 2, 3, 4], 3)
+    """
+    if subsample >= 1:
+        return torch.arange(len(y))
+    normals = torch.nonzero(y == 1).squeeze(1)
+    keep = max(2, round(subsample * len(normals)))
+    g = torch.Generator().manual_seed(seed)
+    drawn = normals[torch.randperm(len(normals), generator=g)[:keep]]
+    return torch.sort(torch.cat([drawn, torch.nonzero(y == 0).squeeze(1)])).values
 
 
 def check_members(members: Any, name: str = "members") -> None:
@@ -170,6 +196,8 @@ class AnoMemEnsemble(ConfigArgs, MapDetector):
         members: how many networks to fit (default 5); 1 is one fit, scored as AnoMem scores
             it up to a fixed affine map; ``"auto"`` decides at :meth:`fit` by the number of
             images (:func:`resolve_members`).
+        subsample: the share of the training normals each member trains on, its own draw
+            (:func:`member_images`); 1 (default): every member on every training image.
         **overrides: configuration keys, as :class:`anomem.AnoMem`'s; ``runtime.seed`` seeds
             the hold-out draw and :func:`member_seeds`.
 
@@ -181,15 +209,16 @@ class AnoMemEnsemble(ConfigArgs, MapDetector):
         decision_scores_: the ensemble's scores of every image given to :meth:`fit`, in order.
     """
 
-    _own_params = ("members",)
+    _own_params = ("members", "subsample")
 
     def __init__(self, config: AnoMemConfig | str | Path = AUTO, members: int | str = 5,
-                 **overrides: Any) -> None:
-        self._check_args(config, {"members": members}, overrides)
-        self.config, self.members, self._overrides = config, members, overrides
+                 subsample: float = 1.0, **overrides: Any) -> None:
+        self._check_args(config, {"members": members, "subsample": subsample}, overrides)
+        self.config, self.members, self.subsample, self._overrides = config, members, subsample, overrides
 
     def _check_args(self, config: Any, own: dict[str, Any], overrides: dict[str, Any]) -> None:
         check_members(own["members"])
+        check_subsample(own["subsample"])
         resolve_config(config, overrides)
 
     # ------------------------------------------------------------------ fitting
@@ -211,8 +240,9 @@ class AnoMemEnsemble(ConfigArgs, MapDetector):
         count = resolve_members(self.members, len(data.y), cfg.recipe, bool((data.y == 0).any()))
         for k, seed in enumerate(member_seeds(cfg.runtime.seed, count)):
             member_cfg = cfg.replace(**{"runtime.seed": seed})
+            own = member_images(y_train, self.subsample, seed)
             self.members_.append(AnoMem(member_cfg).fit_network(
-                member_cfg, data.x_train, y_train, _member_options(data.options, k)))
+                member_cfg, data.x_train[own], y_train[own], _member_options(data.options, k)))
         x = data.images()
         raw = np.stack([score_network(m.network_, x) for m in self.members_])
         normals = (data.train & (data.y == 1)).numpy()

@@ -21,7 +21,7 @@ from anomem import (
 from anomem.cli.main import main
 from anomem.config import get_config
 from anomem.data.convert import to_image_tensor
-from anomem.ensemble import make_detector, member_seeds, resolve_members
+from anomem.ensemble import make_detector, member_images, member_seeds, resolve_members
 from anomem.fit_setup import holdout_indices
 from anomem.serialization import atomic_torch_save, safe_torch_load
 from anomem.threshold import order_statistic_threshold
@@ -78,6 +78,34 @@ def test_scores_maps_and_thresholds_match_a_naive_computation(fitted, digits):
     assert ens.predict_mask(test[:2]).shape == (2, 8, 8)
 
 
+def test_member_images_draw_a_share_of_the_normals_and_keep_every_anomaly():
+    y = torch.tensor([1, 0, 1, 1, 0, 1, 1, 1, 1, 1])        # 8 normals, anomalies at 1 and 4
+    assert member_images(y, 1.0, 3).tolist() == list(range(10))
+    draws = {tuple(member_images(y, 0.5, seed).tolist()) for seed in range(20)}
+    for d in draws:
+        assert list(d) == sorted(set(d)) and {1, 4} <= set(d)
+        assert len(d) == 2 + 4                             # round(0.5 * 8) normals
+    assert len(draws) > 1                                  # the draw moves with the seed
+    assert member_images(y, 0.5, 7).tolist() == member_images(y, 0.5, 7).tolist()
+    assert len(member_images(y, 0.01, 0)) == 2 + 2         # at least two normals
+
+
+def test_subsample_gives_each_member_its_own_share_of_the_training_images(digits, monkeypatch):
+    seen: list[torch.Tensor] = []
+    original = AnoMem.fit_network
+
+    def recording(self, cfg, x, y, options):
+        seen.append(x.clone())
+        return original(self, cfg, x, y, options)
+
+    monkeypatch.setattr(AnoMem, "fit_network", recording)
+    x = digits.x_train[digits.y_train == 4][:50]
+    ens = AnoMemEnsemble("digits", members=3, subsample=0.6, seed=2, **FAST).fit(x, validation_fraction=0.2)
+    assert [len(s) for s in seen] == [24, 24, 24]              # round(0.6 * 40) of 40 training normals
+    assert not torch.equal(seen[0], seen[1]) and not torch.equal(seen[1], seen[2])
+    assert ens.threshold_normals_ == 10                        # the hold-out is the ensemble's, shared
+
+
 def test_one_member_is_one_fit_up_to_an_increasing_affine_map(digits):
     x = digits.x_train[digits.y_train == 5][:40]
     ens = AnoMemEnsemble("digits", members=1, seed=3, **FAST).fit(x, validation_fraction=0)
@@ -120,10 +148,10 @@ def test_an_inconsistent_ensemble_file_is_refused(fitted, tmp_path):
 
 def test_estimator_conventions():
     ens = AnoMemEnsemble("digits", members=2, **FAST)
-    assert ens.get_params() == {"config": "digits", "members": 2, **FAST}
+    assert ens.get_params() == {"config": "digits", "members": 2, "subsample": 1.0, **FAST}
     twin = clone(ens)
     assert twin.get_params() == ens.get_params() and twin is not ens
-    assert repr(ens) == "AnoMemEnsemble('digits', members=2, stage1_epochs=1)"
+    assert repr(ens) == "AnoMemEnsemble('digits', members=2, subsample=1.0, stage1_epochs=1)"
     assert ens.set_params(members=4, stage1_epochs=2).get_params()["members"] == 4
     for bad in (0, -1, 2.0, True, "two"):
         with pytest.raises(ConfigError, match="members must be a positive integer"):
@@ -131,6 +159,9 @@ def test_estimator_conventions():
         with pytest.raises(ConfigError, match="members must be a positive integer"):
             ens.set_params(members=bad)
     assert ens.members == 4     # a refused set_params changes nothing
+    for bad in (0, 0.0, -0.5, 1.5, True, "half"):
+        with pytest.raises(ConfigError, match=r"subsample must be a share of the training normals in \(0, 1\]"):
+            AnoMemEnsemble("digits", subsample=bad)
     with pytest.raises(ConfigError, match="unknown config key"):
         AnoMemEnsemble("digits", stage1_epoch=2)
     with pytest.raises(RequiresFitting, match="AnoMemEnsemble is not fitted"):

@@ -20,8 +20,9 @@ scored on a fixed test set, beside a 1-NN on the fit's encoder and on pixels:
     python -m experiments.small_sets.spread --set-name cifar200 --members 5 --name members5
 
 ``--members K``: the row's detector is :class:`anomem.ensemble.AnoMemEnsemble` with K
-members (one hold-out draw, K fits on the same training images); the 1-NN column
-reads the first member's encoder.  (The rows ``ens3_f1``, ``ens5`` and ``ens5sh``
+members (one hold-out draw, K fits on the same training images, or with ``--subsample
+F`` each on its own draw of that share of them); the 1-NN column reads the first member's
+encoder; ``each``: every member's own AUROC.  (The rows ``ens3_f1``, ``ens5`` and ``ens5sh``
 came from this script's own averaging of separate fits, at commit ff5bce2.)
 """
 
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fit", action="append", default=[], metavar="KEY=VALUE",
                    help="AnoMem.fit argument, e.g. validation_fraction=0")
     p.add_argument("--members", type=int, default=0, help="fit an AnoMemEnsemble of K members (see above)")
+    p.add_argument("--subsample", type=float, default=1.0,
+                   help="with --members: the share of the training normals each member draws")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     overrides = dict(parse_override(o) for o in args.set)
@@ -98,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             t0 = time.time()
             if args.members:
-                det = AnoMemEnsemble(members=args.members, seed=seed, **overrides).fit(
-                    t.x_train, progress=False, **fit_kw)
+                det = AnoMemEnsemble(members=args.members, subsample=args.subsample, seed=seed,
+                                     **overrides).fit(t.x_train, progress=False, **fit_kw)
                 encoder = det.members_[0]
             else:
                 det = encoder = AnoMem(seed=seed, **overrides).fit(t.x_train, progress=False, **fit_kw)
@@ -109,10 +112,12 @@ def main(argv: list[str] | None = None) -> int:
             if seed == args.seeds[0]:
                 pixel = PixelKNN(size=input_side(t.x_train), k=1).fit(t.x_train)
                 row["pixel"] = pixel.decision_function(t.x_test)
+            each = ({"each": [round(100 * roc_auc_score(t.labels_test, m.decision_function(t.x_test)), 2)
+                              for m in det.members_]} if args.members else {})
             print(json.dumps({"set": args.set_name, "name": args.name, "c": c, "seed": seed,
                               "preset": preset, **{k: round(100 * roc_auc_score(t.labels_test, v), 2)
                                                    for k, v in row.items()},
-                              "t": round(time.time() - t0)}), flush=True)
+                              **each, "t": round(time.time() - t0)}), flush=True)
     return 0
 
 
