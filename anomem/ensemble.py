@@ -4,12 +4,14 @@ On a small training set (a few hundred images), stage 1 takes only a few
 steps, and which images its batches draw decides where the encoder ends: with
 the same 200 CIFAR-10 airplanes, one-class AUROC ranges over 30 points from
 seed to seed, while a fit astray is rare.  :class:`AnoMemEnsemble` fits
-``members`` networks on the same training images, each with its own seed
-(initialisation, augmentation, batch order; :func:`member_seeds`), and
-outvotes the fits that go astray:
+``members`` networks on the same training images (or, with ``subsample``, each
+on its own draw of a share of them), each with its own seed (initialisation,
+augmentation, batch order; :func:`member_seeds`), and outvotes the fits that go
+astray:
 
 * each member's image score is standardised by the mean and standard deviation
-  of its scores on the training normals (``score_loc_``, ``score_scale_``), and
+  of its scores on the training normals (every normal not held out, whether or
+  not the member drew it; ``score_loc_``, ``score_scale_``), and
   the ensemble's score is the mean of the standardised scores (higher = more
   anomalous, as every anomem score);
 * its heatmap is the mean of the members' maps at the model's side, each
