@@ -3,7 +3,7 @@
 On a small training set (a few hundred images), stage 1 takes only a few
 steps, and which images its batches draw decides where the encoder ends: with
 the same 200 CIFAR-10 airplanes, one-class AUROC ranges over 30 points from
-seed to seed, while a fit astray is rare.  :class:`AnoMemEnsemble` fits
+seed to seed, and some fits go astray.  :class:`AnoMemEnsemble` fits
 ``members`` networks on the same training images (or, with ``subsample``, each
 on its own draw of a share of them), each with its own seed (initialisation,
 augmentation, batch order; :func:`member_seeds`), and outvotes the fits that go
