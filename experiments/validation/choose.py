@@ -32,8 +32,7 @@ classes' held-out training images the validation anomalies.  Rows (AUROC %):
 * with ``--members K``: :class:`anomem.AnoMemEnsemble` of K members, one-class (row
   ``members``) and semi-supervised (row ``ss_members``, beside ``ss_default``), fitted
   as the single fits are; with ``--only-set`` the rows ``default``, ``members``,
-  ``ss_default`` and ``ss_members`` alone; ``--subsample F``: each member on its own
-  draw of the share F of the training normals (the rows carry ``subsample``).
+  ``ss_default`` and ``ss_members`` alone.
 
     python -m experiments.validation.choose --dataset digits --seed 0 >> experiments/validation/rows.jsonl
     python -m experiments.validation.choose --dataset cifar --seed 0 --classes 0 1 >> ...
@@ -138,10 +137,9 @@ def refit_rows(task: Any, preset: str, budget: dict[str, Any], seed: int) -> dic
 
 
 def ensemble_row(task: Any, preset: str, budget: dict[str, Any], seed: int, members: int,
-                 labelled: bool, subsample: float = 1.0) -> np.ndarray:
-    """The scores of an ensemble of ``members`` fits (semi-supervised when ``labelled``), each
-    member on its own ``subsample`` share of the training normals."""
-    det = AnoMemEnsemble(preset, members=members, subsample=subsample, seed=seed, **budget)
+                 labelled: bool) -> np.ndarray:
+    """The scores of an ensemble of ``members`` fits (semi-supervised when ``labelled``)."""
+    det = AnoMemEnsemble(preset, members=members, seed=seed, **budget)
     det.fit(task.x_train, task.labels_train if labelled else None, **FIT)
     return det.decision_function(task.x_test)
 
@@ -186,8 +184,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="the semi-supervised fit's heads retrained with these keys (row ss_NAME)")
     p.add_argument("--members", type=int, default=0, metavar="K",
                    help="rows 'members' and 'ss_members': AnoMemEnsemble of K members")
-    p.add_argument("--subsample", type=float, default=1.0, metavar="F",
-                   help="with --members: each member trains on its own share F of the normals")
     p.add_argument("--only-set", action="store_true",
                    help="only the rows 'default', 'set', the variants' and the ensemble's")
     args = p.parse_args(argv)
@@ -211,17 +207,14 @@ def main(argv: list[str] | None = None) -> int:
             rows.update(semi_rows(semi, preset, budget, args.seed, head_variants,
                                   only_default=args.only_set and not head_variants))
         if args.members:
-            rows["members"] = ensemble_row(task, preset, budget, args.seed, args.members, False,
-                                           args.subsample)
+            rows["members"] = ensemble_row(task, preset, budget, args.seed, args.members, False)
             if labelled:
-                rows["ss_members"] = ensemble_row(semi, preset, budget, args.seed, args.members, True,
-                                                  args.subsample)
+                rows["ss_members"] = ensemble_row(semi, preset, budget, args.seed, args.members, True)
         print(json.dumps({"ds": args.dataset, "split": "validation", "seed": args.seed, "c": c,
                           **{k: round(100 * roc_auc_score(semi.labels_test, v), 2)
                              for k, v in rows.items()}, **({"set_keys": overrides} if overrides else {}),
                           **({"variants": {**variants, **head_variants}}
                              if variants or head_variants else {}),
-                          **({"subsample": args.subsample} if args.subsample < 1 else {}),
                           "t": round(time.time() - t0)}), flush=True)
     return 0
 
