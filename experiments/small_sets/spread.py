@@ -22,8 +22,12 @@ scored on a fixed test set, beside a 1-NN on the fit's encoder and on pixels:
 ``--members K``: the row's detector is :class:`anomem.ensemble.AnoMemEnsemble` with K
 members (one hold-out draw, K fits on the same training images, or with ``--subsample
 F`` each on its own draw of that share of them); the 1-NN column reads the first member's
-encoder; ``each``: every member's own AUROC.  (The rows ``ens3_f1``, ``ens5`` and ``ens5sh``
-came from this script's own averaging of separate fits, at commit ff5bce2.)
+encoder; ``each``: every member's own AUROC; ``--holdout folds``: each member leaves its own
+fold of the normals out (:class:`anomem.ensemble.AnoMemEnsemble`'s ``holdout``); ``--dump
+DIR``: the members' standardised test scores, one ``.npz`` per class and seed.  ``frr``: the
+share of the test normals above the detector's threshold (its target is 0.05).  (The rows
+``ens3_f1``, ``ens5`` and ``ens5sh`` came from this script's own averaging of separate fits, at
+commit ff5bce2.)
 """
 
 from __future__ import annotations
@@ -92,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--members", type=int, default=0, help="fit an AnoMemEnsemble of K members (see above)")
     p.add_argument("--subsample", type=float, default=1.0,
                    help="with --members: the share of the training normals each member draws")
+    p.add_argument("--holdout", default="shared", help="with --members: the ensemble's hold-out scheme")
+    p.add_argument("--dump", help="with --members: a folder for each row's members' standardised "
+                                  "test scores (an .npz per class and seed)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     overrides = dict(parse_override(o) for o in args.set)
@@ -102,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.time()
             if args.members:
                 det = AnoMemEnsemble(members=args.members, subsample=args.subsample, seed=seed,
-                                     **overrides).fit(t.x_train, progress=False, **fit_kw)
+                                     holdout=args.holdout, **overrides).fit(t.x_train, progress=False,
+                                                                            **fit_kw)
                 encoder = det.members_[0]
             else:
                 det = encoder = AnoMem(seed=seed, **overrides).fit(t.x_train, progress=False, **fit_kw)
@@ -112,8 +120,14 @@ def main(argv: list[str] | None = None) -> int:
             if seed == args.seeds[0]:
                 pixel = PixelKNN(size=input_side(t.x_train), k=1).fit(t.x_train)
                 row["pixel"] = pixel.decision_function(t.x_test)
-            each = ({"each": [round(100 * roc_auc_score(t.labels_test, m.decision_function(t.x_test)), 2)
-                              for m in det.members_]} if args.members else {})
+            each = {"frr": round(float(np.mean(row["anomem"][t.labels_test == 0] > det.threshold_)), 4)}
+            if args.members:
+                z = [(m.decision_function(t.x_test) - loc) / sd
+                     for m, loc, sd in zip(det.members_, det.score_loc_, det.score_scale_, strict=True)]
+                each["each"] = [round(100 * roc_auc_score(t.labels_test, v), 2) for v in z]
+                if args.dump:
+                    np.savez(f"{args.dump}/{args.set_name}_{args.name}_c{c}_s{seed}.npz", z=np.stack(z),
+                             labels=t.labels_test)
             print(json.dumps({"set": args.set_name, "name": args.name, "c": c, "seed": seed,
                               "preset": preset, **{k: round(100 * roc_auc_score(t.labels_test, v), 2)
                                                    for k, v in row.items()},
