@@ -66,18 +66,15 @@ from anomem.presets import AUTO
 from anomem.progress import auto_progress
 from anomem.serialization import atomic_torch_save
 from anomem.stages.common import RunOptions
-from anomem.threshold import fit_threshold, order_statistic_threshold
 
-__all__ = ["AUTO_MEMBERS", "HOLDOUTS", "MAP_NORMALS", "SMALL_SET", "AnoMemEnsemble", "check_holdout",
-           "check_members", "check_subsample", "load_detector", "make_detector", "member_folds",
-           "member_images", "member_seeds", "parse_members", "resolve_members"]
+__all__ = ["AUTO_MEMBERS", "MAP_NORMALS", "SMALL_SET", "AnoMemEnsemble", "check_members",
+           "check_subsample", "load_detector", "make_detector", "member_images", "member_seeds",
+           "parse_members", "resolve_members"]
 
 #: At most this many training normals (evenly spaced) set each member's map standardiser.
 MAP_NORMALS = 256
 #: ``members="auto"`` fits this many networks on a small training set, one on a larger one.
 AUTO_MEMBERS = 5
-#: The hold-out schemes of :class:`AnoMemEnsemble`.
-HOLDOUTS = ("shared", "folds")
 #: A small training set for ``members="auto"``: at most this many images given to ``fit``.
 SMALL_SET = 500
 
@@ -125,29 +122,6 @@ def member_images(y: torch.Tensor, subsample: float, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     drawn = normals[torch.randperm(len(normals), generator=g)[:keep]]
     return torch.sort(torch.cat([drawn, torch.nonzero(y == 0).squeeze(1)])).values
-
-
-def check_holdout(holdout: Any) -> None:
-    """Refuse a hold-out scheme other than :data:`HOLDOUTS` (:class:`ConfigError`)."""
-    if holdout not in HOLDOUTS:
-        raise ConfigError(f"holdout must be one of {', '.join(HOLDOUTS)}, got {holdout!r}")
-
-
-def member_folds(y: torch.Tensor, folds: int, seed: int) -> torch.Tensor:
-    """Each image's fold for ``holdout="folds"``: the normals (``y == 1``) dealt into ``folds``
-    folds in a seeded order (sizes differ by at most one); labelled anomalies get -1 (in no
-    fold: every member trains on them).
-
-    Example:
-        >>> f = member_folds(torch.tensor([1, 1, 0, 1, 1, 1]), 2, 0)
-        >>> f[2].item(), sorted(f.tolist())
-        (-1, [-1, 0, 0, 0, 1, 1])
-    """
-    fold = torch.full((len(y),), -1, dtype=torch.long)
-    normals = torch.nonzero(y == 1).squeeze(1)
-    g = torch.Generator().manual_seed(seed + 1)
-    fold[normals[torch.randperm(len(normals), generator=g)]] = torch.arange(len(normals)) % folds
-    return fold
 
 
 def check_members(members: Any, name: str = "members") -> None:
@@ -237,19 +211,16 @@ class AnoMemEnsemble(ConfigArgs, MapDetector):
         decision_scores_: the ensemble's scores of every image given to :meth:`fit`, in order.
     """
 
-    _own_params = ("members", "subsample", "holdout")
+    _own_params = ("members", "subsample")
 
     def __init__(self, config: AnoMemConfig | str | Path = AUTO, members: int | str = 5,
-                 subsample: float = 1.0, holdout: str = "shared", **overrides: Any) -> None:
-        self._check_args(config, {"members": members, "subsample": subsample, "holdout": holdout},
-                         overrides)
-        self.config, self.members, self.subsample, self.holdout = config, members, subsample, holdout
-        self._overrides = overrides
+                 subsample: float = 1.0, **overrides: Any) -> None:
+        self._check_args(config, {"members": members, "subsample": subsample}, overrides)
+        self.config, self.members, self.subsample, self._overrides = config, members, subsample, overrides
 
     def _check_args(self, config: Any, own: dict[str, Any], overrides: dict[str, Any]) -> None:
         check_members(own["members"])
         check_subsample(own["subsample"])
-        check_holdout(own["holdout"])
         resolve_config(config, overrides)
 
     # ------------------------------------------------------------------ fitting
@@ -264,21 +235,14 @@ class AnoMemEnsemble(ConfigArgs, MapDetector):
         """
         cfg = resolve_config(self.config, self._overrides, images)
         check_members(self.members)
-        check_holdout(self.holdout)
-        folds = self.holdout == "folds"
-        data = prepare_fit(cfg, images, labels, 0.0 if folds else validation_fraction,
-                           checkpoint_dir, auto_progress(progress), log, None)
+        data = prepare_fit(cfg, images, labels, validation_fraction, checkpoint_dir,
+                           auto_progress(progress), log, None)
         y_train = data.y[data.train]
         self.config_, self.members_ = cfg, []
         count = resolve_members(self.members, len(data.y), cfg.recipe, bool((data.y == 0).any()))
-        if folds and count < 2:
-            raise ConfigError("holdout='folds' needs at least 2 members (each member leaves its "
-                              "fold out); give members >= 2 or holdout='shared'")
-        fold = member_folds(y_train, count, cfg.runtime.seed) if folds else None
         for k, seed in enumerate(member_seeds(cfg.runtime.seed, count)):
             member_cfg = cfg.replace(**{"runtime.seed": seed})
             own = member_images(y_train, self.subsample, seed)
-            own = own if fold is None else own[fold[own] != k]
             self.members_.append(AnoMem(member_cfg).fit_network(
                 member_cfg, data.x_train[own], y_train[own], _member_options(data.options, k)))
         x = data.images()
@@ -286,28 +250,10 @@ class AnoMemEnsemble(ConfigArgs, MapDetector):
         normals = (data.train & (data.y == 1)).numpy()
         self._fit_standardisers(raw[:, normals], x[normals])
         self.decision_scores_ = self._standardised(raw)
-        if fold is None:
-            (self.threshold_, self.threshold_frr_bound_, self.threshold_normals_,
-             self.pixel_threshold_) = fit_thresholds(self.decision_scores_, self._model_side_maps,
-                                                     x, data, validation_fraction)
-        else:
-            self._fit_fold_thresholds(raw, x, fold, cfg.scoring.target_frr)
+        (self.threshold_, self.threshold_frr_bound_, self.threshold_normals_,
+         self.pixel_threshold_) = fit_thresholds(self.decision_scores_, self._model_side_maps, x,
+                                                 data, validation_fraction)
         return self
-
-    def _fit_fold_thresholds(self, raw: np.ndarray, x: torch.Tensor, fold: torch.Tensor,
-                             target: float) -> None:
-        """``holdout="folds"``: the thresholds from each normal's standardised score and map by
-        the one member that did not train on it (its fold's), pooled over the folds."""
-        z = (raw - self.score_loc_[:, None]) / self.score_scale_[:, None]
-        idx = torch.nonzero(fold >= 0).squeeze(1)
-        own = fold[idx].numpy()
-        self.threshold_, self.threshold_frr_bound_ = fit_threshold(
-            z[own, idx.numpy()], len(idx), 1.0, target, stacklevel=4)
-        self.threshold_normals_ = len(idx)
-        maps = [(model_side_maps(self.members_[k].network_, x[idx[own == k]]) - np.float32(loc))
-                / np.float32(sd) for k, (loc, sd) in enumerate(zip(self.map_loc_, self.map_scale_,
-                                                                   strict=True))]
-        self.pixel_threshold_ = order_statistic_threshold(np.concatenate(maps), target)
 
     def _fit_standardisers(self, raw: np.ndarray, normals: torch.Tensor) -> None:
         """Each member's score and map standardisers on the training normals, from the members'

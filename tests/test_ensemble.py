@@ -21,7 +21,7 @@ from anomem import (
 from anomem.cli.main import main
 from anomem.config import get_config
 from anomem.data.convert import to_image_tensor
-from anomem.ensemble import make_detector, member_folds, member_images, member_seeds, resolve_members
+from anomem.ensemble import make_detector, member_images, member_seeds, resolve_members
 from anomem.fit_setup import holdout_indices
 from anomem.serialization import atomic_torch_save, safe_torch_load
 from anomem.threshold import order_statistic_threshold
@@ -106,32 +106,6 @@ def test_subsample_gives_each_member_its_own_share_of_the_training_images(digits
     assert ens.threshold_normals_ == 10                        # the hold-out is the ensemble's, shared
 
 
-def test_folds_leave_each_member_one_fold_out_and_set_the_threshold_out_of_fold(digits, monkeypatch):
-    seen: list[torch.Tensor] = []
-    original = AnoMem.fit_network
-
-    def recording(self, cfg, x, y, options):
-        seen.append(x.clone())
-        return original(self, cfg, x, y, options)
-
-    monkeypatch.setattr(AnoMem, "fit_network", recording)
-    x = digits.x_train[digits.y_train == 6][:31]
-    ens = AnoMemEnsemble("digits", members=3, holdout="folds", seed=4, **FAST).fit(x, validation_fraction=0.2)
-    side = ens.config_.backbone.image_size
-    xs = to_image_tensor(x, side)
-    fold = member_folds(torch.ones(len(x)), 3, 4)
-    assert sorted(torch.bincount(fold).tolist()) == [10, 10, 11]     # 31 normals dealt into 3 folds
-    for k, got in enumerate(seen):                                  # member k trains on the others' folds
-        torch.testing.assert_close(got, xs[fold != k], rtol=0, atol=0)
-    # the threshold: the order statistic of each normal's score by the member of its fold
-    oof = [naive_standardised(m.decision_function(x[fold.numpy() == k]), m.decision_function(x))
-           for k, m in enumerate(ens.members_)]
-    assert ens.threshold_normals_ == 31
-    assert ens.threshold_ == pytest.approx(order_statistic_threshold(np.concatenate(oof), 0.05), rel=1e-9)
-    with pytest.raises(ConfigError, match="holdout must be one of shared, folds"):
-        AnoMemEnsemble("digits", holdout="fold")
-
-
 def test_one_member_is_one_fit_up_to_an_increasing_affine_map(digits):
     x = digits.x_train[digits.y_train == 5][:40]
     ens = AnoMemEnsemble("digits", members=1, seed=3, **FAST).fit(x, validation_fraction=0)
@@ -174,12 +148,10 @@ def test_an_inconsistent_ensemble_file_is_refused(fitted, tmp_path):
 
 def test_estimator_conventions():
     ens = AnoMemEnsemble("digits", members=2, **FAST)
-    assert ens.get_params() == {"config": "digits", "members": 2, "subsample": 1.0, "holdout": "shared",
-                                **FAST}
+    assert ens.get_params() == {"config": "digits", "members": 2, "subsample": 1.0, **FAST}
     twin = clone(ens)
     assert twin.get_params() == ens.get_params() and twin is not ens
-    assert repr(ens) == ("AnoMemEnsemble('digits', members=2, subsample=1.0, holdout='shared', "
-                         "stage1_epochs=1)")
+    assert repr(ens) == "AnoMemEnsemble('digits', members=2, subsample=1.0, stage1_epochs=1)"
     assert ens.set_params(members=4, stage1_epochs=2).get_params()["members"] == 4
     for bad in (0, -1, 2.0, True, "two"):
         with pytest.raises(ConfigError, match="members must be a positive integer"):

@@ -22,9 +22,8 @@ scored on a fixed test set, beside a 1-NN on the fit's encoder and on pixels:
 ``--members K``: the row's detector is :class:`anomem.ensemble.AnoMemEnsemble` with K
 members (one hold-out draw, K fits on the same training images, or with ``--subsample
 F`` each on its own draw of that share of them); the 1-NN column reads the first member's
-encoder; ``each``: every member's own AUROC; ``--holdout folds``: each member leaves its own
-fold of the normals out (:class:`anomem.ensemble.AnoMemEnsemble`'s ``holdout``); ``--dump
-DIR``: the members' standardised test scores, one ``.npz`` per class and seed.  ``frr``: the
+encoder; ``each``: every member's own AUROC; ``--dump DIR``: the members' standardised test
+scores, one ``.npz`` per class and seed.  ``frr``: the
 share of the test normals above the detector's threshold (its target is 0.05).  (The rows
 ``ens3_f1``, ``ens5`` and ``ens5sh`` came from this script's own averaging of separate fits, at
 commit ff5bce2.)
@@ -96,7 +95,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--members", type=int, default=0, help="fit an AnoMemEnsemble of K members (see above)")
     p.add_argument("--subsample", type=float, default=1.0,
                    help="with --members: the share of the training normals each member draws")
-    p.add_argument("--holdout", default="shared", help="with --members: the ensemble's hold-out scheme")
     p.add_argument("--dump", help="with --members: a folder for each row's members' standardised "
                                   "test scores (an .npz per class and seed)")
     args = p.parse_args(argv)
@@ -109,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.time()
             if args.members:
                 det = AnoMemEnsemble(members=args.members, subsample=args.subsample, seed=seed,
-                                     holdout=args.holdout, **overrides).fit(t.x_train, progress=False,
-                                                                            **fit_kw)
+                                     **overrides).fit(t.x_train, progress=False, **fit_kw)
                 encoder = det.members_[0]
             else:
                 det = encoder = AnoMem(seed=seed, **overrides).fit(t.x_train, progress=False, **fit_kw)
