@@ -29,7 +29,7 @@ FLAT_NAMES: dict[str, str] = {
                                   "use_memory", "prototypes")},
     **{k: f"stage1.{k}" for k in ("tau", "lambda_v", "variance", "negatives", "batch_size",
                                   "crop_scale", "jitter", "blur_sigma", "noise_std", "view_geometry")},
-    **{f"stage1_{k}": f"stage1.{k}" for k in ("epochs", "lr", "momentum", "weight_decay")},
+    **{f"stage1_{k}": f"stage1.{k}" for k in ("epochs", "lr", "momentum", "weight_decay", "min_batches")},
     **{k: f"stage2.{k}" for k in ("margin", "head_hidden", "head_pool", "head_sampling",
                                   "head_inputs", "head_deviations")},
     **{f"stage2_{k}": f"stage2.{k}" for k in ("epochs", "lr")},

@@ -89,9 +89,10 @@ class Stage1(_Checked):
     """Stage 1 (Eq. 2-7, Algorithm 1): the temperature ``tau``, the variance term's weight
     ``lambda_v`` and form ``variance``, Eq. 7's ``negatives``; SGD with Nesterov momentum
     and cosine annealing (``batch_size``, ``epochs``, ``lr``, ``momentum``,
-    ``weight_decay``; stage 2 uses the same batch size, momentum and weight decay); the
-    two views' augmentations (``crop_scale``, ``jitter``, ``blur_sigma``, ``noise_std``,
-    ``view_geometry``)."""
+    ``weight_decay``; ``min_batches``: a small set's batches shrink so that an epoch takes at
+    least that many, :func:`anomem.stages.stage1.stage1_batch`; stage 2 uses the same batch
+    size, momentum and weight decay); the two views' augmentations (``crop_scale``, ``jitter``,
+    ``blur_sigma``, ``noise_std``, ``view_geometry``)."""
 
     name = "stage1"
     tau: float = 0.1
@@ -100,6 +101,7 @@ class Stage1(_Checked):
     negatives: str = choice("all", "all", "Eq. 7's negatives: every sampled vector or the same position's")
     batch_size: int = 1024
     epochs: int = 200
+    min_batches: int = choice(5, 0, "the least batches an epoch takes: small sets get smaller ones")
     lr: float = 0.5
     momentum: float = 0.9
     weight_decay: float = 1e-4

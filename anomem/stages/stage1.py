@@ -322,6 +322,33 @@ def train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
         return _train_stage1(model, images, y, fingerprint, opts, objective)
 
 
+#: The smallest batch :func:`stage1_batch` shrinks to for ``stage1.min_batches``: Eq. 7
+#: contrasts every vector of a batch with the others, so a batch keeps some negatives.
+MIN_BATCH = 32
+
+
+def stage1_batch(cfg: AnoMemConfig, n: int, world_size: int = 1) -> int:
+    """Stage 1's batch per process on ``n`` training images: ``stage1.batch_size`` (split over
+    ``world_size`` processes, at most ``n``), shrunk on a small set toward ``n //
+    stage1.min_batches``, so that an epoch takes that many batches, but not below
+    :data:`MIN_BATCH` (nor a batch already smaller).
+
+    The paper trains on 50,000 images, tens of batches an epoch.  On 160 images a batch of
+    128 is one step an epoch, ten in a fit of the ``cpu`` preset, and which images those
+    batches draw decides where the encoder ends (``docs/design.md``, ``stage1.min_batches``).
+
+    Example:
+        >>> from anomem.config import get_config
+        >>> cpu, digits = get_config("cpu"), get_config("digits")   # batches 128 and 32
+        >>> stage1_batch(cpu, 160), stage1_batch(cpu, 800), stage1_batch(cpu, 40), stage1_batch(digits, 114)
+        (32, 128, 32, 32)
+    """
+    bsz = max(1, min(cfg.stage1.batch_size // world_size, n))
+    if n // bsz < cfg.stage1.min_batches:
+        bsz = min(bsz, max(MIN_BATCH, n // cfg.stage1.min_batches))
+    return bsz
+
+
 def _train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
                   fingerprint: dict[str, Any], opts: RunOptions,
                   objective: nn.Module | None) -> list[dict[str, float]]:
@@ -329,7 +356,7 @@ def _train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
     cfg = model.config
     objective = objective or ContrastedMemoryObjective(model)
     n = images.shape[0]
-    bsz = min(cfg.stage1.batch_size // opts.world_size, n)
+    bsz = stage1_batch(cfg, n, opts.world_size)
     per_epoch = max(1, n // bsz)
     total = cfg.stage1.epochs * per_epoch
     params = [*model.encoder.parameters(), *(model.memories.parameters() if cfg.memory.use_memory else []),

@@ -45,13 +45,15 @@ classes' held-out training images the validation anomalies.  Rows (AUROC %):
 (``ANOMEM_DATA``), the ``cpu`` preset at the grid budget (3 stage-1 epochs,
 1,000 training and 200 validation images per class, drawn from the carved
 split); ``cifar200``: the same with 200 training images per class at the
-``cpu`` preset's own budget, as a user with a small training set fits it.
+``cpu`` preset's own budget, as a user with a small training set fits it; ``digits28``: the
+digits resized to 28 px (bilinear), the ``cpu`` preset (a small set of larger images).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import sys
 import time
@@ -79,9 +81,14 @@ FIT = {"validation_fraction": 0.0, "progress": False}
 
 def validation_source(dataset: str, seed: int) -> tuple[Any, str, dict[str, Any]]:
     """(the carved split, preset, overrides) of an image set at its probe budget."""
-    if dataset == "digits":
+    if dataset in ("digits", "digits28"):
         from anomem.data.digits import load_digits_split
-        return carve_validation(load_digits_split(seed=seed), 0.2, seed), "digits", {}
+        carved = carve_validation(load_digits_split(seed=seed), 0.2, seed)
+        if dataset == "digits":
+            return carved, "digits", {}
+        from anomem.cli.demo import resized
+        return dataclasses.replace(carved, x_train=resized(carved.x_train, 28),
+                                   x_test=resized(carved.x_test, 28)), "cpu", {}
     from anomem.protocols.runner import load_dataset, subsample
     _, split = load_dataset("cifar10_jpeg")
     small = dataset == "cifar200"
@@ -172,7 +179,7 @@ def semi_rows(task: Any, preset: str, budget: dict[str, Any], seed: int,
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", choices=("digits", "cifar", "cifar200"), default="digits")
+    p.add_argument("--dataset", choices=("digits", "digits28", "cifar", "cifar200"), default="digits")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gamma", type=float, default=0.05)
     p.add_argument("--classes", type=int, nargs="+", default=list(range(10)))
