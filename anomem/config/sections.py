@@ -90,9 +90,9 @@ class Stage1(_Checked):
     ``lambda_v`` and form ``variance``, Eq. 7's ``negatives``; SGD with Nesterov momentum
     and cosine annealing (``batch_size``, ``epochs``, ``lr``, ``momentum``,
     ``weight_decay``; ``min_batches``: a small set's batches shrink so that an epoch takes at
-    least that many, :func:`anomem.stages.stage1.stage1_batch`; stage 2 uses the same batch
-    size, momentum and weight decay); the two views' augmentations (``crop_scale``, ``jitter``,
-    ``blur_sigma``, ``noise_std``, ``view_geometry``)."""
+    least that many, :func:`anomem.stages.stage1.stage1_batch`; stage 2 uses ``batch_size``
+    as configured, and the same momentum and weight decay); the two views' augmentations
+    (``crop_scale``, ``jitter``, ``blur_sigma``, ``noise_std``, ``view_geometry``)."""
 
     name = "stage1"
     tau: float = 0.1

@@ -23,10 +23,9 @@ scored on a fixed test set, beside a 1-NN on the fit's encoder and on pixels:
 members (one hold-out draw, K fits on the same training images, or with ``--subsample
 F`` each on its own draw of that share of them); the 1-NN column reads the first member's
 encoder; ``each``: every member's own AUROC; ``--dump DIR``: the members' standardised test
-scores, one ``.npz`` per class and seed.  ``frr``: the
-share of the test normals above the detector's threshold (its target is 0.05).  (The rows
-``ens3_f1``, ``ens5`` and ``ens5sh`` came from this script's own averaging of separate fits, at
-commit ff5bce2.)
+scores, one ``.npz`` per class and seed.  ``frr``: the share of the test normals above the
+detector's threshold (its target is 0.05).  (The rows ``ens3_f1``, ``ens5`` and ``ens5sh``
+came from this script's own averaging of separate fits, at commit ff5bce2.)
 """
 
 from __future__ import annotations
