@@ -328,10 +328,11 @@ MIN_BATCH = 32
 
 
 def stage1_batch(cfg: AnoMemConfig, n: int, world_size: int = 1) -> int:
-    """Stage 1's batch per process on ``n`` training images: ``stage1.batch_size`` (split over
-    ``world_size`` processes, at most ``n``), shrunk on a small set toward ``n //
-    stage1.min_batches``, so that an epoch takes that many batches, but not below
-    :data:`MIN_BATCH` (nor a batch already smaller).
+    """Stage 1's batch per process on the ``n`` training images it holds (its shard under
+    DDP): ``stage1.batch_size`` (split over ``world_size`` processes, at most ``n``), shrunk
+    on a small set toward ``n // stage1.min_batches``, so that an epoch takes that many
+    batches, but not below :data:`MIN_BATCH` (nor a batch already smaller).  The floor holds
+    per process, so W processes on a small set take at least W x 32 images a step.
 
     The paper trains on 50,000 images, tens of batches an epoch.  On 160 images a batch of
     128 is one step an epoch, ten in a fit of the ``cpu`` preset, and which images those
