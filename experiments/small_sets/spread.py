@@ -110,19 +110,21 @@ def main(argv: list[str] | None = None) -> int:
                 encoder = det.members_[0]
             else:
                 det = encoder = AnoMem(seed=seed, **overrides).fit(t.x_train, progress=False, **fit_kw)
-            row = {"anomem": det.decision_function(t.x_test)}
+            # an ensemble's score is the mean of its members' standardised scores: each scored once
+            z = (np.stack([(m.decision_function(t.x_test) - loc) / sd for m, loc, sd in
+                           zip(det.members_, det.score_loc_, det.score_scale_, strict=True)])
+                 if args.members else None)
+            row = {"anomem": det.decision_function(t.x_test) if z is None else z.mean(axis=0)}
             preset = auto_preset(input_side(t.x_train))
             row["knn"] = KNNDetector(preset, k=1, encoder=encoder).fit(t.x_train).decision_function(t.x_test)
             if seed == args.seeds[0]:
                 pixel = PixelKNN(size=input_side(t.x_train), k=1).fit(t.x_train)
                 row["pixel"] = pixel.decision_function(t.x_test)
             each = {"frr": round(float(np.mean(row["anomem"][t.labels_test == 0] > det.threshold_)), 4)}
-            if args.members:
-                z = [(m.decision_function(t.x_test) - loc) / sd
-                     for m, loc, sd in zip(det.members_, det.score_loc_, det.score_scale_, strict=True)]
+            if z is not None:
                 each["each"] = [round(100 * roc_auc_score(t.labels_test, v), 2) for v in z]
                 if args.dump:
-                    np.savez(f"{args.dump}/{args.set_name}_{args.name}_c{c}_s{seed}.npz", z=np.stack(z),
+                    np.savez(f"{args.dump}/{args.set_name}_{args.name}_c{c}_s{seed}.npz", z=z,
                              labels=t.labels_test)
             print(json.dumps({"set": args.set_name, "name": args.name, "c": c, "seed": seed,
                               "preset": preset, **{k: round(100 * roc_auc_score(t.labels_test, v), 2)
