@@ -1,9 +1,9 @@
 """Several AnoMem fits on the same images, one vote: a detector that a refit reproduces.
 
-On a small training set (a few hundred images), stage 1 takes only a few
-steps, and which images its batches draw decides where the encoder ends: with
-the same 200 CIFAR-10 airplanes, one-class AUROC ranges over 30 points from
-seed to seed, and some fits go astray.  :class:`AnoMemEnsemble` fits
+On a small training set (a few hundred images), stage 1 takes few steps, and
+which images its batches draw decides where the encoder ends: with the same 200
+CIFAR-10 airplanes and one step an epoch, one-class AUROC ranged over 30 points
+from seed to seed, and some fits went astray.  :class:`AnoMemEnsemble` fits
 ``members`` networks on the same training images (or, with ``subsample``, each
 on its own draw of a share of them), each with its own seed (initialisation,
 augmentation, batch order; :func:`member_seeds`), and outvotes the fits that go
@@ -314,7 +314,8 @@ class AnoMemEnsemble(ConfigArgs, MapDetector):
         """Write the fitted ensemble to one versioned file (atomic, pickle-free to load)."""
         members = self._require_model()
         blob = {"format": ENSEMBLE_FORMAT, "version": ENSEMBLE_VERSION, "anomem_version": __version__,
-                "seed": self.config_.runtime.seed, "members": [model_blob(m.network_) for m in members],
+                "seed": self.config_.runtime.seed, "subsample": float(self.subsample),
+                "members": [model_blob(m.network_) for m in members],
                 "score_loc": self.score_loc_.tolist(), "score_scale": self.score_scale_.tolist(),
                 "map_loc": self.map_loc_.tolist(), "map_scale": self.map_scale_.tolist(),
                 "threshold": self.threshold_, "threshold_frr_bound": self.threshold_frr_bound_,
@@ -340,7 +341,7 @@ class AnoMemEnsemble(ConfigArgs, MapDetector):
         """The ensemble of a checked ensemble file (:func:`anomem.model_file.read_any_model_file`)."""
         members = [AnoMem.from_model_file(m, device) for m in found.members]
         cfg = members[0].config_.replace(**{"runtime.seed": found.seed})
-        ens = cls(cfg, members=len(members))
+        ens = cls(cfg, members=len(members), subsample=found.subsample)
         ens.config_, ens.members_ = cfg, members
         for k, v in found.stats.items():
             setattr(ens, f"{k}_", v)

@@ -88,6 +88,7 @@ class EnsembleFile:
     threshold_frr_bound: float | None
     threshold_normals: int
     pixel_threshold: float | None = None
+    subsample: float = 1.0
 
 
 def model_blob(network: AnoMemModel, threshold: float | None = None, frr_bound: float | None = None,
@@ -221,11 +222,14 @@ def read_any_model_file(path: str | Path) -> ModelFile | EnsembleFile:
         if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2 ** 32):
             raise TypeError(f"seed {seed!r} is not a seed")
         thresholds = _threshold_fields(blob)
+        subsample = blob.get("subsample", 1.0)      # files written before it was saved: 1.0
+        if not (is_real(subsample) and 0 < subsample <= 1):
+            raise TypeError(f"subsample {subsample!r} is not a share in (0, 1]")
     except (KeyError, TypeError, ValueError) as e:
         reason = " ".join(str(e).split())[:300]
         raise ModelFileError(f"ensemble file {str(path)!r} is inconsistent ({reason}); re-fit "
                              f"and save the ensemble again") from None
-    return EnsembleFile(found, stats, seed, *thresholds)
+    return EnsembleFile(found, stats, seed, *thresholds, subsample=float(subsample))
 
 
 def _vector(v: Any, n: int, name: str) -> np.ndarray:

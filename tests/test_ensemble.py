@@ -90,7 +90,7 @@ def test_member_images_draw_a_share_of_the_normals_and_keep_every_anomaly():
     assert len(member_images(y, 0.01, 0)) == 2 + 2         # at least two normals
 
 
-def test_subsample_gives_each_member_its_own_share_of_the_training_images(digits, monkeypatch):
+def test_subsample_gives_each_member_its_own_share_of_the_training_images(digits, monkeypatch, tmp_path):
     seen: list[torch.Tensor] = []
     original = AnoMem.fit_network
 
@@ -104,6 +104,7 @@ def test_subsample_gives_each_member_its_own_share_of_the_training_images(digits
     assert [len(s) for s in seen] == [24, 24, 24]              # round(0.6 * 40) of 40 training normals
     assert not torch.equal(seen[0], seen[1]) and not torch.equal(seen[1], seen[2])
     assert ens.threshold_normals_ == 10                        # the hold-out is the ensemble's, shared
+    assert AnoMemEnsemble.load(ens.save(tmp_path / "e.anomem")).get_params()["subsample"] == 0.6
 
 
 def test_one_member_is_one_fit_up_to_an_increasing_affine_map(digits):
@@ -140,7 +141,7 @@ def test_an_inconsistent_ensemble_file_is_refused(fitted, tmp_path):
     ens, _, _ = fitted
     blob = safe_torch_load(ens.save(tmp_path / "e.anomem"))
     for bad in ({"score_scale": [1.0, 2.0]}, {"map_loc": [0.0, float("nan"), 1.0]}, {"seed": -1},
-                {"members": []}, {"version": 9}):
+                {"members": []}, {"version": 9}, {"subsample": 1.5}):
         atomic_torch_save({**blob, **bad}, tmp_path / "bad.anomem")
         with pytest.raises(ModelFileError, match="bad.anomem"):
             load_detector(tmp_path / "bad.anomem")
