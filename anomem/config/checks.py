@@ -23,6 +23,7 @@ NEGATIVES = ("all", "same_position")
 PROTOTYPES = ("hopfield", "kmeans")
 MEMORY_INITS = ("random", "data")
 VIEW_GEOMETRIES = ("independent", "shared", "aligned")
+LR_SCALINGS = ("linear", "sqrt", "none")
 GLOBAL_MEMORIES = ("own", "shared", "every", "none")
 VARIANCES = ("components", "batch")
 SCALE_NORMS = ("frobenius", "rms")
@@ -117,6 +118,7 @@ RULES: dict[str, Rule] = {
     "stage1.weight_decay": non_negative, "stage1.crop_scale": span(0, 1),
     "stage1.jitter": non_negative, "stage1.blur_sigma": span(0, math.inf),
     "stage1.noise_std": non_negative, "stage1.view_geometry": one_of(VIEW_GEOMETRIES),
+    "stage1.lr_scaling": one_of(LR_SCALINGS),
     "stage2.margin": positive, "stage2.head_hidden": integer(1), "stage2.head_pool": integer(1),
     "stage2.epochs": integer(0), "stage2.lr": positive, "stage2.head_sampling": one_of(HEAD_SAMPLINGS),
     "stage2.head_inputs": one_of(HEAD_INPUTS), "stage2.head_deviations": one_of(HEAD_DEVIATIONS),

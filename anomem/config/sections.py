@@ -90,8 +90,9 @@ class Stage1(_Checked):
     ``lambda_v`` and form ``variance``, Eq. 7's ``negatives``; SGD with Nesterov momentum
     and cosine annealing (``batch_size``, ``epochs``, ``lr``, ``momentum``,
     ``weight_decay``; ``min_batches``: a small set's batches shrink so that an epoch takes at
-    least that many, :func:`anomem.stages.stage1.stage1_batch`; stage 2 uses ``batch_size``
-    as configured, and the same momentum and weight decay); the two views' augmentations
+    least that many, :func:`anomem.stages.batches.stage1_batch`, and with ``lr_scaling``
+    ``linear`` or ``sqrt`` the rate shrinks with them, :func:`anomem.stages.batches.stage1_lr`; stage 2
+    uses ``batch_size`` as configured, and the same momentum and weight decay); the two views' augmentations
     (``crop_scale``, ``jitter``, ``blur_sigma``, ``noise_std``, ``view_geometry``)."""
 
     name = "stage1"
@@ -103,6 +104,7 @@ class Stage1(_Checked):
     epochs: int = 200
     min_batches: int = choice(5, 0, "the least batches an epoch takes: small sets get smaller ones")
     lr: float = 0.5
+    lr_scaling: str = choice("none", "none", "a smaller batch's rate: as configured, or scaled with it")
     momentum: float = 0.9
     weight_decay: float = 1e-4
     crop_scale: tuple[float, float] = (0.2, 1.0)

@@ -38,6 +38,7 @@ from anomem.losses import (
 from anomem.memory import HopfieldMemory
 from anomem.scales import Scale
 from anomem.stages.averaging import TrajectoryAverage, finish_average, trajectory_average
+from anomem.stages.batches import stage1_batch, stage1_lr
 from anomem.stages.common import (
     RunOptions,
     check_finite,
@@ -322,34 +323,6 @@ def train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
         return _train_stage1(model, images, y, fingerprint, opts, objective)
 
 
-#: The smallest batch :func:`stage1_batch` shrinks to for ``stage1.min_batches``: Eq. 7
-#: contrasts every vector of a batch with the others, so a batch keeps some negatives.
-MIN_BATCH = 32
-
-
-def stage1_batch(cfg: AnoMemConfig, n: int, world_size: int = 1) -> int:
-    """Stage 1's batch per process on the ``n`` training images it holds (its shard under
-    DDP): ``stage1.batch_size`` (split over ``world_size`` processes, at most ``n``), shrunk
-    on a small set toward ``n // stage1.min_batches``, so that an epoch takes that many
-    batches, but not below :data:`MIN_BATCH` (nor a batch already smaller).  The floor holds
-    per process, so W processes on a small set take at least W x 32 images a step.
-
-    The paper trains on 50,000 images, tens of batches an epoch.  On 160 images a batch of
-    128 is one step an epoch, ten in a fit of the ``cpu`` preset, and which images those
-    batches draw decides where the encoder ends (``docs/design.md``, ``stage1.min_batches``).
-
-    Example:
-        >>> from anomem.config import get_config
-        >>> cpu, digits = get_config("cpu"), get_config("digits")   # batches 128 and 32
-        >>> stage1_batch(cpu, 160), stage1_batch(cpu, 800), stage1_batch(cpu, 40), stage1_batch(digits, 114)
-        (32, 128, 32, 32)
-    """
-    bsz = max(1, min(cfg.stage1.batch_size // world_size, n))
-    if n // bsz < cfg.stage1.min_batches:
-        bsz = min(bsz, max(MIN_BATCH, n // cfg.stage1.min_batches))
-    return bsz
-
-
 def _train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
                   fingerprint: dict[str, Any], opts: RunOptions,
                   objective: nn.Module | None) -> list[dict[str, float]]:
@@ -362,7 +335,8 @@ def _train_stage1(model: AnoMemModel, images: torch.Tensor, y: torch.Tensor,
     total = cfg.stage1.epochs * per_epoch
     params = [*model.encoder.parameters(), *(model.memories.parameters() if cfg.memory.use_memory else []),
               *(model.projectors.parameters() if model.projectors is not None else [])]
-    opt, sched = sgd_cosine(params, cfg.stage1.lr, cfg.stage1.momentum, cfg.stage1.weight_decay, total)
+    opt, sched = sgd_cosine(params, stage1_lr(cfg, bsz, opts.world_size), cfg.stage1.momentum,
+                            cfg.stage1.weight_decay, total)
     aug = TwoViewAugment.of(cfg.backbone.image_size, cfg.stage1)
     ckpt = opts.checkpoint_dir / "stage1.ckpt" if opts.checkpoint_dir else None
     average = trajectory_average(model, params, total)
