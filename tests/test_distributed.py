@@ -8,6 +8,7 @@ comparison detects a wrong gradient.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from pathlib import Path
@@ -127,6 +128,21 @@ def _averaged_fit(opts: Any) -> dict[str, Any]:
             "scores": torch.as_tensor(det.decision_function(split.x_test[:5]))}
 
 
+def _small_set_fit(opts: Any) -> list[int]:
+    """Stage 1's logged steps on a small set: 96 training normals, 48 a rank.  The global batch
+    of 128 splits to 64 a rank, at most the 48 it holds, which the rule shrinks toward 48 // 5
+    but holds at the floor of 32 per process: one step of 2 x 32 images an epoch (one process
+    with all 96 would take three steps of 32)."""
+    split = load_digits_split()
+    steps: list[int] = []
+    logged = dataclasses.replace(
+        opts, log=lambda row: steps.append(row["step"]) if row.get("stage") == 1 else None)
+    cfg = _config("all").replace(batch_size=128, stage1_epochs=2)
+    DistributedAnoMem(cfg).fit(split.x_train[split.y_train == 0][:96], validation_fraction=0.0,
+                               options=logged)
+    return steps
+
+
 def _worker(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
@@ -135,7 +151,8 @@ def _worker(rank: int, port: int, out: str) -> None:
     try:
         result = {"distributed": is_distributed() and opts.rank == rank,
                   "step": {neg: _one_step(opts, neg) for neg in ("all", "same_position")},
-                  "fit": _short_fit(opts), "averaged": _averaged_fit(opts)}
+                  "fit": _short_fit(opts), "averaged": _averaged_fit(opts),
+                  "small_set_steps": _small_set_fit(opts)}
         if rank == 0:
             atomic_torch_save(result, Path(out))
     finally:
@@ -193,6 +210,11 @@ def test_a_distributed_fit_with_weight_averaging_keeps_ranks_identical(rank0: di
     got = rank0["averaged"]
     assert got["spread"] == 0.0              # weights, means and the recomputed BatchNorm statistics
     assert torch.isfinite(got["scores"]).all()
+
+
+@pytest.mark.slow
+def test_a_small_set_keeps_the_floor_of_32_on_each_process(rank0: dict[str, Any]) -> None:
+    assert rank0["small_set_steps"] == [1, 2]           # two epochs of one step (48 // 32)
 
 
 def test_shards_are_disjoint_equal_and_cover_all_but_the_tail() -> None:
