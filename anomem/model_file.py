@@ -80,7 +80,8 @@ class ModelFile:
 @dataclass
 class EnsembleFile:
     """The content of an ensemble file: its members, their score standardisers
-    (:data:`ENSEMBLE_STATS`, one value per member) and the ensemble's thresholds."""
+    (:data:`ENSEMBLE_STATS`, one value per member), the ensemble's thresholds and the share of
+    the training normals each member trained on (``subsample``)."""
 
     members: list[ModelFile]
     stats: dict[str, np.ndarray]
