@@ -250,7 +250,7 @@ class AnoMemEnsemble(ConfigArgs, MapDetector):
         raw = np.stack([score_network(m.network_, x) for m in self.members_])
         normals = (data.train & (data.y == 1)).numpy()
         self._fit_standardisers(raw[:, normals], x[normals])
-        self.decision_scores_ = self._standardised(raw)
+        self.decision_scores_ = self._standardised(raw).mean(axis=0)
         (self.threshold_, self.threshold_frr_bound_, self.threshold_normals_,
          self.pixel_threshold_) = fit_thresholds(self.decision_scores_, self._model_side_maps, x,
                                                  data, validation_fraction)
@@ -274,12 +274,8 @@ class AnoMemEnsemble(ConfigArgs, MapDetector):
         return members
 
     def _standardised(self, raw: np.ndarray) -> np.ndarray:
-        """The ensemble's scores from the members' raw scores, shape (members, N)."""
-        return np.mean((raw - self.score_loc_[:, None]) / self.score_scale_[:, None], axis=0)
-
-    def _scores(self, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
-        members = self._require_model()
-        return self._standardised(np.stack([score_network(m.network_, x, batch_size) for m in members]))
+        """Each member's standardised scores from its raw scores, both shape (members, N)."""
+        return (raw - self.score_loc_[:, None]) / self.score_scale_[:, None]
 
     def _model_side_maps(self, x: torch.Tensor, sigma: float | None = None,
                          batch_size: int = 64) -> np.ndarray:
@@ -292,10 +288,17 @@ class AnoMemEnsemble(ConfigArgs, MapDetector):
     def _images(self, images: Any) -> torch.Tensor:
         return to_image_tensor(images, self._require_model()[0].config_.backbone.image_size, "images")
 
+    def member_scores(self, images: Any, batch_size: int = 256) -> np.ndarray:
+        """Each member's standardised anomaly score of each image, shape (members, N): how far
+        the members agree; their mean over members is :meth:`decision_function`."""
+        x = self._images(images)
+        return self._standardised(np.stack([score_network(m.network_, x, batch_size)
+                                            for m in self._require_model()]))
+
     def decision_function(self, images: Any, batch_size: int = 256) -> np.ndarray:
         """Anomaly score of each image (higher = more anomalous), shape (N,): the mean of the
-        members' standardised scores."""
-        return self._scores(self._images(images), batch_size)
+        members' standardised scores (:meth:`member_scores`)."""
+        return self.member_scores(images, batch_size).mean(axis=0)
 
     def anomaly_map(self, images: Any, sigma: float | None = None,
                     batch_size: int = 64) -> np.ndarray | list[np.ndarray]:

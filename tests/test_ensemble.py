@@ -67,6 +67,7 @@ def test_scores_maps_and_thresholds_match_a_naive_computation(fitted, digits):
         scores.append(naive_standardised(m.decision_function(test), m.decision_function(x[train])))
         own = m.anomaly_map(train_s)                    # 80 training normals: all set the map scale
         maps.append(naive_standardised(m.anomaly_map(test_s), own))
+    np.testing.assert_allclose(ens.member_scores(test), scores, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(ens.decision_function(test), np.mean(scores, axis=0), rtol=1e-9, atol=1e-9)
     # float32 maps standardised in float32 against float64 statistics: a few ulps of values of order 10
     np.testing.assert_allclose(ens.anomaly_map(test_s), np.mean(maps, axis=0), rtol=1e-5, atol=1e-5)

@@ -110,10 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                 encoder = det.members_[0]
             else:
                 det = encoder = AnoMem(seed=seed, **overrides).fit(t.x_train, progress=False, **fit_kw)
-            # an ensemble's score is the mean of its members' standardised scores: each scored once
-            z = (np.stack([(m.decision_function(t.x_test) - loc) / sd for m, loc, sd in
-                           zip(det.members_, det.score_loc_, det.score_scale_, strict=True)])
-                 if args.members else None)
+            z = det.member_scores(t.x_test) if args.members else None   # members scored once
             row = {"anomem": det.decision_function(t.x_test) if z is None else z.mean(axis=0)}
             preset = auto_preset(input_side(t.x_train))
             row["knn"] = KNNDetector(preset, k=1, encoder=encoder).fit(t.x_train).decision_function(t.x_test)
