@@ -99,7 +99,8 @@ def test_stage1_with_rotation_pseudo_anomalies_adds_anomalous_copies_to_every_ba
 
 
 @pytest.mark.parametrize("key,value", [("pseudo_anomalies", "flip"), ("pseudo_fraction", 0.0),
-                                       ("pseudo_fraction", 1.5)])
+                                       ("pseudo_fraction", 1.5), ("defect_scale", 0.0),
+                                       ("defect_scale", 5.0), ("defect_scale", "large")])
 def test_pseudo_anomaly_settings_are_validated(key, value):  # noqa: ANN001
     with pytest.raises(ConfigError, match=key):
         get_config("digits", {key: value})

@@ -141,6 +141,34 @@ def test_stage1_with_local_pseudo_anomalies_trains_on_pixel_labels():
     assert all(0 < s[2] < 1 for s in seen)        # the copies are partly anomalous
 
 
+def _pasted_positions(images: torch.Tensor, scale: float) -> torch.Tensor:
+    """The pixels stage 1 labels anomalous in the pasted copies of each step, (steps, k, S, S)."""
+    cfg = get_config("digits", {"stage1_epochs": 1, "batch_size": 8, "consolidate": 0,
+                                "pseudo_anomalies": "local", "pseudo_fraction": 0.5,
+                                "defect_scale": scale})
+    model = AnoMemModel(cfg)
+    inner, seen = ContrastedMemoryObjective(model), []
+
+    def spy(v1, v2, y, gather=None, offset=0, align=None):  # noqa: ANN001, ANN202
+        seen.append(y[8:] == 0)
+        return inner(v1, v2, y, gather, offset, align=align)
+
+    train_stage1(model, images, torch.ones(len(images), dtype=torch.long), {}, RunOptions(),
+                 objective=spy)
+    return torch.stack(seen)
+
+
+def test_stage1_pastes_defects_of_the_configured_scale():
+    """``extensions.defect_scale`` reaches stage 1: the same draws, stretched, so every
+    position labelled anomalous at scale 1 is anomalous at scale 2, and more besides."""
+    side = get_config("digits", {}).backbone.image_size
+    images = torch.randint(0, 256, (16, 3, side, side), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    small, large = _pasted_positions(images, 1.0), _pasted_positions(images, 2.0)
+    assert not (small & ~large).any()
+    assert large.sum() > small.sum()
+
+
 def test_position_hinge_matches_a_loop_over_positions():
     """Eq. 11 per position (M = sqrt 2), normal and anomalous positions averaged apart."""
     torch.manual_seed(0)

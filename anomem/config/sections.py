@@ -165,7 +165,8 @@ class Extensions(_Checked):
     (``global_memory``, ``global_mem_factor``), restarting dead patterns (``reseed_dead``),
     the closing consolidation of the patterns (``consolidate`` Lloyd steps on memories grown
     ``consolidate_factor`` times), stage 1's projection head (``projector``), rotated or
-    locally defective pseudo-anomalies (``pseudo_anomalies``, ``pseudo_fraction``), Eq. 11 on
+    locally defective pseudo-anomalies (``pseudo_anomalies``, ``pseudo_fraction``,
+    ``defect_scale``), Eq. 11 on
     stage 1's per-position deviations (``position_hinge``), whether labelled
     anomalies enter stage 1 (``contrast_anomalies``) and the weights stage 1 ends at
     (``weight_average``) and their BatchNorm statistics (``batchnorm_pass``, both in
@@ -181,6 +182,7 @@ class Extensions(_Checked):
     pseudo_anomalies: str = choice("rotation", "none", "copies labelled anomalous in Eq. 3: rotated, "
                                    "or with a pasted local defect (`local`, per position)")
     pseudo_fraction: float = 0.5
+    defect_scale: float = 1.0
     position_hinge: float = choice(0.0, 0.0, "weight of Eq. 11 on stage 1's per-position deviations "
                                    "(pushes pseudo-anomalous positions off the memory)")
     contrast_anomalies: bool = choice(True, True, "labelled anomalies enter stage 1 (Eq. 3, y = 0)")

@@ -275,15 +275,17 @@ def _views(cfg: AnoMemConfig, aug: TwoViewAugment, images: torch.Tensor, y: torc
     """Two augmented views of a uint8 batch, its labels and (``stage1.view_geometry="aligned"``)
     where each position of the first view lies in the second, with ``extensions.pseudo_anomalies``'
     rotated or locally defective copies appended (seed stream ``"pseudo"``; ``local`` labels
-    pixels, (B, S, S))."""
+    pixels, (B, S, S), under defects of ``extensions.defect_scale``'s size)."""
     x = images.to(device, non_blocking=True).float().div_(255)
     v1, v2, align = aug.aligned_views(x) if cfg.stage1.view_geometry == "aligned" else (*aug(x), None)
     yb = y.to(device)
-    copies = {"rotation": rotated_pseudo_anomalies, "local": local_pseudo_anomalies}
-    if cfg.extensions.pseudo_anomalies in copies:
-        v1, v2, yb, align = copies[cfg.extensions.pseudo_anomalies](
-            v1, v2, yb, cfg.extensions.pseudo_fraction,
-            torch.Generator().manual_seed(stream_seed(cfg.runtime.seed, "pseudo", step)), align)
+    gen = torch.Generator().manual_seed(stream_seed(cfg.runtime.seed, "pseudo", step))
+    if cfg.extensions.pseudo_anomalies == "rotation":
+        v1, v2, yb, align = rotated_pseudo_anomalies(v1, v2, yb, cfg.extensions.pseudo_fraction,
+                                                     gen, align)
+    elif cfg.extensions.pseudo_anomalies == "local":
+        v1, v2, yb, align = local_pseudo_anomalies(v1, v2, yb, cfg.extensions.pseudo_fraction, gen,
+                                                   align, cfg.extensions.defect_scale)
     return v1, v2, yb, align
 
 
