@@ -60,7 +60,7 @@ LEGACY_CONFIG = {"consolidate_factor": 1, "pseudo_anomalies": "none", "score_vie
 #: Keys (``section.key``) that files written before they existed lack, with the value those
 #: files were made with (whatever the default is now): convolutions padded with zeros, heatmaps
 #: of every map scale, computed on the input alone, stage 1's batch never shrunk, its rate as
-#: configured (the default, too), local defects of the first size (the default, too).
+#: configured (the default, too), local defects of the base size (scale 1).
 ADDED_KEYS = {"backbone.padding": "zeros", "scoring.heatmap_scales": "all",
               "scoring.heatmap_margin": 0.0, "stage1.min_batches": 0, "stage1.lr_scaling": "none",
               "extensions.defect_scale": 1.0}

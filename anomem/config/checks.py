@@ -140,7 +140,7 @@ RULES: dict[str, Rule] = {
     "extensions.pseudo_fraction": lambda v: None if _is_number(v) and 0.0 < v <= 1.0
     else f"must be in (0, 1], got {v!r}",
     "extensions.defect_scale": lambda v: None if _is_number(v) and 0.0 < v <= 4.0
-    else f"must be in (0, 4] (a factor on the defects' sizes, 1 by default), got {v!r}",
+    else f"must be in (0, 4] (a factor on the defects' sizes, 2 by default), got {v!r}",
     "extensions.contrast_anomalies": boolean,
     "extensions.position_hinge": non_negative,
     "extensions.weight_average": lambda v: None if _is_number(v) and 0.0 <= v <= 1.0

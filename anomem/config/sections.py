@@ -182,7 +182,7 @@ class Extensions(_Checked):
     pseudo_anomalies: str = choice("rotation", "none", "copies labelled anomalous in Eq. 3: rotated, "
                                    "or with a pasted local defect (`local`, per position)")
     pseudo_fraction: float = 0.5
-    defect_scale: float = 1.0
+    defect_scale: float = 2.0
     position_hinge: float = choice(0.0, 0.0, "weight of Eq. 11 on stage 1's per-position deviations "
                                    "(pushes pseudo-anomalous positions off the memory)")
     contrast_anomalies: bool = choice(True, True, "labelled anomalies enter stage 1 (Eq. 3, y = 0)")
