@@ -160,7 +160,7 @@ def _pasted_positions(images: torch.Tensor, scale: float) -> torch.Tensor:
 
 def test_stage1_pastes_defects_of_the_configured_scale():
     """``extensions.defect_scale`` reaches stage 1: the same draws, stretched, so every
-    position labelled anomalous at scale 1 is anomalous at scale 2, and more besides."""
+    pixel labelled anomalous at scale 1 is anomalous at scale 2, and more besides."""
     side = get_config("digits", {}).backbone.image_size
     images = torch.randint(0, 256, (16, 3, side, side), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0))

@@ -14,7 +14,7 @@ import pytest
 
 from anomem import AnoMem
 from anomem.config import from_dict, get_config
-from anomem.model_file import LEGACY_CONFIG, MODEL_VERSION, upgrade
+from anomem.model_file import ADDED_KEYS, LEGACY_CONFIG, MODEL_VERSION, upgrade
 from anomem.serialization import safe_torch_load
 
 DATA = Path(__file__).parent / "data"
@@ -61,3 +61,9 @@ def test_a_version_1_file_from_before_a_key_loads_with_what_it_was_made_with():
     assert ext.consolidate_factor == 1 and ext.pseudo_anomalies == "none"
     assert sc.views == "single" and sc.image_alpha == "last" and sc.oc_evidence is None
     assert cfg.stage2.head_sampling == "uniform" and cfg.stage2.head_deviations == "in_sample"
+    # keys added within the version read as the file was made, whatever the default is now
+    # (local defects of scale 1, where the default is 2)
+    for key, made_with in ADDED_KEYS.items():
+        section, name = key.split(".")
+        assert getattr(getattr(cfg, section), name) == made_with, key
+    assert get_config("digits").extensions.defect_scale != ADDED_KEYS["extensions.defect_scale"]

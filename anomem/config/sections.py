@@ -165,9 +165,9 @@ class Extensions(_Checked):
     (``global_memory``, ``global_mem_factor``), restarting dead patterns (``reseed_dead``),
     the closing consolidation of the patterns (``consolidate`` Lloyd steps on memories grown
     ``consolidate_factor`` times), stage 1's projection head (``projector``), rotated or
-    locally defective pseudo-anomalies (``pseudo_anomalies``, ``pseudo_fraction``,
-    ``defect_scale``), Eq. 11 on
-    stage 1's per-position deviations (``position_hinge``), whether labelled
+    locally defective pseudo-anomalies (``pseudo_anomalies``, ``pseudo_fraction``, and
+    ``defect_scale``, the size of the local defects), Eq. 11 on stage 1's per-position
+    deviations (``position_hinge``), whether labelled
     anomalies enter stage 1 (``contrast_anomalies``) and the weights stage 1 ends at
     (``weight_average``) and their BatchNorm statistics (``batchnorm_pass``, both in
     :mod:`anomem.stages.averaging`)."""
