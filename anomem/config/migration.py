@@ -40,8 +40,8 @@ FLAT_NAMES: dict[str, str] = {
                                    "target_frr")},
     **{k: f"extensions.{k}" for k in ("global_memory", "global_mem_factor", "reseed_dead",
                                       "consolidate", "consolidate_factor", "projector",
-                                      "pseudo_anomalies", "pseudo_fraction", "defect_scale", "position_hinge",
-                                      "contrast_anomalies",
+                                      "pseudo_anomalies", "pseudo_fraction", "defect_scale",
+                                      "position_hinge", "contrast_anomalies",
                                       "weight_average", "batchnorm_pass")},
     **{k: f"runtime.{k}" for k in ("seed", "device", "amp", "channels_last", "malloc_mmap_threshold")},
 }
