@@ -37,7 +37,7 @@ from anomem.fit_setup import (
     resolve_device,
     run_fingerprint,
 )
-from anomem.heatmaps import at_input_size, model_side_maps
+from anomem.heatmaps import at_input_size, fit_map_calibration, model_side_maps
 from anomem.model_file import MODEL_FORMAT, MODEL_VERSION, ModelFile, model_blob, read_model_file
 from anomem.presets import AUTO, auto_preset, input_side
 from anomem.progress import auto_progress
@@ -196,7 +196,7 @@ class AnoMem(ConfigArgs, MapDetector):
         self.decision_scores_ = score_network(self.network_, x)
         (self.threshold_, self.threshold_frr_bound_, self.threshold_normals_,
          self.pixel_threshold_) = fit_thresholds(self.decision_scores_,
-                                                 lambda xr: model_side_maps(self.network_, xr),
+                                                 lambda xr: fit_map_calibration(self.network_, xr),
                                                  x, data, validation_fraction)
         return self
 

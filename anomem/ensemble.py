@@ -55,7 +55,7 @@ from anomem.data.convert import to_image_tensor
 from anomem.detector import AnoMem, ConfigArgs, resolve_config, score_network
 from anomem.errors import ConfigError, InvalidInputError, ModelFileError, RequiresFitting
 from anomem.fit_setup import fit_thresholds, prepare_fit
-from anomem.heatmaps import at_input_size, model_side_maps
+from anomem.heatmaps import at_input_size, fit_map_calibration, model_side_maps
 from anomem.model_file import (
     ENSEMBLE_FORMAT,
     ENSEMBLE_VERSION,
@@ -258,10 +258,11 @@ class AnoMemEnsemble(ConfigArgs, MapDetector):
 
     def _fit_standardisers(self, raw: np.ndarray, normals: torch.Tensor) -> None:
         """Each member's score and map standardisers on the training normals, from the members'
-        ``raw`` scores of them, shape (members, N), and the images themselves."""
+        ``raw`` scores of them, shape (members, N), and the images themselves (the same images
+        set each member's pixel-by-pixel standardisation, :func:`fit_map_calibration`)."""
         some = normals[np.unique(np.linspace(0, len(normals) - 1, MAP_NORMALS).round().astype(int))]
         score = [standardiser(r) for r in raw]
-        maps = [standardiser(model_side_maps(m.network_, some)) for m in self.members_]
+        maps = [standardiser(fit_map_calibration(m.network_, some)) for m in self.members_]
         self.score_loc_, self.score_scale_ = (np.array(v) for v in zip(*score, strict=True))
         self.map_loc_, self.map_scale_ = (np.array(v) for v in zip(*maps, strict=True))
 

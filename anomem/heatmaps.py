@@ -6,12 +6,16 @@ map is
 
 1. smoothed by default with a gaussian of :data:`SIGMA_PER_SIDE` times S
    (4 px at 128 px, 1 px at 32 px): :func:`default_sigma`;
-2. resized back to each input's own height x width (:func:`at_input_size`),
+2. standardised pixel by pixel under ``scoring.heatmap_calibration="position"`` (off by
+   default), with the mean and standard deviation of the held-out normal images' maps
+   (:func:`fit_map_calibration`; step 5 of :mod:`anomem.localisation`);
+3. resized back to each input's own height x width (:func:`at_input_size`),
    bilinear and antialiased, as :func:`anomem.data.convert.to_image_tensor`
    resizes the images the other way, so a 200 x 150 image gets a 200 x 150 map;
-3. compared with a **pixel threshold** (:func:`anomem.fit_setup.fit_thresholds`): the order
+4. compared with a **pixel threshold** (:func:`anomem.fit_setup.fit_thresholds`): the order
    statistic of :mod:`anomem.threshold` over every pixel of the held-out normal
-   images' maps at S x S, with the default smoothing.  A map above it is the
+   images' maps at S x S, with the default smoothing (and, under ``"position"``, the
+   standardisation those same images set).  A map above it is the
    predicted anomalous region.  Pixels of one image are not independent, so
    the threshold flags about ``scoring.target_frr`` of the pixels of new normal
    images, without the per-image bound of the image threshold.
@@ -62,6 +66,30 @@ def model_side_maps(model: AnoMemModel, x: torch.Tensor, sigma: float | None = N
     opts = RunOptions(device=next(model.parameters()).device)
     out = map_batches(model, x, opts, lambda m, b: anomaly_map(m, b, sigma).cpu(), batch_size)
     return torch.cat(out).numpy().astype(np.float32, copy=False)
+
+
+def fit_map_calibration(model: AnoMemModel, x: torch.Tensor, sigma: float | None = None,
+                        batch_size: int = 64) -> np.ndarray:
+    """Set ``model.map_loc`` / ``model.map_scale`` to the mean and standard deviation, pixel by
+    pixel, of the heatmaps (smoothing ``sigma``, None: :func:`default_sigma`, which a fit uses;
+    read without standardisation) of the normal uint8 images ``x`` (N, 3, S, S), and return their
+    maps as the model reads them: standardised under ``scoring.heatmap_calibration="position"``,
+    as computed otherwise.
+
+    The fit sets both whatever the key says, so that the key can be switched on a fitted
+    model.  A pixel that does not vary over ``x`` would divide by zero: every standard
+    deviation gets 1e-6 times their mean added (1 when all are zero).
+    """
+    model.map_loc.zero_()
+    model.map_scale.fill_(1.0)
+    raw = model_side_maps(model, x, sigma, batch_size)
+    loc, sd = raw.mean(axis=0), raw.std(axis=0)
+    scale = sd + (1e-6 * float(sd.mean()) if sd.mean() > 0 else 1.0)
+    model.map_loc.copy_(torch.from_numpy(loc))
+    model.map_scale.copy_(torch.from_numpy(scale))
+    if model.config.scoring.heatmap_calibration == "position":
+        return ((raw - loc) / scale).astype(np.float32, copy=False)
+    return raw
 
 
 def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -27,10 +27,19 @@ quantities the image score is made of, so that heatmap and score agree:
    data, it lowers the map's pixel AUROC and AUPRO on two image sets,
    ``docs/design.md``); the alphas of the scales read are renormalised to sum to 1.
 4. **Smoothing** (optional) by a gaussian of standard deviation ``sigma`` input pixels.
+5. **Standardisation pixel by pixel** (``scoring.heatmap_calibration="position"``; off by
+   default): (map - mu_ij) / sd_ij, with the mean and standard deviation at each pixel of
+   the maps of held-out normal images (the model's ``map_loc`` and ``map_scale``, set by
+   :func:`anomem.heatmaps.fit_map_calibration` at the default smoothing).  A pixel where
+   normal images score high or vary much, such as a border the network reads
+   differently or a structure every part has at the same place, then no longer outranks
+   the others.  It assumes the images are aligned (the same part at the same place);
+   measured on validation data, it helps on aligned tiles and not on photographs
+   (``docs/design.md``).
 
 With ``scoring.heatmap_margin`` m > 0 the image is first mirrored beyond each
 border by round(m S) pixels (``reflect``, at most S - 1), steps 1-4 run on the
-larger image and the margin is cropped from the map.  A convolution near the
+larger image and the margin is cropped from the map (before step 5).  A convolution near the
 border of a plain input reads its zero padding, so positions within the
 network's reach of the border see a frame that no interior position sees: a
 constant image gets a map brighter or darker along its edges.  Mirrored, a
@@ -122,7 +131,19 @@ def anomaly_map(model: AnoMemModel, images: torch.Tensor, sigma: float = 4.0) ->
     ph, pw = margin_pixels(model, h), margin_pixels(model, w)
     padded = F.pad(images, (pw, pw, ph, ph), mode="reflect") if ph or pw else images
     maps = fuse_maps(position_scores(model, padded), heatmap_weights(model), padded.shape[-2:], sigma)
-    return maps[:, ph:ph + h, pw:pw + w]
+    maps = maps[:, ph:ph + h, pw:pw + w]
+    if model.config.scoring.heatmap_calibration == "position":
+        maps = standardise_pixels(maps, model.map_loc, model.map_scale)
+    return maps
+
+
+def standardise_pixels(maps: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Step 5 of the module docstring: (B, H, W) maps minus ``loc``, divided by ``scale``, pixel
+    by pixel; both (S, S) are resized (bilinear) to H x W when the maps have another size."""
+    if tuple(loc.shape) != tuple(maps.shape[-2:]):
+        loc, scale = (F.interpolate(t[None, None], size=maps.shape[-2:], mode="bilinear",
+                                    align_corners=False)[0, 0] for t in (loc, scale))
+    return (maps - loc) / scale
 
 
 def margin_pixels(model: AnoMemModel, side: int) -> int:

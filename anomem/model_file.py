@@ -60,10 +60,11 @@ LEGACY_CONFIG = {"consolidate_factor": 1, "pseudo_anomalies": "none", "score_vie
 #: Keys (``section.key``) that files written before they existed lack, with the value those
 #: files were made with (whatever the default is now): convolutions padded with zeros, heatmaps
 #: of every map scale, computed on the input alone, stage 1's batch never shrunk, its rate as
-#: configured (the default, too), local defects of the base size (scale 1).
+#: configured (the default, too), local defects of the base size (scale 1), heatmaps read as
+#: computed (no per-pixel standardisation).
 ADDED_KEYS = {"backbone.padding": "zeros", "scoring.heatmap_scales": "all",
               "scoring.heatmap_margin": 0.0, "stage1.min_batches": 0, "stage1.lr_scaling": "none",
-              "extensions.defect_scale": 1.0}
+              "extensions.defect_scale": 1.0, "scoring.heatmap_calibration": "none"}
 
 
 @dataclass
@@ -156,12 +157,16 @@ def _network(blob: dict[str, Any], cfg: AnoMemConfig) -> AnoMemModel:
         raise ValueError("the weights are not all finite tensors")
     if blob["kmeans"] != (cfg.memory.prototypes == "kmeans"):
         raise ValueError("the kmeans flag contradicts the configuration's prototypes")
+    side = cfg.backbone.image_size   # files written before the heatmap's standardisation: none
+    state = {"map_loc": torch.zeros(side, side), "map_scale": torch.ones(side, side), **state}
     with torch.device("meta"):   # nothing is allocated until the weights fit the config
         model = AnoMemModel(cfg, semi_supervised=blob["semi_supervised"])
     wanted = {k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
     if wanted != {k: (v.shape, v.dtype) for k, v in state.items()}:
         raise ValueError("the weights do not fit the network its configuration describes")
     model.load_state_dict(state, assign=True)
+    if not bool((model.map_scale > 0).all()):
+        raise ValueError("the heatmap's map_scale is not positive everywhere")
     for module in model.modules():    # buffers no file holds (stage 1's win counts) start at zero
         for name, buf in module.named_buffers(recurse=False):
             if buf.is_meta:

@@ -86,7 +86,9 @@ class AnoMemModel(nn.Module):
     ``"heads+oc"`` the semi-supervised score is the fused heads plus that fused,
     standardised one-class score times ``oc_weight`` (set by the fit, see
     :func:`anomem.stages.stage2.one_class_weight`), each head clipped to [0, M]
-    (the range Eq. 11 trains).
+    (the range Eq. 11 trains).  ``map_loc`` / ``map_scale`` (S, S) standardise the heatmap
+    pixel by pixel under ``scoring.heatmap_calibration="position"`` (0 / 1 until a fit sets
+    them, :func:`anomem.heatmaps.fit_map_calibration`).
 
     Example:
         >>> from anomem.config import get_config
@@ -114,6 +116,9 @@ class AnoMemModel(nn.Module):
         self.register_buffer("score_mean", torch.zeros(len(self.scales)))
         self.register_buffer("score_std", torch.ones(len(self.scales)))
         self.register_buffer("oc_weight", torch.ones(()))
+        side = config.backbone.image_size
+        self.register_buffer("map_loc", torch.zeros(side, side))
+        self.register_buffer("map_scale", torch.ones(side, side))
 
     def _memories(self) -> nn.ModuleList:
         """One memory per index the scales name, at ``config.memory_growth`` x N_mem patterns.

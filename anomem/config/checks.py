@@ -39,6 +39,7 @@ SCORE_VIEWS = {"single": ((),), "mirror": ((), (3,)), "flips": ((), (3,), (2,), 
 CALIBRATIONS = ("scales", "fused")
 IMAGE_ALPHAS = ("stage", "last")
 HEATMAP_SCALES = ("finest", "all")
+HEATMAP_CALIBRATIONS = ("none", "position")
 SCORE_RETRIEVALS = ("nearest", "hopfield")
 
 Rule = Callable[[Any], "str | None"]
@@ -129,6 +130,7 @@ RULES: dict[str, Rule] = {
     "scoring.calibrate": boolean, "scoring.calibration": one_of(CALIBRATIONS),
     "scoring.image_alpha": one_of(IMAGE_ALPHAS),
     "scoring.heatmap_scales": one_of(HEATMAP_SCALES),
+    "scoring.heatmap_calibration": one_of(HEATMAP_CALIBRATIONS),
     "scoring.heatmap_margin": lambda v: None if _is_number(v) and 0.0 <= v < 1.0
     else f"must be in [0, 1) (a fraction of the input side), got {v!r}",
     "scoring.target_frr": lambda v: None if _is_number(v) and 0.0 <= v < 1.0

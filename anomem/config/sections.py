@@ -139,8 +139,8 @@ class Scoring(_Checked):
     ``views``, Eq. 9's ``scale_norm``, the semi-supervised score (``semi_score``,
     ``oc_evidence``), the one-class standardisation (``calibrate``, ``calibration``), an
     image-level scale's alpha (``image_alpha``), the scales a heatmap reads
-    (``heatmap_scales``) and the mirrored margin it is computed with (``heatmap_margin``),
-    and ``target_frr``, the false-rejection
+    (``heatmap_scales``), the mirrored margin it is computed with (``heatmap_margin``) and
+    its standardisation pixel by pixel (``heatmap_calibration``), and ``target_frr``, the false-rejection
     rate on held-out normals that sets the decision threshold."""
 
     name = "scoring"
@@ -156,6 +156,8 @@ class Scoring(_Checked):
                                  "all map scales fused with Eq. 13's alphas")
     heatmap_margin: float = choice(0.0, NOT_IN_PAPER, "the input of a heatmap mirrored beyond its "
                                    "border by this fraction of its side, the margin cropped after")
+    heatmap_calibration: str = choice("none", NOT_IN_PAPER, "the heatmap standardised pixel by pixel "
+                                      "on the maps of the held-out normal images, or not")
     target_frr: float = 0.05
 
 
