@@ -28,6 +28,10 @@ image); they lost on both image sets and the package no longer has them.
 ``--defect-scale 2`` doubles the defects' size bounds (column ``defect_scale``):
 defects that cover a large part of the image, where the default's are local.
 
+``--position-calibration`` standardises the maps pixel by pixel
+(``scoring.heatmap_calibration=position``) with half of the held-out normals, and scores
+the other half and its copies (columns ``<reading>_pz``; ``<reading>_pc``: centred only).
+
 ``--set KEY=VALUE`` (repeatable) fits with those overrides (column ``set_keys``).
 ``--defects stain`` gives the held-out normals stains (:func:`stained`) instead
 of pasted material, for a fit that trains on pasted defects
@@ -53,7 +57,8 @@ from anomem import AnoMem
 from anomem.augment import defect_masks, local_pseudo_anomalies
 from anomem.config import parse_override
 from anomem.data.convert import to_image_tensor
-from anomem.heatmaps import model_side_maps
+from anomem.heatmaps import fit_map_calibration, model_side_maps
+from anomem.localisation import standardise_pixels
 from anomem.reports.pixel_metrics import aupro, pixel_auroc
 
 #: The heatmap readings compared on one fit: name -> the keys it sets, and ``sigma_per_side``,
@@ -126,7 +131,7 @@ def defective_copies(x: torch.Tensor, seed: int, family: str = "paste",
 
 
 def rows_of(dataset: str, c: int, seed: int, overrides: dict | None = None,
-            family: str = "paste", scale: float = 1.0) -> dict:
+            family: str = "paste", scale: float = 1.0, position_calibration: bool = False) -> dict:
     normals, preset, budget = normals_of(dataset, c)
     budget = {**budget, **(overrides or {})}
     rng = np.random.default_rng(seed)
@@ -136,7 +141,8 @@ def rows_of(dataset: str, c: int, seed: int, overrides: dict | None = None,
                                                   progress=False)
     net = det.network_
     x = to_image_tensor(normals[held], net.config.backbone.image_size, "normals")
-    images, masks = defective_copies(x, seed, family, scale)
+    calib = x[:len(x) // 2] if position_calibration else x[:0]
+    images, masks = defective_copies(x[len(calib):], seed, family, scale)
     out = {}
     for name, reading in READINGS.items():
         keys, sigma = split_reading(reading, images.shape[-1])
@@ -144,6 +150,12 @@ def rows_of(dataset: str, c: int, seed: int, overrides: dict | None = None,
         maps = model_side_maps(net, images, sigma)
         out[f"{name}_pixel_auroc"] = round(100 * pixel_auroc(masks, maps), 2)
         out[f"{name}_aupro"] = round(100 * aupro(masks, maps), 2)
+        if len(calib):   # the statistics at the reading's own smoothing
+            fit_map_calibration(net, calib, sigma)
+            z = standardise_pixels(torch.from_numpy(maps), net.map_loc, net.map_scale).numpy()
+            for tag, read in (("pz", z), ("pc", maps - net.map_loc.numpy())):
+                out[f"{name}_{tag}_pixel_auroc"] = round(100 * pixel_auroc(masks, read), 2)
+                out[f"{name}_{tag}_aupro"] = round(100 * aupro(masks, read), 2)
     return out
 
 
@@ -157,15 +169,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="the validation defects: pasted material (stage 1's `local`) or stains")
     p.add_argument("--defect-scale", type=float, default=1.0,
                    help="the defects' size bounds times this (2: defects over a large part of the image)")
+    p.add_argument("--position-calibration", action="store_true",
+                   help="half of the held-out normals standardise the maps pixel by pixel (readings "
+                        "<name>_pz; <name>_pc: centred only); the other half and its copies are scored")
     args = p.parse_args(argv)
     overrides = dict(parse_override(o) for o in args.set)
     torch.set_num_threads(1)
     for c in ([0] if args.dataset == "mtd" else args.classes):
         t0 = time.time()
-        row = rows_of(args.dataset, c, args.seed, overrides, args.defects, args.defect_scale)
+        row = rows_of(args.dataset, c, args.seed, overrides, args.defects, args.defect_scale,
+                      args.position_calibration)
         print(json.dumps({"ds": args.dataset, "split": "validation", "seed": args.seed, "c": c,
                           **({"defects": args.defects} if args.defects != "paste" else {}),
-                          **({"defect_scale": args.defect_scale} if args.defect_scale != 1 else {}), **row,
+                          **({"defect_scale": args.defect_scale} if args.defect_scale != 1 else {}),
+                          **({"calibration": "position"} if args.position_calibration else {}), **row,
                           **({"set_keys": overrides} if overrides else {}),
                           "t": round(time.time() - t0)}), flush=True)
     return 0
