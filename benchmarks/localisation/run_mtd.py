@@ -26,6 +26,13 @@ estimator's own semi-supervised ``fit`` would also show the labelled defects
 to stage 1 (as memory-free negatives, Eq. 3).  The one-class model's scores on
 each protocol's test set are reported beside the heads' for comparison.
 
+With ``--calibration-fraction F`` > 0, a seeded share F of the training tiles is held
+out of the fit, and two more rows read the one-class and the heads' maps standardised
+pixel by pixel with the mean and standard deviation of those tiles' maps
+(``scoring.heatmap_calibration="position"``, :func:`anomem.heatmaps.fit_map_calibration`,
+at the smoothing ``--sigma``, applied after it, as the package does).
+Every other row reads the maps as computed, from the same fit.
+
 Writes ``results.json``, ``results.md`` and ``overlays.png`` into ``--out``.
 
 Example (the committed run):
@@ -56,7 +63,8 @@ from anomem.config import parse_override, to_dict
 from anomem.data.convert import to_image_tensor, to_normal_flags
 from anomem.data.mtd import MTD_TYPES, MTDImages, read_mtd, split_mtd
 from anomem.detector import resolve_config
-from anomem.localisation import fuse_maps, gaussian_smooth
+from anomem.heatmaps import fit_map_calibration
+from anomem.localisation import fuse_maps, gaussian_smooth, standardise_pixels
 from anomem.reports.pixel_metrics import localisation_metrics
 from anomem.reports.report import overlay
 from anomem.serialization import atomic_write_bytes, atomic_write_text
@@ -107,6 +115,18 @@ def evaluate(test: MTDImages, scores: np.ndarray, maps: np.ndarray,
             out[name] = localisation_metrics(test.labels[keep], scores[keep], test.masks[keep],
                                              maps[keep], test.pixel_valid[keep])
     return out
+
+
+STANDARDISED_WHAT = "standardised per pixel"
+STANDARDISED = f"one-class, {STANDARDISED_WHAT}"
+
+
+def standardised(net: Any, held: torch.Tensor, maps: np.ndarray, sigma: float) -> np.ndarray:
+    """``maps`` (smoothed by ``sigma``) standardised pixel by pixel with the statistics of the
+    maps of the normal images ``held`` under ``net``, at the same smoothing
+    (:func:`anomem.heatmaps.fit_map_calibration`)."""
+    fit_map_calibration(net, held, sigma)
+    return standardise_pixels(torch.from_numpy(maps), net.map_loc, net.map_scale).numpy()
 
 
 def score_and_map(det: AnoMem, images: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
@@ -226,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="training vectors (or pixel cells) in the 1-NN baselines' heatmap bank")
     p.add_argument("--patch", type=int, default=8, help="side of the raw-pixel baseline's cells")
     p.add_argument("--no-cross-type", action="store_true", help="skip the cross-type protocol")
+    p.add_argument("--calibration-fraction", type=float, default=0.0,
+                   help="training tiles held out to standardise the maps pixel by pixel (extra rows)")
     p.add_argument("--save-model", default=None, metavar="FILE",
                    help="also save the fitted one-class detector (for probes of its maps)")
     args = p.parse_args(argv)
@@ -235,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     oc = AnoMem(args.preset, seed=args.seed, device="cpu", **overrides)
     data = read_mtd(side=resolve_config(args.preset, overrides).backbone.image_size)
     oc_split = split_mtd(data, args.train_fraction, args.seed)
+    order = np.random.default_rng(args.seed).permutation(len(oc_split.train))
+    n_held = round(args.calibration_fraction * len(order))
+    held = oc_split.train.subset(order[:n_held])
+    oc_split.train = oc_split.train.subset(np.sort(order[n_held:]))
     t0 = time.perf_counter()
     oc.fit(oc_split.train.images, progress=True, validation_fraction=0.0)
     stage1_s = time.perf_counter() - t0
@@ -253,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     s, m, r = oc_on(oc_split.test)
     results["one-class"] = evaluate(oc_split.test, s, m)
+    x_held = to_image_tensor(held.images, oc.config_.backbone.image_size, "held-out tiles")
+    if n_held:
+        results[STANDARDISED] = evaluate(oc_split.test, s, standardised(oc.network_, x_held, m, args.sigma))
     sweeps = {"one-class": sigma_sweep(oc_split.test, s, r)}
     refs = {"1-NN on the encoder": encoder_knn(oc, oc_split.train, oc_split.test, args.sigma,
                                                args.bank, args.seed),
@@ -267,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     ss_scores, ss_raw = score_and_map(ss, ss_split.test.images, 0.0)
     ss_maps = gaussian_smooth(torch.from_numpy(ss_raw), args.sigma).numpy()
     results["semi-supervised (heads)"] = evaluate(ss_split.test, ss_scores, ss_maps)
+    if n_held:
+        results[f"semi-supervised (heads), {STANDARDISED_WHAT}"] = evaluate(
+            ss_split.test, ss_scores, standardised(ss.network_, x_held, ss_maps, args.sigma))
     s, m, _ = oc_on(ss_split.test)
     results["semi-supervised test, one-class model"] = evaluate(ss_split.test, s, m)
     sweeps["semi-supervised (heads)"] = sigma_sweep(ss_split.test, ss_scores, ss_raw)
@@ -291,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                              else argv),
         "anomem_version": __version__, "seed": args.seed, "train_fraction": args.train_fraction,
         "labelled_per_type": args.labelled_per_type, "sigma": args.sigma, "bank": args.bank,
+        "calibration_fraction": args.calibration_fraction, "n_calibration": n_held,
         "patch": args.patch,
         "config": to_dict(oc.config_), "threads": args.threads,
         "machine": f"2-core CPU shared with other jobs, no GPU ({platform.processor() or 'cpu'}, "
