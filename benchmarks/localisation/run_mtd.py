@@ -279,8 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     s, m, r = oc_on(oc_split.test)
     results["one-class"] = evaluate(oc_split.test, s, m)
-    x_held = to_image_tensor(held.images, oc.config_.backbone.image_size, "held-out tiles")
     if n_held:
+        x_held = to_image_tensor(held.images, oc.config_.backbone.image_size, "held-out tiles")
         results[STANDARDISED] = evaluate(oc_split.test, s, standardised(oc.network_, x_held, m, args.sigma))
     sweeps = {"one-class": sigma_sweep(oc_split.test, s, r)}
     refs = {"1-NN on the encoder": encoder_knn(oc, oc_split.train, oc_split.test, args.sigma,
