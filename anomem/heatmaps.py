@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from anomem.data import convert
-from anomem.localisation import anomaly_map
+from anomem.localisation import anomaly_map, standardise_pixels
 from anomem.stages.common import RunOptions, map_batches
 from anomem.torch_model import AnoMemModel
 
@@ -88,7 +88,7 @@ def fit_map_calibration(model: AnoMemModel, x: torch.Tensor, sigma: float | None
     model.map_loc.copy_(torch.from_numpy(loc))
     model.map_scale.copy_(torch.from_numpy(scale))
     if model.config.scoring.heatmap_calibration == "position":
-        return ((raw - loc) / scale).astype(np.float32, copy=False)
+        return standardise_pixels(*(torch.from_numpy(a) for a in (raw, loc, scale))).numpy()
     return raw
 
 
