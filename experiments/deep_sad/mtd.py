@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from anomem.baselines.deepsad import DeepSAD
     from anomem.data.mtd import read_mtd, split_mtd
+    from anomem.detector import resolve_config
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seed", type=int, default=0)
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.time()
-    data = read_mtd(side=DeepSAD(args.preset).config.backbone.image_size)
+    data = read_mtd(side=resolve_config(args.preset, {}).backbone.image_size)
     row = {"name": "deepsad_mtd", "preset": args.preset, "seed": args.seed,
            "labelled_per_type": args.labelled_per_type}
     for key, k in (("one_class", 0), ("semi_supervised", args.labelled_per_type)):

@@ -26,12 +26,11 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     import torch
-    import torch.nn.functional as F
 
     from anomem import AnoMem
     from anomem.data.convert import to_image_tensor
     from anomem.data.mtd import read_mtd, split_mtd
-    from anomem.localisation import gaussian_smooth
+    from anomem.localisation import fuse_maps, gaussian_smooth
     from anomem.stages.common import RunOptions, map_batches
     from benchmarks.localisation.run_mtd import evaluate
 
@@ -56,9 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         for st in stages:
             mine = [s for s in spatial if s.stage == st]
             w = net.alphas[[s.index for s in mine]]
-            up = [F.interpolate(torch.cat([o[s.index] for o in out]).unsqueeze(1), size=(side, side),
-                                mode="bilinear", align_corners=False).squeeze(1) for s in mine]
-            maps[st] = torch.einsum("v,vnhw->nhw", w / w.sum(), torch.stack(up))
+            maps[st] = fuse_maps([torch.cat([o[s.index] for o in out]) for s in mine], w / w.sum(),
+                                 (side, side), 0.0)
         return maps
 
     ref = stage_maps(split.train.images[:args.reference])
