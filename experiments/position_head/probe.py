@@ -2,7 +2,8 @@
 
 Loads a one-class detector saved by ``benchmarks/localisation/run_mtd.py --save-model FILE``
 (the same ``--seed`` draws the same split) and keeps it frozen.  A position head
-reads, at every spatial memory scale s, the deviation vectors Delta(s)_ij of Eq. 8
+reads, at every spatial memory scale s of the first test-time view (no flip), the
+deviation vectors Delta(s)_ij of Eq. 8
 (``--input delta``), the feature vectors z(s)_ij (``z``) or both (``both``): a 1 x 1
 convolution per scale to ``--hidden`` channels, each upsampled (bilinear) to the finest
 grid and summed, then ReLU, a 3 x 3 and a 1 x 1 convolution to one logit per position.
