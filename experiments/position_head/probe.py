@@ -80,20 +80,22 @@ def main(argv: list[str] | None = None) -> int:
     for q in net.parameters():
         q.requires_grad_(False)
     split = split_mtd(read_mtd(side=side), 0.7, args.seed, labelled_per_type=args.labelled)
-    spatial = [s for s in net.scales[:len(net.view_scales(0))] if not s.pooled]
+    spatial = [i for i, s in enumerate(net.view_scales(0)) if not s.pooled]
+
+    def unit(images) -> torch.Tensor:
+        return to_image_tensor(images, side, "images").float() / 255
 
     def inputs(x: torch.Tensor) -> list[torch.Tensor]:
         with torch.no_grad():
             z = net.features(x)
             d = net.deviations(z, view=0)
-        pick = {"delta": lambda i: [d[i]], "z": lambda i: [z[i]], "both": lambda i: [d[i], z[i]]}
-        return [torch.cat(pick[args.input](s.index), 1) for s in spatial]
+        parts = {"delta": (d,), "z": (z,), "both": (d, z)}[args.input]
+        return [torch.cat([part[i] for part in parts], 1) for i in spatial]
 
     normal = split.train.types < 0
-    train = to_image_tensor(split.train.images[normal], side, "images").float() / 255
+    train = unit(split.train.images[normal])
     marked = ~normal & split.train.has_mask
-    real = (to_image_tensor(split.train.images[marked], side, "images").float() / 255
-            if marked.any() else torch.empty(0))
+    real = unit(split.train.images[marked]) if marked.any() else torch.empty(0)
     real_y = 1 - torch.from_numpy(split.train.masks[marked]).float()
     probe_in = inputs(train[:2])
     grid = probe_in[0].shape[-2:]
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         losses.append(loss.item())
 
     def head_map(images) -> torch.Tensor:
-        x = to_image_tensor(images, side, "images").float() / 255
+        x = unit(images)
         with torch.no_grad():
             out = torch.cat([head(inputs(b), grid) for b in x.split(64)])
         return F.interpolate(out.unsqueeze(1), size=(side, side), mode="bilinear",
