@@ -33,6 +33,7 @@ from anomem.fit_setup import (
     fit_thresholds,
     holdout_count,
     holdout_indices,
+    masked_defects,
     prepare_fit,
     resolve_device,
     run_fingerprint,
@@ -43,6 +44,7 @@ from anomem.presets import AUTO, auto_preset, input_side
 from anomem.progress import auto_progress
 from anomem.serialization import atomic_torch_save
 from anomem.stages.common import RunOptions, map_batches
+from anomem.stages.position_head import train_position_head
 from anomem.stages.stage1 import train_stage1
 from anomem.stages.stage2 import calibrate_scales, fit_heads, fit_kmeans_prototypes
 from anomem.torch_model import AnoMemModel
@@ -168,9 +170,10 @@ class AnoMem(ConfigArgs, MapDetector):
     """
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, images: Any, labels: Any = None, *, validation_fraction: float = 0.2,
-            checkpoint_dir: str | Path | None = None, progress: bool | None = None,
-            log: Any = None, options: RunOptions | None = None) -> AnoMem:
+    def fit(self, images: Any, labels: Any = None, *, masks: Any = None,
+            validation_fraction: float = 0.2, checkpoint_dir: str | Path | None = None,
+            progress: bool | None = None, log: Any = None,
+            options: RunOptions | None = None) -> AnoMem:
         """Train both stages on ``images`` (labels: 1 = anomaly, 0 = normal, or None).
 
         ``validation_fraction`` (default 0.2, as ``anomem fit``) of the normal
@@ -185,11 +188,17 @@ class AnoMem(ConfigArgs, MapDetector):
         checkpoint there and a rerun resumes where it stopped.  Sets
         :attr:`config_`, :attr:`network_`, the threshold attributes (image and pixel),
         :attr:`decision_scores_` and :attr:`history_`.
+
+        ``masks`` (only with ``scoring.heatmap_reader="head"``): one entry per image, None or
+        the defect pixels of a labelled anomaly at the image's own size
+        (:func:`anomem.data.convert.to_defect_masks`); the position head trains on those
+        defects beside its pasted ones (:mod:`anomem.stages.position_head`).
         """
         cfg = resolve_config(self.config, self._overrides, images)
         data = prepare_fit(cfg, images, labels, validation_fraction, checkpoint_dir,
                            auto_progress(progress), log, options)
-        self.fit_network(cfg, data.x_train, data.y[data.train], data.options)
+        defects = masked_defects(masks, images, data)
+        self.fit_network(cfg, data.x_train, data.y[data.train], data.options, defects)
         x = data.images()
         # scored once, in the order given; the thresholds read the held-out normals' scores
         # (or, with none held out, the training normals')
@@ -201,19 +210,21 @@ class AnoMem(ConfigArgs, MapDetector):
         return self
 
     def fit_network(self, cfg: AnoMemConfig, x_train: torch.Tensor, y_train: torch.Tensor,
-                    opts: RunOptions) -> AnoMem:
-        """Train the network of ``cfg`` on uint8 images (N, 3, S, S) (``y_train``: 1 = normal)
-        and set :attr:`config_`, :attr:`network_` and :attr:`history_`, without thresholds
-        (:meth:`fit` without its hold-out; :class:`anomem.ensemble.AnoMemEnsemble` fits its
-        members so)."""
+                    opts: RunOptions,
+                    defects: tuple[torch.Tensor, torch.Tensor] | None = None) -> AnoMem:
+        """Train the network of ``cfg`` on uint8 images (N, 3, S, S) (``y_train``: 1 = normal;
+        ``defects``: masked anomalies for the position head, :func:`masked_defects`) and set
+        :attr:`config_`, :attr:`network_` and :attr:`history_`, without thresholds (:meth:`fit`
+        without its hold-out; :class:`anomem.ensemble.AnoMemEnsemble` fits its members so)."""
         torch.manual_seed(cfg.runtime.seed)
         self.config_ = cfg
         self.network_ = AnoMemModel(cfg, semi_supervised=bool((y_train == 0).any())).to(opts.device)
-        self._train(x_train, y_train, opts)
+        self._train(x_train, y_train, opts, defects)
         return self
 
-    def _train(self, x_train: torch.Tensor, y_train: torch.Tensor, opts: RunOptions) -> None:
-        """Stage 1, then the prototypes, heads or calibration of stage 2."""
+    def _train(self, x_train: torch.Tensor, y_train: torch.Tensor, opts: RunOptions,
+               defects: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """Stage 1, then the prototypes, heads or calibration of stage 2, then the position head."""
         cfg, model = self.config_, self.network_
         fingerprint = run_fingerprint(cfg, x_train, y_train)
         x1, y1 = ((x_train, y_train) if cfg.extensions.contrast_anomalies
@@ -227,6 +238,8 @@ class AnoMem(ConfigArgs, MapDetector):
             self.history_["stage2"] = fit_heads(model, x_train, y_train, fingerprint, opts, normals)
         elif cfg.scoring.calibrate:
             calibrate_scales(model, normals, opts)
+        if model.position_head is not None:
+            self.history_["position_head"] = train_position_head(model, normals, opts, defects)
 
     def _holdout(self, y: torch.Tensor, fraction: float) -> torch.Tensor:
         """The normals the last fit held out (:func:`holdout_indices` with its seed)."""

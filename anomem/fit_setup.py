@@ -16,7 +16,7 @@ import torch
 
 from anomem.base import is_real
 from anomem.config import AnoMemConfig, to_dotted
-from anomem.data.convert import to_image_tensor, to_normal_flags
+from anomem.data.convert import image_sizes, to_defect_masks, to_image_tensor, to_normal_flags
 from anomem.errors import InvalidInputError
 from anomem.stages.common import RunOptions
 from anomem.threshold import fit_threshold, order_statistic_threshold
@@ -150,6 +150,30 @@ def prepare_fit(cfg: AnoMemConfig, images: Any, labels: Any, fraction: Any, chec
     train, held = fit_split(y, fraction, cfg.runtime.seed)
     opts = run_options(cfg, checkpoint_dir, progress, log, options)
     return FitData(cfg, y, train, held, x[train], x[held], opts)
+
+
+def masked_defects(masks: Any, images: Any, data: FitData) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The labelled anomalies of a fit that have a defect mask (:func:`to_defect_masks`), as
+    uint8 images (K, 3, S, S) and bool masks (K, S, S), for the position head
+    (:mod:`anomem.stages.position_head`); None without ``masks``.  Call it before
+    :meth:`FitData.images`.
+
+    Raises:
+        InvalidInputError: bad masks; a mask with defect pixels on an image labelled normal;
+            masks for a configuration without a position head.
+    """
+    if masks is None:
+        return None
+    if data.config.scoring.heatmap_reader != "head":
+        raise InvalidInputError("masks are read by the position head only; fit with "
+                                "scoring.heatmap_reader=head, or leave masks out")
+    px, has = to_defect_masks(masks, image_sizes(images), data.config.backbone.image_size)
+    wrong = torch.nonzero(has & (data.y == 1)).flatten()
+    if len(wrong):
+        raise InvalidInputError(f"masks[{int(wrong[0])}] marks defect pixels on an image labelled "
+                                f"normal; label it 1 (anomaly) or give it no mask (None)")
+    pick = has & (data.y == 0)          # labelled anomalies are never held out
+    return data.x_train[(torch.cumsum(data.train.long(), 0) - 1)[pick]], px[pick]
 
 
 def fit_thresholds(scores: np.ndarray, maps: Callable[[torch.Tensor], np.ndarray], x: torch.Tensor,

@@ -37,6 +37,12 @@ quantities the image score is made of, so that heatmap and score agree:
    measured on validation data, it helps on aligned tiles and not on photographs
    (``docs/design.md``).
 
+Under ``scoring.heatmap_reader="head"`` step 1 is replaced: the position head's logits on the
+finest memory grid (:meth:`~anomem.torch_model.AnoMemModel.position_logits`, trained on
+pasted defects by :mod:`anomem.stages.position_head`) are the only map, upsampled, smoothed
+and standardised as above.  The key is read at each call, so a fitted network with a head
+can be read either way.
+
 With ``scoring.heatmap_margin`` m > 0 the image is first mirrored beyond each
 border by round(m S) pixels (``reflect``, at most S - 1), steps 1-4 run on the
 larger image and the margin is cropped from the map (before step 5).  A convolution near the
@@ -130,7 +136,12 @@ def anomaly_map(model: AnoMemModel, images: torch.Tensor, sigma: float = 4.0) ->
     h, w = images.shape[-2:]
     ph, pw = margin_pixels(model, h), margin_pixels(model, w)
     padded = F.pad(images, (pw, pw, ph, ph), mode="reflect") if ph or pw else images
-    maps = fuse_maps(position_scores(model, padded), heatmap_weights(model), padded.shape[-2:], sigma)
+    if model.config.scoring.heatmap_reader == "head":
+        maps = fuse_maps([model.position_logits(padded)], model.alphas.new_ones(1), padded.shape[-2:],
+                         sigma)
+    else:
+        maps = fuse_maps(position_scores(model, padded), heatmap_weights(model), padded.shape[-2:],
+                         sigma)
     maps = maps[:, ph:ph + h, pw:pw + w]
     if model.config.scoring.heatmap_calibration == "position":
         maps = standardise_pixels(maps, model.map_loc, model.map_scale)

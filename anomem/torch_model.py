@@ -13,7 +13,8 @@ and, for a semi-supervised network only, the heads of Eq. 10.  The training
 stages only change values: stage 1 trains the encoder and the first N_mem
 patterns of the image's own memories, its end fills the other views' memories
 and the grown patterns, k-means (Table 4) fills the patterns with centroids,
-stage 2 draws and trains the heads.  Reading a model file is building and
+stage 2 draws and trains the heads, and a position head, where configured, is
+trained last.  Reading a model file is building and
 loading the weights (:mod:`anomem.model_file`).  Eq. 13's alphas are split
 evenly between the views, so the score is the mean of the views' scores.
 """
@@ -24,6 +25,7 @@ import copy
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from anomem.backbone import ResNet
@@ -73,6 +75,44 @@ class ScaleHead(nn.Module):
         return torch.einsum("k,bkhw->bhw", last.weight[0], hidden) + last.bias[0]
 
 
+class PositionHead(nn.Module):
+    """One anomaly logit per position of the finest memory grid (``scoring.heatmap_reader="head"``).
+
+    Beyond the paper (which has no heatmap).  It reads, at every map scale of the image's own
+    view, the deviation vectors Delta(s)_ij of Eq. 8 beside the feature vectors z(s)_ij:
+    a 1 x 1 convolution per scale to ``hidden`` channels, each upsampled (bilinear) to the
+    finest grid and summed, then ReLU, a 3 x 3 convolution (edges replicated, so a constant
+    input gives a constant output), ReLU and a 1 x 1 convolution to one logit per position.
+    :func:`anomem.stages.position_head.train_position_head` trains it on pasted defects.
+
+    Example:
+        >>> head = PositionHead([8, 16], hidden=4)
+        >>> head([torch.rand(2, 8, 6, 6), torch.rand(2, 16, 3, 3)]).shape
+        torch.Size([2, 6, 6])
+    """
+
+    def __init__(self, channels: list[int], hidden: int = 32) -> None:
+        super().__init__()
+        self.channels, self.hidden = list(channels), hidden
+        self.inputs = nn.ModuleList(nn.Conv2d(c, hidden, 1) for c in channels)
+        self.mix = nn.Sequential(nn.ReLU(), nn.Conv2d(hidden, hidden, 3, padding=1,
+                                                      padding_mode="replicate"),
+                                 nn.ReLU(), nn.Conv2d(hidden, 1, 1))
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """New initial weights, drawn as ``nn.Conv2d`` draws them, on the CPU's random stream
+        whatever the device (as :meth:`ScaleHead.reset_parameters`)."""
+        self.load_state_dict(PositionHead(self.channels, self.hidden).state_dict())
+
+    def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """Logits (B, H, W) on the grid of the largest of ``maps`` (one (B, C(s), H(s), W(s)) per scale)."""
+        grid = max((m.shape[-2:] for m in maps), key=lambda hw: hw[0] * hw[1])
+        mixed = sum(F.interpolate(conv(m), size=grid, mode="bilinear", align_corners=False)
+                    for conv, m in zip(self.inputs, maps))
+        return self.mix(mixed).squeeze(1)
+
+
 class AnoMemModel(nn.Module):
     """Encoder f, the memory layers, optional scale heads, and the scoring of every scale.
 
@@ -88,7 +128,9 @@ class AnoMemModel(nn.Module):
     :func:`anomem.stages.stage2.one_class_weight`), each head clipped to [0, M]
     (the range Eq. 11 trains).  ``map_loc`` / ``map_scale`` (S, S) standardise the heatmap
     pixel by pixel under ``scoring.heatmap_calibration="position"`` (0 / 1 until a fit sets
-    them, :func:`anomem.heatmaps.fit_map_calibration`).
+    them, :func:`anomem.heatmaps.fit_map_calibration`).  Under
+    ``scoring.heatmap_reader="head"`` a :class:`PositionHead` reads the heatmap instead of the
+    deviation norms (:meth:`position_logits`); it never changes the image score.
 
     Example:
         >>> from anomem.config import get_config
@@ -111,6 +153,7 @@ class AnoMemModel(nn.Module):
                                          for s in self.view_scales(0))
                            if config.extensions.projector == "mlp" else None)
         self.heads = self._heads() if semi_supervised else None
+        self.position_head = self._position_head()
         alphas = torch.tensor([s.alpha for s in self.scales])
         self.register_buffer("alphas", alphas / alphas.sum())
         self.register_buffer("score_mean", torch.zeros(len(self.scales)))
@@ -148,6 +191,29 @@ class AnoMemModel(nn.Module):
         with torch.random.fork_rng(devices=[]):
             return nn.ModuleList(ScaleHead(s.dim, 1 if s.pooled else st.head_pool, st.head_hidden)
                                  for s in self.scales).requires_grad_(False)
+
+    def _position_head(self) -> PositionHead | None:
+        """:class:`PositionHead` under ``scoring.heatmap_reader="head"`` (else None), reading Delta
+        and z of the image's own view's map scales; built without drawing from the global
+        random stream (its training draws its weights)."""
+        if self.config.scoring.heatmap_reader != "head":
+            return None
+        with torch.random.fork_rng(devices=[]):
+            return PositionHead([2 * s.dim for s in self.view_scales(0) if not s.pooled]
+                                ).requires_grad_(False)
+
+    def position_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """What :class:`PositionHead` reads of images ``x``: Delta(s) (Eq. 8) and z(s) stacked on
+        channels, at every map scale of the image's own view (no test-time view)."""
+        z = self.features(x)
+        d = self.deviations(z, view=0)
+        return [torch.cat([d[i], z[i]], 1) for i, s in enumerate(self.view_scales(0)) if not s.pooled]
+
+    def position_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The position head's logits (B, H, W) on the finest memory grid, higher = more anomalous."""
+        if self.position_head is None:
+            raise RuntimeError('this network has no position head (scoring.heatmap_reader="memory")')
+        return self.position_head(self.position_inputs(x))
 
     @property
     def semi_supervised(self) -> bool:

@@ -73,12 +73,13 @@ def test_resizing_keeps_rows_and_columns_apart():
     assert big[:10, 5:].mean() > 2 * big[10:, :5].mean()
 
 
-@pytest.mark.parametrize("stem, heads", [("cifar", False), ("cifar", True), ("imagenet", False)])
-def test_replicated_edges_give_a_flat_map_on_constant_images(stem, heads):
+@pytest.mark.parametrize("stem, heads, reader", [("cifar", False, "memory"), ("cifar", True, "memory"),
+                                                 ("imagenet", False, "memory"), ("cifar", False, "head")])
+def test_replicated_edges_give_a_flat_map_on_constant_images(stem, heads, reader):
     """Untrained networks (random patterns, heads as built); the ImageNet stem runs the max-pool."""
     torch.manual_seed(0)
     cfg = get_config("digits", {"padding": "replicate", "stem": stem, "image_size": 32,
-                                "memory_stages": [2, 3]})
+                                "memory_stages": [2, 3], "heatmap_reader": reader})
     maps = model_side_maps(AnoMemModel(cfg, semi_supervised=heads).eval(), constant_images(32))
     assert (relative_range(maps) <= FLAT).all(), relative_range(maps)
 

@@ -40,6 +40,7 @@ CALIBRATIONS = ("scales", "fused")
 IMAGE_ALPHAS = ("stage", "last")
 HEATMAP_SCALES = ("finest", "all")
 HEATMAP_CALIBRATIONS = ("none", "position")
+HEATMAP_READERS = ("memory", "head")
 SCORE_RETRIEVALS = ("nearest", "hopfield")
 
 Rule = Callable[[Any], "str | None"]
@@ -131,6 +132,7 @@ RULES: dict[str, Rule] = {
     "scoring.image_alpha": one_of(IMAGE_ALPHAS),
     "scoring.heatmap_scales": one_of(HEATMAP_SCALES),
     "scoring.heatmap_calibration": one_of(HEATMAP_CALIBRATIONS),
+    "scoring.heatmap_reader": one_of(HEATMAP_READERS),
     "scoring.heatmap_margin": lambda v: None if _is_number(v) and 0.0 <= v < 1.0
     else f"must be in [0, 1) (a fraction of the input side), got {v!r}",
     "scoring.target_frr": lambda v: None if _is_number(v) and 0.0 <= v < 1.0

@@ -37,7 +37,7 @@ FLAT_NAMES: dict[str, str] = {
     "score_retrieval": "scoring.retrieval", "score_views": "scoring.views",
     **{k: f"scoring.{k}" for k in ("scale_norm", "semi_score", "oc_evidence", "calibrate",
                                    "calibration", "image_alpha", "heatmap_scales", "heatmap_margin",
-                                   "heatmap_calibration", "target_frr")},
+                                   "heatmap_calibration", "heatmap_reader", "target_frr")},
     **{k: f"extensions.{k}" for k in ("global_memory", "global_mem_factor", "reseed_dead",
                                       "consolidate", "consolidate_factor", "projector",
                                       "pseudo_anomalies", "pseudo_fraction", "defect_scale",

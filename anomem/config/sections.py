@@ -140,8 +140,10 @@ class Scoring(_Checked):
     ``oc_evidence``), the one-class standardisation (``calibrate``, ``calibration``), an
     image-level scale's alpha (``image_alpha``), the scales a heatmap reads
     (``heatmap_scales``), the mirrored margin it is computed with (``heatmap_margin``) and
-    its standardisation pixel by pixel (``heatmap_calibration``), and ``target_frr``, the false-rejection
-    rate on held-out normals that sets the decision threshold."""
+    its standardisation pixel by pixel (``heatmap_calibration``), what reads the positions
+    (``heatmap_reader``: the memory, or a head trained on pasted defects), and
+    ``target_frr``, the false-rejection rate on held-out normals that sets the decision
+    threshold."""
 
     name = "scoring"
     retrieval: str = choice("nearest", "hopfield", "Eq. 8 retrieves the nearest pattern or Eq. 1")
@@ -158,6 +160,8 @@ class Scoring(_Checked):
                                    "border by this fraction of its side, the margin cropped after")
     heatmap_calibration: str = choice("none", NOT_IN_PAPER, "the heatmap standardised pixel by pixel "
                                       "on the maps of the held-out normal images, or not")
+    heatmap_reader: str = choice("memory", NOT_IN_PAPER, "the heatmap read from the memory's "
+                                 "deviations, or by a position head trained on pasted defects")
     target_frr: float = 0.05
 
 

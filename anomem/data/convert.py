@@ -269,3 +269,47 @@ def batches(n: int, size: int) -> Sequence[slice]:
     if not _is_count(size):
         raise InvalidInputError(f"batch_size must be a positive integer, got {size!r}")
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def to_defect_masks(masks: Any, sizes: list[tuple[int, int]], size: int,
+                    name: str = "masks") -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel masks of defects, one entry per image, to bool (N, size, size) and which images
+    have one (N,).
+
+    ``masks`` is a sequence (or an (N, H, W) array) whose entries are None (no mask) or a
+    2-D array or PIL image of the image's own height x width ``sizes[i]``; a non-zero pixel
+    is a defect (bool, 0 / 1 or 0 / 255 alike).  Each is resized as the images are
+    (bilinear, antialiased) and a pixel at least half covered is a defect; an entry
+    without a defect pixel after that counts as no mask.
+
+    Raises:
+        InvalidInputError: not one entry per image, an entry that is not 2-D, of another
+            size than its image, or with NaN.
+
+    Example:
+        >>> m = np.zeros((4, 6), dtype=bool); m[:2, :3] = True
+        >>> px, has = to_defect_masks([None, m], [(4, 6), (4, 6)], 2)
+        >>> px[1].tolist(), has.tolist()
+        ([[True, False], [False, False]], [False, True])
+    """
+    entries = list(masks) if isinstance(masks, (list, tuple)) else list(np.asarray(masks))
+    if len(entries) != len(sizes):
+        raise InvalidInputError(f"{name} must have one entry per image ({len(sizes)}), got "
+                                f"{len(entries)}; use None for an image without a mask")
+    out = torch.zeros(len(sizes), size, size, dtype=torch.bool)
+    for i, (m, hw) in enumerate(zip(entries, sizes)):
+        if m is None:
+            continue
+        a = np.asarray(m)
+        if a.ndim != 2 or tuple(a.shape) != tuple(hw):
+            raise InvalidInputError(f"{name}[{i}] has shape {a.shape}; a mask is 2-D, the "
+                                    f"height x width of its image {tuple(hw)}")
+        if a.dtype.kind not in "biuf" or (a.dtype.kind == "f" and not np.isfinite(a).all()):
+            raise InvalidInputError(f"{name}[{i}] must hold finite numbers or booleans "
+                                    f"(non-zero = defect), got dtype {a.dtype}")
+        t = torch.from_numpy((a != 0).astype(np.float32))[None, None]
+        if tuple(hw) != (size, size):
+            t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True,
+                              align_corners=False)
+        out[i] = t[0, 0] >= 0.5
+    return out, out.flatten(1).any(1)
