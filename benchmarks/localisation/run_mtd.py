@@ -33,6 +33,13 @@ pixel by pixel with the mean and standard deviation of those tiles' maps
 at the smoothing ``--sigma``, applied after it, as the package does).
 Every other row reads the maps as computed, from the same fit.
 
+Under ``--set scoring.heatmap_reader=head`` every map is the position head's
+(:mod:`anomem.stages.position_head`, trained on pasted defects in the normal training tiles);
+the semi-supervised detectors keep the one-class detector's head unless ``--head-masks``
+retrains it with the labelled defects' masks beside the pasted defects.  ``--model FILE``
+reads the one-class detector that ``--save-model FILE`` saved (same ``--seed``, ``--preset``
+and ``--set``) instead of fitting it again.
+
 Writes ``results.json``, ``results.md`` and ``overlays.png`` into ``--out``.
 
 Example (the committed run):
@@ -69,6 +76,7 @@ from anomem.reports.pixel_metrics import localisation_metrics
 from anomem.reports.report import overlay
 from anomem.serialization import atomic_write_bytes, atomic_write_text
 from anomem.stages.common import RunOptions, map_batches
+from anomem.stages.position_head import train_position_head
 from anomem.stages.stage2 import fit_heads
 
 SIGMAS = (0.0, 4.0, 8.0)
@@ -133,8 +141,11 @@ def score_and_map(det: AnoMem, images: np.ndarray, sigma: float) -> tuple[np.nda
     return det.decision_function(images, batch_size=64), det.anomaly_map(images, sigma=sigma)
 
 
-def with_heads(oc: AnoMem, train: MTDImages, seed_note: dict[str, Any]) -> AnoMem:
-    """A copy of the one-class detector with scale heads trained on ``train`` (Eq. 10-12)."""
+def with_heads(oc: AnoMem, train: MTDImages, seed_note: dict[str, Any],
+               head_masks: bool = False) -> AnoMem:
+    """A copy of the one-class detector with scale heads trained on ``train`` (Eq. 10-12);
+    with ``head_masks``, its position head retrained with the labelled defects' masks
+    beside the pasted defects (``AnoMem.fit(..., masks=...)``)."""
     det = copy.deepcopy(oc)
     det.network_ = det.network_.semi_supervised_copy()
     cfg = det.config_
@@ -142,6 +153,20 @@ def with_heads(oc: AnoMem, train: MTDImages, seed_note: dict[str, Any]) -> AnoMe
     y = to_normal_flags(train.labels, len(x), "train labels")
     torch.manual_seed(cfg.runtime.seed)
     det.history_ = {"stage2": fit_heads(det.network_, x, y, seed_note, RunOptions())}
+    if head_masks:
+        marked = (train.types >= 0) & train.has_mask
+        defects = (x[torch.from_numpy(marked)], torch.from_numpy(train.masks[marked]).bool())
+        det.history_["position_head"] = train_position_head(det.network_, x[y == 1], RunOptions(),
+                                                            defects)
+    return det
+
+
+def read_fitted(path: str, config: Any) -> AnoMem:
+    """The one-class detector saved in ``path``, which must have been fitted with ``config``."""
+    det = AnoMem.load(path, device="cpu")
+    if to_dict(det.config_) != to_dict(config):
+        raise SystemExit(f"{path} was fitted with another configuration than --preset/--set/--seed "
+                         f"give; pass the same ones it was saved with")
     return det
 
 
@@ -250,6 +275,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="training tiles held out to standardise the maps pixel by pixel (extra rows)")
     p.add_argument("--save-model", default=None, metavar="FILE",
                    help="also save the fitted one-class detector (for probes of its maps)")
+    p.add_argument("--model", default=None, metavar="FILE",
+                   help="read the one-class detector from FILE (--save-model of the same --seed, "
+                        "--preset and --set) instead of fitting it")
+    p.add_argument("--head-masks", action="store_true",
+                   help="the semi-supervised detectors retrain the position head with the "
+                        "labelled defects' masks (needs --set scoring.heatmap_reader=head)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
@@ -262,7 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     held = oc_split.train.subset(order[:n_held])
     oc_split.train = oc_split.train.subset(np.sort(order[n_held:]))
     t0 = time.perf_counter()
-    oc.fit(oc_split.train.images, progress=True, validation_fraction=0.0)
+    if args.model:
+        oc = read_fitted(args.model, resolve_config(args.preset, {**overrides, "seed": args.seed,
+                                                                  "device": "cpu"}))
+    else:
+        oc.fit(oc_split.train.images, progress=True, validation_fraction=0.0)
     stage1_s = time.perf_counter() - t0
     if args.save_model:
         oc.save(args.save_model)
@@ -292,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     results[FUSED] = evaluate(oc_split.test, s, np.sqrt(np.maximum(m * refs["1-NN on raw pixels"][1], 0)))
     note = {"config": to_dict(oc.config_), "seed": args.seed}
     ss_split = split_mtd(data, args.train_fraction, args.seed, args.labelled_per_type)
-    ss = with_heads(oc, ss_split.train, note)
+    ss = with_heads(oc, ss_split.train, note, args.head_masks)
     ss_scores, ss_raw = score_and_map(ss, ss_split.test.images, 0.0)
     ss_maps = gaussian_smooth(torch.from_numpy(ss_raw), args.sigma).numpy()
     results["semi-supervised (heads)"] = evaluate(ss_split.test, ss_scores, ss_maps)
@@ -305,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     cross: dict[str, Any] = {}
     for held in () if args.no_cross_type else MTD_TYPES:
         split = split_mtd(data, args.train_fraction, args.seed, args.labelled_per_type, held)
-        det = with_heads(oc, split.train, note)
+        det = with_heads(oc, split.train, note, args.head_masks)
         sc, mp = score_and_map(det, split.test.images, args.sigma)
         s, m, _ = oc_on(split.test)
         cross[held] = {"heads": evaluate(split.test, sc, mp, overall=False)[held],

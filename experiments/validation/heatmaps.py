@@ -32,7 +32,10 @@ defects that cover a large part of the image, where the default's are local.
 (``scoring.heatmap_calibration=position``) with half of the held-out normals, and scores
 the other half and its copies (columns ``<reading>_pz``; ``<reading>_pc``: centred only).
 
-``--set KEY=VALUE`` (repeatable) fits with those overrides (column ``set_keys``).
+``--set KEY=VALUE`` (repeatable) fits with those overrides (column ``set_keys``); with
+``--set scoring.heatmap_reader=head`` the fit trains a position head
+(:mod:`anomem.stages.position_head`) and the rows add its map (``head_*``) beside the
+memory's readings of the same fit.
 ``--defects stain`` gives the held-out normals stains (:func:`stained`) instead
 of pasted material, for a fit that trains on pasted defects
 (``pseudo_anomalies=local``), which the default defects would favour (column
@@ -63,12 +66,16 @@ from anomem.reports.pixel_metrics import aupro, pixel_auroc
 
 #: The heatmap readings compared on one fit: name -> the keys it sets, and ``sigma_per_side``,
 #: the smoothing as a fraction of the side (absent: the default, 1/32; ``finest_s0``: none).
-READINGS = {"all": {"scoring.heatmap_scales": "all", "scoring.heatmap_margin": 0.0},
-            "finest": {"scoring.heatmap_scales": "finest", "scoring.heatmap_margin": 0.0},
-            "finest_m25": {"scoring.heatmap_scales": "finest", "scoring.heatmap_margin": 0.25},
-            "finest_m50": {"scoring.heatmap_scales": "finest", "scoring.heatmap_margin": 0.5},
-            **{f"finest_s{k}": {"scoring.heatmap_scales": "finest", "scoring.heatmap_margin": 0.0,
+MEMORY = {"scoring.heatmap_reader": "memory"}
+READINGS = {"all": {**MEMORY, "scoring.heatmap_scales": "all", "scoring.heatmap_margin": 0.0},
+            "finest": {**MEMORY, "scoring.heatmap_scales": "finest", "scoring.heatmap_margin": 0.0},
+            "finest_m25": {**MEMORY, "scoring.heatmap_scales": "finest", "scoring.heatmap_margin": 0.25},
+            "finest_m50": {**MEMORY, "scoring.heatmap_scales": "finest", "scoring.heatmap_margin": 0.5},
+            **{f"finest_s{k}": {**MEMORY, "scoring.heatmap_scales": "finest",
+                                "scoring.heatmap_margin": 0.0,
                                 "sigma_per_side": 1 / k if k else 0.0} for k in (0, 64, 16, 8)}}
+#: Read only from a fit with ``--set scoring.heatmap_reader=head``: the position head's map.
+HEAD_READINGS = {"head": {"scoring.heatmap_reader": "head", "scoring.heatmap_margin": 0.0}}
 
 
 def split_reading(reading: dict, side: int) -> tuple[dict, float | None]:
@@ -144,7 +151,8 @@ def rows_of(dataset: str, c: int, seed: int, overrides: dict | None = None,
     calib = x[:len(x) // 2] if position_calibration else x[:0]
     images, masks = defective_copies(x[len(calib):], seed, family, scale)
     out = {}
-    for name, reading in READINGS.items():
+    readings = {**READINGS, **(HEAD_READINGS if net.position_head is not None else {})}
+    for name, reading in readings.items():
         keys, sigma = split_reading(reading, images.shape[-1])
         net.config = net.config.replace(**keys)
         maps = model_side_maps(net, images, sigma)
