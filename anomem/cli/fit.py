@@ -10,7 +10,9 @@ RGB and resized to the configuration's 'backbone.image_size'.  With '--anomalies
 (a folder, one sub-folder per anomaly type, or a list) the detector becomes
 semi-supervised (paper Eq. 10-12); without anomalies, one-class (Eq. 9).  An
 image given both as normal and as anomaly (same file or same bytes) is an
-error.
+error.  '--masks DIR' gives the anomalies' defect masks (DIR/<type>/<name>.png or
+<name>_mask.png, as MVTec AD's ground_truth folders) to the position head of
+'--set scoring.heatmap_reader=head', which then learns the heatmap from them too.
 
 The configuration is a preset or a YAML file (which may start from a preset
 with 'preset: cpu'), changed with '--set section.key=value' (e.g.
@@ -43,6 +45,7 @@ examples:
   anomem fit good_parts/ -o parts.anomem
   anomem fit good_parts/ --anomalies defects/ --config cpu --set stage1.epochs=30
   anomem fit good_parts/ --members 1 -o parts.anomem
+  anomem fit good/ --anomalies defects/ --masks ground_truth/ --set scoring.heatmap_reader=head
   anomem fit images.csv --config my.yaml --set scoring.target_frr=0.01 --checkpoint-dir ckpt/
 """
 
@@ -55,14 +58,17 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from anomem.cli.paths import check_image_sources
 from anomem.config import AnoMemConfig, get_config, parse_override
 from anomem.data.folders import format_skipped
+from anomem.data.masks import read_masks
 from anomem.data.sources import Entry, by_label, check_disjoint, expand_source, load_entries
 from anomem.detector import AnoMem, holdout_count
 from anomem.ensemble import AnoMemEnsemble, make_detector, parse_members
+from anomem.errors import InvalidInputError
 from anomem.presets import AUTO, PRESET_GUIDE, auto_preset, files_side
 from anomem.progress import auto_progress
 from anomem.reports.report import csv_text
@@ -110,6 +116,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--anomalies", metavar="SRC",
                    help="folder of labelled anomalies, one sub-folder per anomaly type, or a list "
                         "file (optional)")
+    p.add_argument("--masks", metavar="DIR",
+                   help="folder of the anomalies' defect masks (DIR/<type>/<name>[_mask].<ext>), "
+                        "for the position head (--set scoring.heatmap_reader=head)")
     p.add_argument("-o", "--output", default="model.anomem", metavar="MODEL",
                    help="model file to write (default: model.anomem)")
     p.add_argument("--config", default=AUTO, metavar="PRESET|YAML",
@@ -154,6 +163,17 @@ def resolve_config(name: str, overrides: list[str], entries: list[Entry]) -> tup
     return get_config(chosen, sets), f"auto -> {chosen} (images {side} px)"
 
 
+def fit_masks(masks_dir: str | None, normal_e: list[Entry], anom_e: list[Entry],
+              side: int) -> list[np.ndarray | None] | None:
+    """``--masks``: one entry per image of the fit (normal images first, none for them), or
+    None without the option (:func:`anomem.data.masks.read_masks`)."""
+    if masks_dir is None:
+        return None
+    if not anom_e:
+        raise InvalidInputError("--masks gives the masks of labelled anomalies; add --anomalies SRC")
+    return [None] * len(normal_e) + read_masks(masks_dir, anom_e, side)
+
+
 def threshold_origin(det: AnoMem, explicit: float | None) -> str:
     if explicit is not None:
         return "set explicitly with --threshold"
@@ -181,8 +201,11 @@ def run(args: argparse.Namespace) -> int:
         skipped += anom.skipped
         for e in anom_e:
             types[e.group] = types.get(e.group, 0) + 1
+    masks = fit_masks(args.masks, normal_e, anom_e, side)
     n, held = len(normal_e), holdout_count(len(normal_e), args.validation_fraction)
     kinds = ", ".join(f"{t}: {k}" for t, k in sorted(types.items())) or "none (one-class)"
+    if masks is not None:
+        kinds += f"; masks for {sum(m is not None for m in masks)}"
     print(f"anomem fit: {n} normal images: {n - held} train, {held} held out for the threshold; "
           f"anomalies {kinds}; preset {preset}: {cfg.backbone.arch} width {cfg.backbone.width} at "
           f"{cfg.backbone.image_size}x{cfg.backbone.image_size} px", file=sys.stderr)
@@ -194,9 +217,12 @@ def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         det = make_detector(cfg, members, len(images), semi_supervised=bool(anom_e))
+        if masks is not None and isinstance(det, AnoMemEnsemble):
+            raise InvalidInputError("--masks trains one network's position head; add --members 1")
         det = det.fit(images, labels.numpy().astype(int),
                       validation_fraction=args.validation_fraction,
-                      checkpoint_dir=args.checkpoint_dir, progress=progress, log=log)
+                      checkpoint_dir=args.checkpoint_dir, progress=progress, log=log,
+                      **({} if masks is None else {"masks": masks}))
     log.flush()
     for w in caught:
         if args.threshold is None or not issubclass(w.category, ThresholdWarning):
