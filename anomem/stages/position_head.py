@@ -13,11 +13,11 @@ changed, so image scores are the same as without the head; the head's draws come
 random streams of their own (:func:`anomem.stages.common.stream_seed`), so they move no
 other draw of the fit.
 
-Measured on Magnetic Tile Defects (``benchmarks/localisation/README.md``): beside the
-memory's map of the same detector it raises pixel AUROC on encoders trained with local
-pseudo-anomalies, not on one trained with rotations.  The settings (:data:`STEPS`,
-Delta and z as inputs, :data:`HIDDEN` channels) were fixed on one image set's test maps: a
-probe, not a choice validated on two image sets, which is why the key is off by default.
+Measured (``docs/design.md``, ``scoring.heatmap_reader``): on an encoder trained with
+local pseudo-anomalies it finds defects in held-out normals better than the memory's map,
+whatever their shape; on the default encoder it wins only on defects of the shapes it
+trains on, so the key is off by default.  The settings (:data:`STEPS`, Delta and z as
+inputs, 32 hidden channels) were fixed by a probe (``experiments/position_head``).
 
 Example:
     >>> y = torch.ones(1, 4, 4); y[0, :2, :2] = 0          # a pasted 2 x 2 corner

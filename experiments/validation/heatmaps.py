@@ -39,7 +39,9 @@ memory's readings of the same fit.
 ``--defects stain`` gives the held-out normals stains (:func:`stained`) instead
 of pasted material, for a fit that trains on pasted defects
 (``pseudo_anomalies=local``), which the default defects would favour (column
-``defects``).
+``defects``).  Their shapes are still those the fit pastes; ``--defects blob`` stains
+irregular blobs of thresholded smooth noise (:func:`noise_masks`) instead, a shape no fit
+trains on (for the position head, which learns from pasted shapes).
 
 ``mtd``: the ``mtd`` preset on the split of :func:`anomem.data.mtd.split_mtd`
 (seed 0), its 666 training tiles carved; ``cifar``: the ``cpu`` preset at the
@@ -96,17 +98,33 @@ def normals_of(dataset: str, c: int) -> tuple[np.ndarray, str, dict]:
     return split.x_train[split.y_train == c][:1000], "cpu", {"stage1_epochs": 3}
 
 
-def stained(v: torch.Tensor, g: torch.Generator, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def noise_masks(count: int, side: int, g: torch.Generator) -> torch.Tensor:
+    """``count`` irregular blobs (count, side, side) bool, unlike :func:`anomem.augment.defect_masks`'
+    capsules: gaussian noise on a 6 x 6 grid (the same share of the image at any side),
+    upsampled bilinearly and cut at the quantile that leaves a share uniform in [2 %, 12 %] of the pixels (the
+    thresholded smooth noise of DRAEM's masks, without its Perlin octaves)."""
+    noise = torch.randn(count, 1, 6, 6, generator=g)
+    smooth = torch.nn.functional.interpolate(noise, size=(side, side), mode="bilinear",
+                                             align_corners=False).flatten(1)
+    share = 0.02 + 0.10 * torch.rand(count, 1, generator=g)
+    cut = torch.stack([torch.quantile(row, 1 - q) for row, q in zip(smooth, share[:, 0])])
+    return (smooth >= cut[:, None]).view(count, side, side)
+
+
+def stained(v: torch.Tensor, g: torch.Generator, scale: float = 1.0,
+            shapes: str = "capsule") -> tuple[torch.Tensor, torch.Tensor]:
     """``v`` (n, 3, S, S) in [0, 1] then a stained copy of each, and pixel labels (2n, S, S), 1 = normal.
 
     A stain is the image's own content under a :func:`anomem.augment.defect_masks`
     shape, blurred (a 5 x 5 binomial kernel) and scaled in brightness by a
     factor uniform in [0.6, 0.8] or [1.25, 1.5] (clamped to [0, 1]): the shapes
     of ``pseudo_anomalies=local``, but no pasted material and no shift, so not
-    the defect it shows stage 1.
+    the defect it shows stage 1.  ``shapes="noise"``: a :func:`noise_masks` blob instead,
+    a shape no fit pastes.
     """
     n, side = len(v), v.shape[-1]
-    masks = defect_masks(n, side, g, scale).unsqueeze(1)
+    masks = noise_masks(n, side, g) if shapes == "noise" else defect_masks(n, side, g, scale)
+    masks = masks.unsqueeze(1)
     darker = torch.rand(n, 1, 1, 1, generator=g) < 0.5
     gain = torch.where(darker, 0.6 + 0.2 * torch.rand(n, 1, 1, 1, generator=g),
                        1.25 + 0.25 * torch.rand(n, 1, 1, 1, generator=g))
@@ -124,13 +142,13 @@ def defective_copies(x: torch.Tensor, seed: int, family: str = "paste",
     """uint8 images (2n, 3, S, S): ``x`` then a defective copy of each; masks (2n, S, S), 1 = defect.
 
     ``family``: ``paste``, the defects of :func:`anomem.augment.local_pseudo_anomalies`
-    (what ``pseudo_anomalies=local`` trains on); ``stain``, :func:`stained`.  ``scale``:
-    the masks' (:func:`anomem.augment.defect_masks`).
+    (what ``pseudo_anomalies=local`` trains on); ``stain``, :func:`stained`; ``blob``, a
+    stain of a :func:`noise_masks` shape.  ``scale``: the masks' (:func:`anomem.augment.defect_masks`).
     """
     v = x.float() / 255
     g = torch.Generator().manual_seed(seed)
-    if family == "stain":
-        both, y = stained(v, g, scale)
+    if family in ("stain", "blob"):
+        both, y = stained(v, g, scale, "noise" if family == "blob" else "capsule")
     else:
         both, _, y, _ = local_pseudo_anomalies(v, v, torch.ones(len(v)), 1.0, g, mask_scale=scale)
     images = (both * 255).round().clamp(0, 255).to(torch.uint8)
@@ -173,8 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--classes", type=int, nargs="+", default=[0])
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    p.add_argument("--defects", choices=("paste", "stain"), default="paste",
-                   help="the validation defects: pasted material (stage 1's `local`) or stains")
+    p.add_argument("--defects", choices=("paste", "stain", "blob"), default="paste",
+                   help="the validation defects: pasted material (stage 1's `local`), stains, or "
+                        "stains of irregular noise shapes that no fit pastes")
     p.add_argument("--defect-scale", type=float, default=1.0,
                    help="the defects' size bounds times this (2: defects over a large part of the image)")
     p.add_argument("--position-calibration", action="store_true",
