@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -37,3 +38,9 @@ def digits() -> LabelledSplit:
     Shared by the whole session: tests read it and never write into its arrays.
     """
     return load_digits_split(seed=0)
+
+
+@pytest.fixture(scope="session")
+def zeros(digits) -> np.ndarray:
+    """The first 100 training images of digit 0: a small normal class for quick fits."""
+    return digits.x_train[digits.y_train == 0][:100]

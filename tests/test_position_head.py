@@ -25,13 +25,8 @@ from anomem.torch_model import AnoMemModel, PositionHead
 
 
 @pytest.fixture(scope="module")
-def normals(digits):
-    return digits.x_train[digits.y_train == 0][:100]
-
-
-@pytest.fixture(scope="module")
-def with_head(normals):
-    return AnoMem("digits", stage1_epochs=1, heatmap_reader="head").fit(normals)
+def with_head(zeros):
+    return AnoMem("digits", stage1_epochs=1, heatmap_reader="head").fit(zeros)
 
 
 def pasted_test_cells(digits, net: AnoMemModel) -> tuple[np.ndarray, np.ndarray]:
@@ -74,8 +69,8 @@ def test_the_head_exists_only_when_configured_and_is_built_without_random_draws(
     assert torch.equal(*draws)
 
 
-def test_image_scores_are_those_of_the_same_fit_without_the_head(with_head, normals, digits):
-    plain = AnoMem("digits", stage1_epochs=1).fit(normals)
+def test_image_scores_are_those_of_the_same_fit_without_the_head(with_head, zeros, digits):
+    plain = AnoMem("digits", stage1_epochs=1).fit(zeros)
     x = digits.x_test[:200]
     np.testing.assert_array_equal(plain.decision_function(x), with_head.decision_function(x))
     assert plain.threshold_ == with_head.threshold_
@@ -94,9 +89,9 @@ def test_the_trained_head_finds_defects_pasted_into_new_images(with_head, digits
     assert roc_auc_score(pasted, logits) > 0.8
 
 
-def test_training_draws_its_own_streams_and_repeats(with_head, normals, digits):
+def test_training_draws_its_own_streams_and_repeats(with_head, zeros, digits):
     net = copy.deepcopy(with_head.network_)
-    x = to_image_tensor(normals, 16, "normals")
+    x = to_image_tensor(zeros, 16, "normals")
     torch.manual_seed(0)
     before = torch.rand(1)
     torch.manual_seed(0)
@@ -147,9 +142,9 @@ def test_masked_defects_teach_the_head_what_pasting_does_not(digits):
     """27 labelled anomalies (inverted squares) with their masks: the head trained with them
     finds new inverted squares better (cell AUROC measured 0.932 against 0.878 without, the
     same with 1 and 2 threads)."""
-    zeros = digits.x_train[digits.y_train == 0]
-    defects, masks = inverted_squares(zeros[80:], 1)
-    x = np.concatenate([zeros[:80], defects])
+    class0 = digits.x_train[digits.y_train == 0]
+    defects, masks = inverted_squares(class0[80:], 1)
+    x = np.concatenate([class0[:80], defects])
     labels = np.r_[np.zeros(80), np.ones(len(defects))]
     test, test_masks = inverted_squares(digits.x_test[digits.y_test == 0], 2)
     pixel_labels = 1 - torch.from_numpy(test_masks.repeat(2, 1).repeat(2, 2)).float()   # at 16 px
@@ -165,8 +160,8 @@ def test_masked_defects_teach_the_head_what_pasting_does_not(digits):
     assert aurocs[1] > aurocs[0] + 0.02, aurocs
 
 
-def test_masks_are_checked_against_their_images_and_labels(normals):
-    x = normals[:30]
+def test_masks_are_checked_against_their_images_and_labels(zeros):
+    x = zeros[:30]
     labels = np.r_[np.zeros(25), np.ones(5)]
     mask = np.zeros((8, 8), dtype=bool)
     mask[2:4, 2:4] = True
