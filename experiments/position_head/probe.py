@@ -20,6 +20,11 @@ measured per defect type beside the package's map of the same detector
 The image score is the detector's own.  One JSON line.
 
     python -m experiments.position_head.probe --model FILE --seed S [--input delta] [--labelled 5]
+
+The package now holds this head (``scoring.heatmap_reader=head``:
+:class:`anomem.torch_model.PositionHead`, :mod:`anomem.stages.position_head`), with edges
+replicated in its 3 x 3 convolution and random streams of its own; the probe keeps its
+zero-padded copy and its draws so that its committed rows reproduce.
 """
 
 from __future__ import annotations
