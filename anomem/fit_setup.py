@@ -164,9 +164,9 @@ def masked_defects(masks: Any, images: Any, data: FitData) -> tuple[torch.Tensor
     """
     if masks is None:
         return None
-    if data.config.scoring.heatmap_reader != "head":
+    if data.config.scoring.heatmap_reader == "memory":
         raise InvalidInputError("masks are read by the position head only; fit with "
-                                "scoring.heatmap_reader=head, or leave masks out")
+                                "scoring.heatmap_reader=head or tuned, or leave masks out")
     px, has = to_defect_masks(masks, image_sizes(images), data.config.backbone.image_size)
     wrong = torch.nonzero(has & (data.y == 1)).flatten()
     if len(wrong):

@@ -37,7 +37,7 @@ quantities the image score is made of, so that heatmap and score agree:
    measured on validation data, it helps on aligned tiles and not on photographs
    (``docs/design.md``).
 
-Under ``scoring.heatmap_reader="head"`` step 1 is replaced: the position head's logits on the
+Under ``scoring.heatmap_reader="head"`` or ``"tuned"`` step 1 is replaced: the position head's logits on the
 finest memory grid (:meth:`~anomem.torch_model.AnoMemModel.position_logits`, trained on
 pasted defects by :mod:`anomem.stages.position_head`) are the only map, upsampled, smoothed
 and standardised as above.  The key is read at each call, so a fitted network with a head
@@ -136,7 +136,7 @@ def anomaly_map(model: AnoMemModel, images: torch.Tensor, sigma: float = 4.0) ->
     h, w = images.shape[-2:]
     ph, pw = margin_pixels(model, h), margin_pixels(model, w)
     padded = F.pad(images, (pw, pw, ph, ph), mode="reflect") if ph or pw else images
-    if model.config.scoring.heatmap_reader == "head":
+    if model.config.scoring.heatmap_reader != "memory":
         maps = fuse_maps([model.position_logits(padded)], model.alphas.new_ones(1), padded.shape[-2:],
                          sigma)
     else:

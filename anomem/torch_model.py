@@ -76,14 +76,17 @@ class ScaleHead(nn.Module):
 
 
 class PositionHead(nn.Module):
-    """One anomaly logit per position of the finest memory grid (``scoring.heatmap_reader="head"``).
+    """One anomaly logit per position of the finest memory grid (``scoring.heatmap_reader``).
 
-    Beyond the paper (which has no heatmap).  It reads, at every map scale of the image's own
-    view, the deviation vectors Delta(s)_ij of Eq. 8 beside the feature vectors z(s)_ij:
-    a 1 x 1 convolution per scale to ``hidden`` channels, each upsampled (bilinear) to the
-    finest grid and summed, then ReLU, a 3 x 3 convolution (edges replicated, so a constant
-    input gives a constant output), ReLU and a 1 x 1 convolution to one logit per position.
-    :func:`anomem.stages.position_head.train_position_head` trains it on pasted defects.
+    Beyond the paper (which has no heatmap).  Under ``"head"`` it reads, at every map scale of
+    the image's own view, the deviation vectors Delta(s)_ij of Eq. 8 beside the feature
+    vectors z(s)_ij of the frozen encoder; under ``"tuned"`` it holds ``encoder``, a copy of
+    the detector's encoder that is fine-tuned with it, and reads that copy's z(s)_ij alone.
+    Either way: a 1 x 1 convolution per scale to ``hidden`` channels, each upsampled (bilinear)
+    to the finest grid and summed, then ReLU, a 3 x 3 convolution (edges replicated, so a
+    constant input gives a constant output), ReLU and a 1 x 1 convolution to one logit per
+    position.  :func:`anomem.stages.position_head.train_position_head` trains it on pasted
+    defects.
 
     Example:
         >>> head = PositionHead([8, 16], hidden=4)
@@ -91,19 +94,22 @@ class PositionHead(nn.Module):
         torch.Size([2, 6, 6])
     """
 
-    def __init__(self, channels: list[int], hidden: int = 32) -> None:
+    def __init__(self, channels: list[int], hidden: int = 32, encoder: ResNet | None = None) -> None:
         super().__init__()
         self.channels, self.hidden = list(channels), hidden
         self.inputs = nn.ModuleList(nn.Conv2d(c, hidden, 1) for c in channels)
         self.mix = nn.Sequential(nn.ReLU(), nn.Conv2d(hidden, hidden, 3, padding=1,
                                                       padding_mode="replicate"),
                                  nn.ReLU(), nn.Conv2d(hidden, 1, 1))
+        self.encoder = encoder
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """New initial weights, drawn as ``nn.Conv2d`` draws them, on the CPU's random stream
-        whatever the device (as :meth:`ScaleHead.reset_parameters`)."""
-        self.load_state_dict(PositionHead(self.channels, self.hidden).state_dict())
+        """New initial weights of the read-out (not of ``encoder``), drawn as ``nn.Conv2d`` draws
+        them, on the CPU's random stream whatever the device (as :meth:`ScaleHead.reset_parameters`)."""
+        fresh = PositionHead(self.channels, self.hidden)
+        self.inputs.load_state_dict(fresh.inputs.state_dict())
+        self.mix.load_state_dict(fresh.mix.state_dict())
 
     def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
         """Logits (B, H, W) on the grid of the largest of ``maps`` (one (B, C(s), H(s), W(s)) per scale)."""
@@ -129,7 +135,7 @@ class AnoMemModel(nn.Module):
     (the range Eq. 11 trains).  ``map_loc`` / ``map_scale`` (S, S) standardise the heatmap
     pixel by pixel under ``scoring.heatmap_calibration="position"`` (0 / 1 until a fit sets
     them, :func:`anomem.heatmaps.fit_map_calibration`).  Under
-    ``scoring.heatmap_reader="head"`` a :class:`PositionHead` reads the heatmap instead of the
+    ``scoring.heatmap_reader="head"`` or ``"tuned"`` a :class:`PositionHead` reads the heatmap instead of the
     deviation norms (:meth:`position_logits`); it never changes the image score.
 
     Example:
@@ -193,18 +199,30 @@ class AnoMemModel(nn.Module):
                                  for s in self.scales).requires_grad_(False)
 
     def _position_head(self) -> PositionHead | None:
-        """:class:`PositionHead` under ``scoring.heatmap_reader="head"`` (else None), reading Delta
-        and z of the image's own view's map scales; built without drawing from the global
-        random stream (its training draws its weights)."""
-        if self.config.scoring.heatmap_reader != "head":
+        """:class:`PositionHead` under ``scoring.heatmap_reader="head"`` (reading Delta and z of the
+        image's own view's map scales) or ``"tuned"`` (with an encoder of its own, reading its z),
+        else None; built without drawing from the global random stream (its training draws its
+        weights and copies the encoder)."""
+        reader = self.config.scoring.heatmap_reader
+        if reader == "memory":
             return None
+        dims = [s.dim for s in self.view_scales(0) if not s.pooled]
+        bb = self.config.backbone
         with torch.random.fork_rng(devices=[]):
-            return PositionHead([2 * s.dim for s in self.view_scales(0) if not s.pooled]
-                                ).requires_grad_(False)
+            if reader == "tuned":
+                return PositionHead(dims, encoder=ResNet(bb.arch, bb.width, bb.stem, padding=bb.padding)
+                                    ).requires_grad_(False)
+            return PositionHead([2 * d for d in dims]).requires_grad_(False)
 
     def position_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """What :class:`PositionHead` reads of images ``x``: Delta(s) (Eq. 8) and z(s) stacked on
-        channels, at every map scale of the image's own view (no test-time view)."""
+        """What :class:`PositionHead` reads of images ``x``, at every map scale of the image's own
+        view (no test-time view): Delta(s) (Eq. 8) and z(s) stacked on channels, or the z(s) of
+        the head's own encoder where it has one (``heatmap_reader="tuned"``)."""
+        tuned = self.position_head.encoder if self.position_head is not None else None
+        if tuned is not None:
+            spatial = [s for s in self.view_scales(0) if not s.pooled]
+            maps = tuned(x, upto=max(s.stage for s in spatial) + 1)
+            return [maps[s.stage] for s in spatial]
         z = self.features(x)
         d = self.deviations(z, view=0)
         return [torch.cat([d[i], z[i]], 1) for i, s in enumerate(self.view_scales(0)) if not s.pooled]

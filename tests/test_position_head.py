@@ -1,7 +1,9 @@
-"""The position head of ``scoring.heatmap_reader="head"``: its targets, its map, its file.
+"""The position head of ``scoring.heatmap_reader="head"`` and ``"tuned"``: its targets, its
+map, its file.
 
 The head is trained after the rest of the fit on pasted defects and reads only the heatmap:
-image scores are those of the same fit without it, bit for bit.
+image scores are those of the same fit without it, bit for bit.  Under ``"tuned"`` it
+fine-tunes an encoder of its own, a copy of the detector's, which stays as it was.
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ from anomem.torch_model import AnoMemModel, PositionHead
 @pytest.fixture(scope="module")
 def with_head(zeros):
     return AnoMem("digits", stage1_epochs=1, heatmap_reader="head").fit(zeros)
+
+
+@pytest.fixture(scope="module")
+def with_tuned(zeros):
+    return AnoMem("digits", stage1_epochs=1, heatmap_reader="tuned").fit(zeros)
 
 
 def pasted_test_cells(digits, net: AnoMemModel) -> tuple[np.ndarray, np.ndarray]:
@@ -61,12 +68,14 @@ def test_a_constant_input_gives_a_constant_map():
 
 def test_the_head_exists_only_when_configured_and_is_built_without_random_draws():
     draws = []
-    for reader in ("memory", "head"):
+    for reader in ("memory", "head", "tuned"):
         torch.manual_seed(5)
         model = AnoMemModel(get_config("digits", {"heatmap_reader": reader}))
         assert (model.position_head is None) == (reader == "memory")
+        if reader != "memory":
+            assert (model.position_head.encoder is None) == (reader == "head")
         draws.append(torch.cat([torch.rand(1), next(model.encoder.parameters()).flatten()[:5]]))
-    assert torch.equal(*draws)
+    assert all(torch.equal(draws[0], d) for d in draws[1:])
 
 
 def test_image_scores_are_those_of_the_same_fit_without_the_head(with_head, zeros, digits):
@@ -117,6 +126,35 @@ def test_the_map_is_the_heads_at_the_input_size_and_survives_a_file(with_head, d
     assert back.config_.scoring.heatmap_reader == "head"
     np.testing.assert_array_equal(back.anomaly_map(x), maps)
     np.testing.assert_array_equal(back.predict_mask(x), with_head.predict_mask(x))
+
+
+def test_the_tuned_head_fine_tunes_a_copy_and_leaves_the_detector_alone(with_tuned, with_head,
+                                                                         zeros, digits, tmp_path):
+    x = digits.x_test[:200]
+    np.testing.assert_array_equal(with_tuned.decision_function(x), with_head.decision_function(x))
+    net = with_tuned.network_
+    for mine, theirs in zip(net.encoder.state_dict().values(),
+                            with_head.network_.encoder.state_dict().values()):
+        assert torch.equal(mine, theirs)          # the detector's encoder is the plain fit's
+    moved = [not torch.equal(a, b) for a, b in zip(net.encoder.parameters(),
+                                                   net.position_head.encoder.parameters())]
+    assert all(moved)                             # every weight of the copy was tuned
+    assert not any(p.requires_grad for p in net.position_head.parameters())
+    fresh = copy.deepcopy(net)                    # no step: the copy is the encoder itself
+    assert train_position_head(fresh, to_image_tensor(zeros, 16, "x"), RunOptions(), steps=0) == []
+    for a, b in zip(fresh.encoder.state_dict().values(),
+                    fresh.position_head.encoder.state_dict().values()):
+        assert torch.equal(a, b)
+    back = AnoMem.load(with_tuned.save(tmp_path / "tuned.anomem"))
+    assert back.config_.scoring.heatmap_reader == "tuned"
+    np.testing.assert_array_equal(back.anomaly_map(x[:6]), with_tuned.anomaly_map(x[:6]))
+
+
+def test_the_tuned_head_finds_defects_pasted_into_new_images(with_tuned, digits):
+    """As the frozen head's test: measured cell AUROC 0.952 (0.954 with 2 threads) after the
+    fit's 600 steps, against the frozen head's 0.925."""
+    logits, pasted = pasted_test_cells(digits, with_tuned.network_)
+    assert roc_auc_score(pasted, logits) > 0.8
 
 
 def test_a_memory_network_has_no_logits_and_a_wrong_reader_names_the_key():

@@ -118,7 +118,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "file (optional)")
     p.add_argument("--masks", metavar="DIR",
                    help="folder of the anomalies' defect masks (DIR/<type>/<name>[_mask].<ext>), "
-                        "for the position head (--set scoring.heatmap_reader=head)")
+                        "for the position head (--set scoring.heatmap_reader=head or tuned)")
     p.add_argument("-o", "--output", default="model.anomem", metavar="MODEL",
                    help="model file to write (default: model.anomem)")
     p.add_argument("--config", default=AUTO, metavar="PRESET|YAML",

@@ -40,7 +40,7 @@ CALIBRATIONS = ("scales", "fused")
 IMAGE_ALPHAS = ("stage", "last")
 HEATMAP_SCALES = ("finest", "all")
 HEATMAP_CALIBRATIONS = ("none", "position")
-HEATMAP_READERS = ("memory", "head")
+HEATMAP_READERS = ("memory", "head", "tuned")
 SCORE_RETRIEVALS = ("nearest", "hopfield")
 
 Rule = Callable[[Any], "str | None"]

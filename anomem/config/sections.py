@@ -141,7 +141,8 @@ class Scoring(_Checked):
     image-level scale's alpha (``image_alpha``), the scales a heatmap reads
     (``heatmap_scales``), the mirrored margin it is computed with (``heatmap_margin``) and
     its standardisation pixel by pixel (``heatmap_calibration``), what reads the positions
-    (``heatmap_reader``: the memory, or a head trained on pasted defects), and
+    (``heatmap_reader``: the memory, or a head trained on pasted defects, on the frozen
+    encoder or on a fine-tuned copy of it), and
     ``target_frr``, the false-rejection rate on held-out normals that sets the decision
     threshold."""
 
@@ -161,7 +162,8 @@ class Scoring(_Checked):
     heatmap_calibration: str = choice("none", NOT_IN_PAPER, "the heatmap standardised pixel by pixel "
                                       "on the maps of the held-out normal images, or not")
     heatmap_reader: str = choice("memory", NOT_IN_PAPER, "the heatmap read from the memory's "
-                                 "deviations, or by a position head trained on pasted defects")
+                                 "deviations, or by a position head trained on pasted defects "
+                                 "(`tuned`: on its own fine-tuned copy of the encoder)")
     target_frr: float = 0.05
 
 

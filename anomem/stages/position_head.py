@@ -1,4 +1,5 @@
-"""The position head of ``scoring.heatmap_reader="head"``: a heatmap learnt from pasted defects.
+"""The position head of ``scoring.heatmap_reader="head"`` or ``"tuned"``: a heatmap learnt from
+pasted defects.
 
 Beyond the paper, which stops at image scores.  By default a heatmap reads the norm of
 Eq. 8's deviation Delta(s)_ij at each position (:mod:`anomem.localisation`); here a small
@@ -8,7 +9,10 @@ pastes a :func:`anomem.augment.local_pseudo_anomalies` defect (``extensions.defe
 into a copy of each, and fits the head's logit at each position of the finest memory grid
 to the share of pasted pixels in that position's cell (:func:`position_targets`) with
 binary cross-entropy, :data:`STEPS` Adam steps at rate :data:`LR`; real defects with
-pixel masks (``AnoMem.fit(..., masks=...)``) join every batch.  The network is not
+pixel masks (``AnoMem.fit(..., masks=...)``) join every batch.  Under ``"tuned"`` the head
+has an encoder of its own: a copy of the detector's, taken when the head's training starts
+and fine-tuned with it (Adam at :data:`TUNE_LR`, BatchNorm statistics kept), and the head
+reads that copy's z(s) alone.  The network is not
 changed, so image scores are the same as without the head; the head's draws come from
 random streams of their own (:func:`anomem.stages.common.stream_seed`), so they move no
 other draw of the fit.
@@ -44,6 +48,8 @@ STEPS = 600
 BATCH = 32
 #: Adam's learning rate.
 LR = 1e-3
+#: Adam's learning rate of the head's own encoder (``heatmap_reader="tuned"``).
+TUNE_LR = 1e-4
 #: Masked real defects added to every step's batch, when the fit has any.
 MASKED_BATCH = 8
 #: Steps whose mean loss makes one row of the history.
@@ -82,9 +88,13 @@ def train_position_head(model: AnoMemModel, normals: torch.Tensor, opts: RunOpti
         torch.manual_seed(stream_seed(cfg.runtime.seed, "position head init"))
         head.reset_parameters()
     head.requires_grad_(True)
+    groups = [{"params": [*head.inputs.parameters(), *head.mix.parameters()], "lr": LR}]
+    if head.encoder is not None:
+        head.encoder.load_state_dict(model.encoder.state_dict())
+        groups.append({"params": list(head.encoder.parameters()), "lr": TUNE_LR})
     model.eval()
     gen = torch.Generator().manual_seed(stream_seed(cfg.runtime.seed, "position head"))
-    opt = torch.optim.Adam(head.parameters(), lr=LR)
+    opt = torch.optim.Adam(groups)
     history: list[dict[str, Any]] = []
     running = 0.0
     for step in tqdm(range(steps), desc="position head", unit="step", dynamic_ncols=True,
@@ -97,7 +107,7 @@ def train_position_head(model: AnoMemModel, normals: torch.Tensor, opts: RunOpti
             pick = torch.randint(len(defects[0]), (MASKED_BATCH,), generator=gen)
             x = torch.cat([x, defects[0][pick].to(x.device).float().div_(255)])
             y = torch.cat([y, (~defects[1][pick]).to(y)])
-        with torch.no_grad():
+        with torch.set_grad_enabled(head.encoder is not None):
             inputs = model.position_inputs(x)
         logits = head(inputs)
         loss = F.binary_cross_entropy_with_logits(logits, position_targets(y, logits.shape[-2:]))

@@ -33,7 +33,7 @@ defects that cover a large part of the image, where the default's are local.
 the other half and its copies (columns ``<reading>_pz``; ``<reading>_pc``: centred only).
 
 ``--set KEY=VALUE`` (repeatable) fits with those overrides (column ``set_keys``); with
-``--set scoring.heatmap_reader=head`` the fit trains a position head
+``--set scoring.heatmap_reader=head`` (or ``tuned``) the fit trains a position head
 (:mod:`anomem.stages.position_head`) and the rows add its map (``head_*``) beside the
 memory's readings of the same fit.
 ``--defects stain`` gives the held-out normals stains (:func:`stained`) instead
@@ -76,8 +76,9 @@ READINGS = {"all": {**MEMORY, "scoring.heatmap_scales": "all", "scoring.heatmap_
             **{f"finest_s{k}": {**MEMORY, "scoring.heatmap_scales": "finest",
                                 "scoring.heatmap_margin": 0.0,
                                 "sigma_per_side": 1 / k if k else 0.0} for k in (0, 64, 16, 8)}}
-#: Read only from a fit with ``--set scoring.heatmap_reader=head``: the position head's map.
-HEAD_READINGS = {"head": {"scoring.heatmap_reader": "head", "scoring.heatmap_margin": 0.0}}
+#: Read only from a fit with ``--set scoring.heatmap_reader=head`` (or ``tuned``): the position
+#: head's map, read with the fit's own reader.
+HEAD_READINGS = {"head": {"scoring.heatmap_margin": 0.0}}
 
 
 def split_reading(reading: dict, side: int) -> tuple[dict, float | None]:
@@ -169,7 +170,9 @@ def rows_of(dataset: str, c: int, seed: int, overrides: dict | None = None,
     calib = x[:len(x) // 2] if position_calibration else x[:0]
     images, masks = defective_copies(x[len(calib):], seed, family, scale)
     out = {}
-    readings = {**READINGS, **(HEAD_READINGS if net.position_head is not None else {})}
+    reader = {"scoring.heatmap_reader": net.config.scoring.heatmap_reader}
+    readings = {**READINGS, **({k: {**reader, **r} for k, r in HEAD_READINGS.items()}
+                               if net.position_head is not None else {})}
     for name, reading in readings.items():
         keys, sigma = split_reading(reading, images.shape[-1])
         net.config = net.config.replace(**keys)
