@@ -109,12 +109,12 @@ def test_zero_padding_marks_the_border_of_a_constant_image():
 
 
 def test_a_mirrored_margin_beyond_the_networks_reach_gives_a_flat_map():
-    """Zero padding, the ``mtd`` preset (128 px, ImageNet stem, untrained): half the side
+    """Zero padding, the ``mtd`` preset's memory map (128 px, ImageNet stem, untrained): half the side
     mirrored beyond each border (64 px) is beyond the reach of the finest memory scale, so
     every position of a constant image computes the same sums and the map is flat; without
     the margin the frame shows (measured 8 % relative range at gray 128 with this seed)."""
     torch.manual_seed(0)
-    model = AnoMemModel(get_config("mtd", {"heatmap_margin": 0.0})).eval()
+    model = AnoMemModel(get_config("mtd", {"heatmap_margin": 0.0, "heatmap_reader": "memory"})).eval()
     x = constant_images(128)
     ranges = relative_range(model_side_maps(model, x))
     assert ranges[0] <= FLAT and (ranges[1:] > 1e-2).all(), ranges

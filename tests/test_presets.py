@@ -19,7 +19,7 @@ from anomem.presets import AUTO, PRESET_GUIDE, auto_preset, files_side, input_si
 from anomem.progress import auto_progress
 
 ROOT = Path(__file__).resolve().parents[1]
-NO_TRAINING = {"stage1_epochs": 0, "width": 4}
+NO_TRAINING = {"stage1_epochs": 0, "width": 4, "heatmap_reader": "memory"}   # no stage 1, no position head
 
 
 def test_the_auto_rule_and_the_side_it_reads():
