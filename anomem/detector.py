@@ -189,7 +189,7 @@ class AnoMem(ConfigArgs, MapDetector):
         :attr:`config_`, :attr:`network_`, the threshold attributes (image and pixel),
         :attr:`decision_scores_` and :attr:`history_`.
 
-        ``masks`` (only with ``scoring.heatmap_reader="head"``): one entry per image, None or
+        ``masks`` (only with ``scoring.heatmap_reader="head"`` or ``"tuned"``): one entry per image, None or
         the defect pixels of a labelled anomaly at the image's own size
         (:func:`anomem.data.convert.to_defect_masks`); the position head trains on those
         defects beside its pasted ones (:mod:`anomem.stages.position_head`).

@@ -137,11 +137,10 @@ def anomaly_map(model: AnoMemModel, images: torch.Tensor, sigma: float = 4.0) ->
     ph, pw = margin_pixels(model, h), margin_pixels(model, w)
     padded = F.pad(images, (pw, pw, ph, ph), mode="reflect") if ph or pw else images
     if model.config.scoring.heatmap_reader != "memory":
-        maps = fuse_maps([model.position_logits(padded)], model.alphas.new_ones(1), padded.shape[-2:],
-                         sigma)
+        scores, weights = [model.position_logits(padded)], model.alphas.new_ones(1)
     else:
-        maps = fuse_maps(position_scores(model, padded), heatmap_weights(model), padded.shape[-2:],
-                         sigma)
+        scores, weights = position_scores(model, padded), heatmap_weights(model)
+    maps = fuse_maps(scores, weights, padded.shape[-2:], sigma)
     maps = maps[:, ph:ph + h, pw:pw + w]
     if model.config.scoring.heatmap_calibration == "position":
         maps = standardise_pixels(maps, model.map_loc, model.map_scale)

@@ -207,11 +207,9 @@ class AnoMemModel(nn.Module):
         if reader == "memory":
             return None
         dims = [s.dim for s in self.view_scales(0) if not s.pooled]
-        bb = self.config.backbone
         with torch.random.fork_rng(devices=[]):
             if reader == "tuned":
-                return PositionHead(dims, encoder=ResNet(bb.arch, bb.width, bb.stem, padding=bb.padding)
-                                    ).requires_grad_(False)
+                return PositionHead(dims, encoder=copy.deepcopy(self.encoder)).requires_grad_(False)
             return PositionHead([2 * d for d in dims]).requires_grad_(False)
 
     def position_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
