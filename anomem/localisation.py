@@ -38,7 +38,7 @@ quantities the image score is made of, so that heatmap and score agree:
    (``docs/design.md``).
 
 Under ``scoring.heatmap_reader="head"`` or ``"tuned"`` step 1 is replaced: the position head's logits on the
-finest memory grid (:meth:`~anomem.torch_model.AnoMemModel.position_logits`, trained on
+finest grid it reads (:meth:`~anomem.torch_model.AnoMemModel.position_logits`, trained on
 pasted defects by :mod:`anomem.stages.position_head`) are the only map, upsampled, smoothed
 and standardised as above.  The key is read at each call, so a fitted network with a head
 can be read either way.

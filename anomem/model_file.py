@@ -61,11 +61,12 @@ LEGACY_CONFIG = {"consolidate_factor": 1, "pseudo_anomalies": "none", "score_vie
 #: files were made with (whatever the default is now): convolutions padded with zeros, heatmaps
 #: of every map scale, computed on the input alone, stage 1's batch never shrunk, its rate as
 #: configured (the default, too), local defects of the base size (scale 1), heatmaps read as
-#: computed (no per-pixel standardisation) and read from the memory's deviations.
+#: computed (no per-pixel standardisation) and read from the memory's deviations (a fine-tuned
+#: head, had there been one, at the memory's map stages).
 ADDED_KEYS = {"backbone.padding": "zeros", "scoring.heatmap_scales": "all",
               "scoring.heatmap_margin": 0.0, "stage1.min_batches": 0, "stage1.lr_scaling": "none",
               "extensions.defect_scale": 1.0, "scoring.heatmap_calibration": "none",
-              "scoring.heatmap_reader": "memory"}
+              "scoring.heatmap_reader": "memory", "scoring.head_stages": ()}
 
 
 @dataclass

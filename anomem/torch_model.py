@@ -76,12 +76,13 @@ class ScaleHead(nn.Module):
 
 
 class PositionHead(nn.Module):
-    """One anomaly logit per position of the finest memory grid (``scoring.heatmap_reader``).
+    """One anomaly logit per position of the finest grid it reads (``scoring.heatmap_reader``).
 
     Beyond the paper (which has no heatmap).  Under ``"head"`` it reads, at every map scale of
     the image's own view, the deviation vectors Delta(s)_ij of Eq. 8 beside the feature
     vectors z(s)_ij of the frozen encoder; under ``"tuned"`` it holds ``encoder``, a copy of
-    the detector's encoder that is fine-tuned with it, and reads that copy's z(s)_ij alone.
+    the detector's encoder that is fine-tuned with it, and reads that copy's feature maps alone,
+    at the memory's map stages or at ``scoring.head_stages``.
     Either way: a 1 x 1 convolution per scale to ``hidden`` channels, each upsampled (bilinear)
     to the finest grid and summed, then ReLU, a 3 x 3 convolution (edges replicated, so a
     constant input gives a constant output), ReLU and a 1 x 1 convolution to one logit per
@@ -206,27 +207,35 @@ class AnoMemModel(nn.Module):
         reader = self.config.scoring.heatmap_reader
         if reader == "memory":
             return None
-        dims = [s.dim for s in self.view_scales(0) if not s.pooled]
         with torch.random.fork_rng(devices=[]):
             if reader == "tuned":
+                dims = [self.encoder.channels[i] for i in self.head_stages()]
                 return PositionHead(dims, encoder=copy.deepcopy(self.encoder)).requires_grad_(False)
-            return PositionHead([2 * d for d in dims]).requires_grad_(False)
+            dims = [2 * s.dim for s in self.view_scales(0) if not s.pooled]
+            return PositionHead(dims).requires_grad_(False)
+
+    def head_stages(self) -> list[int]:
+        """The encoder stages (0-based) a fine-tuned position head reads: ``scoring.head_stages``,
+        or the stages of the memory's map scales where it is empty."""
+        chosen = self.config.scoring.head_stages
+        return [s - 1 for s in chosen] if chosen else [s.stage for s in self.view_scales(0) if not s.pooled]
 
     def position_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """What :class:`PositionHead` reads of images ``x``, at every map scale of the image's own
-        view (no test-time view): Delta(s) (Eq. 8) and z(s) stacked on channels, or the z(s) of
-        the head's own encoder where it has one (``heatmap_reader="tuned"``)."""
+        view (no test-time view): Delta(s) (Eq. 8) and z(s) stacked on channels, or the feature
+        maps of the head's own encoder at :meth:`head_stages` where it has one
+        (``heatmap_reader="tuned"``)."""
         tuned = self.position_head.encoder if self.position_head is not None else None
         if tuned is not None:
-            spatial = [s for s in self.view_scales(0) if not s.pooled]
-            maps = tuned(x, upto=max(s.stage for s in spatial) + 1)
-            return [maps[s.stage] for s in spatial]
+            stages = self.head_stages()
+            maps = tuned(x, upto=max(stages) + 1)
+            return [maps[i] for i in stages]
         z = self.features(x)
         d = self.deviations(z, view=0)
         return [torch.cat([d[i], z[i]], 1) for i, s in enumerate(self.view_scales(0)) if not s.pooled]
 
     def position_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The position head's logits (B, H, W) on the finest memory grid, higher = more anomalous."""
+        """The position head's logits (B, H, W) on the finest grid it reads, higher = more anomalous."""
         if self.position_head is None:
             raise RuntimeError('this network has no position head (scoring.heatmap_reader="memory")')
         return self.position_head(self.position_inputs(x))

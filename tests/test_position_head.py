@@ -157,6 +157,23 @@ def test_the_tuned_head_finds_defects_pasted_into_new_images(with_tuned, digits)
     assert roc_auc_score(pasted, logits) > 0.8
 
 
+def test_head_stages_choose_what_the_tuned_head_reads_and_so_its_grid():
+    """Digits at 16 px: the memory's map stages are 3 and 4 (4 x 4 and 2 x 2 maps); reading
+    stages 2-4 gives the head stage 2's 8 x 8 grid."""
+    x = torch.rand(2, 3, 16, 16)
+    for chosen, stages, grid in (((), [2, 3], 4), ((2, 3, 4), [1, 2, 3], 8)):
+        model = AnoMemModel(get_config("digits", {"heatmap_reader": "tuned",
+                                                   "head_stages": list(chosen)})).eval()
+        assert model.head_stages() == stages
+        assert model.position_head.channels == [model.encoder.channels[i] for i in stages]
+        assert model.position_logits(x).shape == (2, grid, grid)
+    with pytest.raises(ConfigError, match="heatmap_reader=tuned"):
+        get_config("digits", {"heatmap_reader": "head", "head_stages": [2]})
+    get_config("digits", {"heatmap_reader": "memory", "head_stages": [2]})   # a tuned net read by the memory
+    with pytest.raises(ConfigError, match="head_stages"):
+        get_config("digits", {"heatmap_reader": "tuned", "head_stages": [3, 2]})
+
+
 def test_a_memory_network_has_no_logits_and_a_wrong_reader_names_the_key():
     with pytest.raises(RuntimeError, match="heatmap_reader"):
         AnoMemModel(get_config("digits")).position_logits(torch.rand(1, 3, 16, 16))

@@ -133,6 +133,7 @@ RULES: dict[str, Rule] = {
     "scoring.heatmap_scales": one_of(HEATMAP_SCALES),
     "scoring.heatmap_calibration": one_of(HEATMAP_CALIBRATIONS),
     "scoring.heatmap_reader": one_of(HEATMAP_READERS),
+    "scoring.head_stages": lambda v: None if len(v) == 0 else _stages(v),
     "scoring.heatmap_margin": lambda v: None if _is_number(v) and 0.0 <= v < 1.0
     else f"must be in [0, 1) (a fraction of the input side), got {v!r}",
     "scoring.target_frr": lambda v: None if _is_number(v) and 0.0 <= v < 1.0
@@ -180,6 +181,9 @@ def validate_section(name: str, section: Any) -> None:
             fail("memory.sizes", f"memory.stages, memory.sizes and memory.ratios must have the same "
                                  f"length, got {len(section.stages)}, {len(section.sizes)}, "
                                  f"{len(section.ratios)}")
+        if name == "scoring" and section.head_stages and section.heatmap_reader == "head":
+            fail("scoring.head_stages", "the frozen head reads the memory's map scales; set "
+                                        "scoring.heatmap_reader=tuned or leave head_stages empty")
     except ConfigError:
         raise
     except (TypeError, ValueError) as e:  # a value of the wrong type, e.g. a number for a list

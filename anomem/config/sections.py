@@ -142,9 +142,9 @@ class Scoring(_Checked):
     (``heatmap_scales``), the mirrored margin it is computed with (``heatmap_margin``) and
     its standardisation pixel by pixel (``heatmap_calibration``), what reads the positions
     (``heatmap_reader``: the memory, or a head trained on pasted defects, on the frozen
-    encoder or on a fine-tuned copy of it), and
-    ``target_frr``, the false-rejection rate on held-out normals that sets the decision
-    threshold."""
+    encoder or on a fine-tuned copy of it; ``head_stages``, the encoder stages a fine-tuned head
+    reads, so an earlier stage gives it a finer grid), and ``target_frr``, the false-rejection
+    rate on held-out normals that sets the decision threshold."""
 
     name = "scoring"
     retrieval: str = choice("nearest", "hopfield", "Eq. 8 retrieves the nearest pattern or Eq. 1")
@@ -164,6 +164,8 @@ class Scoring(_Checked):
     heatmap_reader: str = choice("memory", NOT_IN_PAPER, "the heatmap read from the memory's "
                                  "deviations, or by a position head trained on pasted defects "
                                  "(`tuned`: on its own fine-tuned copy of the encoder)")
+    head_stages: tuple[int, ...] = choice((), NOT_IN_PAPER, "the encoder stages a `tuned` position "
+                                          "head reads (empty: the memory's map stages)")
     target_frr: float = 0.05
 
 

@@ -6,13 +6,14 @@ Eq. 8's deviation Delta(s)_ij at each position (:mod:`anomem.localisation`); her
 :class:`~anomem.torch_model.PositionHead` on the frozen detector learns the read-out
 instead, from Delta(s) and z(s) together: every step draws :data:`BATCH` training normals,
 pastes a :func:`anomem.augment.local_pseudo_anomalies` defect (``extensions.defect_scale``)
-into a copy of each, and fits the head's logit at each position of the finest memory grid
+into a copy of each, and fits the head's logit at each position of the finest grid it reads
 to the share of pasted pixels in that position's cell (:func:`position_targets`) with
 binary cross-entropy, :data:`STEPS` Adam steps at rate :data:`LR`; real defects with
 pixel masks (``AnoMem.fit(..., masks=...)``) join every batch.  Under ``"tuned"`` the head
 has an encoder of its own: a copy of the detector's, taken when the head's training starts
 and fine-tuned with it (Adam at :data:`TUNE_LR`, BatchNorm statistics kept), and the head
-reads that copy's z(s) alone.  The network is not
+reads that copy's feature maps alone, at the memory's map stages or at
+``scoring.head_stages``.  The network is not
 changed, so image scores are the same as without the head; the head's draws come from
 random streams of their own (:func:`anomem.stages.common.stream_seed`), so they move no
 other draw of the fit.
