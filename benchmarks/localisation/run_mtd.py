@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                         "reader is then trained on it) instead of fitting it")
     p.add_argument("--head-masks", action="store_true",
                    help="the semi-supervised detectors retrain the position head with the "
-                        "labelled defects' masks (needs --set scoring.heatmap_reader=head)")
+                        "labelled defects' masks (needs --set scoring.heatmap_reader=head or tuned)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
