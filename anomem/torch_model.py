@@ -248,10 +248,20 @@ class AnoMemModel(nn.Module):
         """A semi-supervised build of this configuration that carries this network's weights and
         buffers, its heads untrained: the heads of stage 2 (Eq. 10-12) on a stage 1 already fitted
         (:func:`anomem.stages.stage2.fit_heads` trains them).  This network is unchanged."""
-        twin = AnoMemModel(self.config, semi_supervised=True).to(self.alphas.device)
-        missing, unexpected = twin.load_state_dict(self.state_dict(), strict=False)
-        if unexpected or not all(k.startswith("heads.") for k in missing):
-            raise RuntimeError(f"the semi-supervised build does not hold this network's state "
+        return self.rebuilt(self.config, True, "heads.")
+
+    def rebuilt(self, config: AnoMemConfig, semi_supervised: bool, fresh: str) -> AnoMemModel:
+        """A build of ``config`` that carries this network's weights and buffers but those whose
+        name starts with ``fresh``, which it keeps as built (untrained); this network is unchanged.
+
+        Raises:
+            RuntimeError: the two builds differ beyond ``fresh``.
+        """
+        twin = AnoMemModel(config, semi_supervised=semi_supervised).to(self.alphas.device)
+        kept = {k: v for k, v in self.state_dict().items() if not k.startswith(fresh)}
+        missing, unexpected = twin.load_state_dict(kept, strict=False)
+        if unexpected or not all(k.startswith(fresh) for k in missing):
+            raise RuntimeError(f"the new build does not hold this network's state beyond {fresh!r} "
                                f"(missing {missing}, unexpected {unexpected})")
         return twin
 

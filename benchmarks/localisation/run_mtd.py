@@ -80,7 +80,6 @@ from anomem.serialization import atomic_write_bytes, atomic_write_text
 from anomem.stages.common import RunOptions, map_batches
 from anomem.stages.position_head import train_position_head
 from anomem.stages.stage2 import fit_heads
-from anomem.torch_model import AnoMemModel
 
 SIGMAS = (0.0, 4.0, 8.0)
 
@@ -183,13 +182,8 @@ def read_fitted(path: str, config: Any, normals: np.ndarray) -> AnoMem:
     if saved != wanted:
         raise SystemExit(f"{path} was fitted with another configuration than --preset/--set/--seed "
                          f"give (beyond the position head's keys); pass the same ones it was saved with")
-    net = AnoMemModel(config)
-    kept = {k: v for k, v in det.network_.state_dict().items() if not k.startswith("position_head.")}
-    missing, unexpected = net.load_state_dict(kept, strict=False)
-    if unexpected or not all(k.startswith("position_head.") for k in missing):
-        raise SystemExit(f"{path}: its network does not match the configuration's "
-                         f"(missing {missing}, unexpected {unexpected})")
-    det.config_, det.network_ = config, net.eval()
+    net = det.network_.rebuilt(config, False, "position_head.").eval()
+    det.config_, det.network_ = config, net
     if net.position_head is not None:
         x = to_image_tensor(normals, config.backbone.image_size, "train images")
         train_position_head(net, x, RunOptions(progress=True))
