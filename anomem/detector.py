@@ -138,7 +138,7 @@ class AnoMem(ConfigArgs, MapDetector):
             * ``digits``: tiny images (8-24 px), ResNet-18 width 8 at 16x16;
             * ``cpu``: small images (25-64 px, e.g. CIFAR-10), ResNet-18 width 16 at 32x32;
             * ``mtd``: larger images and localisation (> 64 px), ResNet-18 width 16 at
-              128x128 with an ImageNet stem;
+              128x128 with an ImageNet stem, 96 epochs of stage 1 on pasted defects;
             * ``paper``: the paper read literally, for a GPU: ResNet-50 width 64 at
               32x32, batch 1024, 200 epochs;
             * ``gpu``: the paper's network and budget with the tuned recipe (beta 20),

@@ -34,13 +34,15 @@ PRESETS: dict[str, dict[str, Any]] = {
                "stage2.head_hidden": 32, "stage2.head_pool": 1, "stage2.epochs": 60},
     # Localisation on 128x128 tiles (Magnetic Tile Defects): ImageNet stem, memory after
     # stages 2 and 3 (16x16 and 8x8 maps; stage 4 is never computed); see anomem.localisation.
-    # Heatmaps read by a position head on a fine-tuned copy of the encoder (validated in
-    # docs/design.md, scoring.heatmap_reader).
+    # Stage 1 learns where an image is wrong from pasted defects (pseudo_anomalies=local with
+    # Eq. 11 at the positions) over 96 epochs, and a position head on a fine-tuned copy of
+    # the encoder reads the heatmap (validated in docs/design.md, "The mtd preset").
     "mtd": {"backbone.arch": "resnet18", "backbone.width": 16, "backbone.stem": "imagenet",
             "backbone.image_size": 128, "memory.stages": [2, 3], "memory.sizes": [64, 32],
             "memory.ratios": [0.3, 1.0], "stage1.negatives": "same_position",
-            "stage1.batch_size": 64, "stage1.epochs": 12, "stage1.lr": 0.1,
-            "stage2.head_hidden": 64, "stage2.epochs": 60, "scoring.heatmap_reader": "tuned"},
+            "stage1.batch_size": 64, "stage1.epochs": 96, "stage1.lr": 0.1,
+            "stage2.head_hidden": 64, "stage2.epochs": 60, "scoring.heatmap_reader": "tuned",
+            "extensions.pseudo_anomalies": "local", "extensions.position_hinge": 5.0},
 }
 
 
