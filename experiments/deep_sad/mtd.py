@@ -33,9 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.time()
-    data = read_mtd(side=resolve_config(args.preset, {}).backbone.image_size)
-    row = {"name": "deepsad_mtd", "preset": args.preset, "seed": args.seed,
-           "labelled_per_type": args.labelled_per_type}
+    config = resolve_config(args.preset, {})
+    data = read_mtd(side=config.backbone.image_size)
+    row = {"name": "deepsad_mtd", "preset": args.preset, "stage1_epochs": config.stage1.epochs,
+           "seed": args.seed, "labelled_per_type": args.labelled_per_type}
     for key, k in (("one_class", 0), ("semi_supervised", args.labelled_per_type)):
         split = split_mtd(data, 0.7, args.seed, k)
         det = DeepSAD(args.preset, seed=args.seed, device="cpu").fit(split.train.images,
