@@ -5,7 +5,11 @@ The heatmap choice needs pixel truth, and the one image set with it (Magnetic
 Tile Defects) has it only on its test split.  Here the truth is made from the
 training split alone: 20 % of the training normals (seeded) are held out, the
 detector is fitted on the rest with the defaults (``pseudo_anomalies=rotation``,
-which never pastes a local defect, so the validation defects are new to it),
+which never pastes a local defect, so the validation defects are new to it; the
+``mtd`` preset pastes local defects since commit 9cfe75d, so read its fits with
+``--defects stain blob``, and ``--set stage1.epochs=12 --set
+extensions.pseudo_anomalies=rotation --set extensions.position_hinge=0`` reproduces
+the tile rows written before),
 and every held-out normal gets a defective copy: a :func:`anomem.augment.defect_masks`
 shape filled with another held-out image, shifted and rescaled in brightness
 (:func:`anomem.augment.local_pseudo_anomalies`, seed stream of the row's seed).
